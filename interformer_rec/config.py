@@ -1,0 +1,367 @@
+"""Typed configs, loaded from YAML files in ``configs/``.
+
+Every knob of the data schema, the models, the trainer and the distributed setup is a
+field of one of these dataclasses. ``load_config(path)`` reads a YAML file into a
+:class:`Config`; an unknown key or a value of the wrong type is an error that names the
+file and the dotted key, never a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be turned into a :class:`Config`."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass
+class TableConfig:
+    """One embedding table. ``num_embeddings`` is the hash size: ids must lie in
+    ``[0, num_embeddings)`` or are treated by ``Schema.id_policy``."""
+
+    name: str
+    num_embeddings: int
+
+
+@dataclass
+class SparseFeature:
+    """A categorical column: ``int64`` (one id per row) or ``list<int64>`` (multi-hot,
+    pooled by sum). A feature whose table is also used by a sequence feature is a
+    *target* feature: it is looked up in the EmbeddingCollection beside the history
+    (shared table, as DIN/BST do) and must be a scalar column."""
+
+    name: str
+    table: str
+
+
+@dataclass
+class SequenceFeature:
+    """A ``list<int64>`` column, most recent step last. All sequence features of a
+    schema are parallel (one step = one event) and must have equal lengths per row;
+    a row longer than ``max_len`` keeps its ``max_len`` most recent steps."""
+
+    name: str
+    table: str
+    max_len: int
+
+
+IdPolicy = Literal["hash", "reject"]
+
+
+@dataclass
+class Schema:
+    """Each column's role.
+
+    ``id_policy``: ``reject`` (default): every id must lie in ``[0, num_embeddings)``
+    of its table, else an error names file, column and row. ``hash``: every id of every
+    sparse/sequence column is passed through a fixed 64-bit mix and taken modulo
+    ``num_embeddings`` (the hashing trick, for raw hashed categories such as Criteo's);
+    collisions are then by design, never an accident of wrapping. ``group_key`` is the column whose values group rows for gAUC (usually
+    the user id). ``oracle`` is an optional column with the true click probability
+    (synthetic data), used only for reporting the oracle AUC.
+    """
+
+    labels: List[str]
+    dense: List[str] = field(default_factory=list)
+    sparse: List[SparseFeature] = field(default_factory=list)
+    sequence: List[SequenceFeature] = field(default_factory=list)
+    tables: List[TableConfig] = field(default_factory=list)
+    group_key: Optional[str] = None
+    oracle: Optional[str] = None
+    id_policy: IdPolicy = "reject"
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tables]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"schema.tables: duplicate table names in {names}")
+        for f in [*self.sparse, *self.sequence]:
+            if f.table not in names:
+                raise ConfigError(
+                    f"schema: feature {f.name!r} uses table {f.table!r}, "
+                    f"which is not in schema.tables ({names})"
+                )
+        cols = self.all_columns()
+        if len(set(cols)) != len(cols):
+            raise ConfigError(f"schema: a column is named twice in {cols}")
+        lens = {s.max_len for s in self.sequence}
+        if len(lens) > 1:
+            raise ConfigError(
+                f"schema.sequence: parallel sequences need one max_len, got {sorted(lens)}"
+            )
+
+    def table(self, name: str) -> TableConfig:
+        return next(t for t in self.tables if t.name == name)
+
+    @property
+    def sequence_tables(self) -> List[str]:
+        return sorted({s.table for s in self.sequence})
+
+    @property
+    def pooled_features(self) -> List[SparseFeature]:
+        """Features of ``Batch.sparse`` (EmbeddingBagCollection), in schema order."""
+        return [f for f in self.sparse if f.table not in self.sequence_tables]
+
+    @property
+    def target_features(self) -> List[SparseFeature]:
+        """Scalar features that share a table with a sequence (EmbeddingCollection)."""
+        return [f for f in self.sparse if f.table in self.sequence_tables]
+
+    @property
+    def unpooled_keys(self) -> List[str]:
+        """Keys of ``Batch.sequence``: the target features, then the sequences."""
+        return [f.name for f in self.target_features] + [s.name for s in self.sequence]
+
+    @property
+    def max_len(self) -> int:
+        return self.sequence[0].max_len if self.sequence else 0
+
+    def all_columns(self) -> List[str]:
+        cols = [*self.labels, *self.dense, *(f.name for f in self.sparse)]
+        cols += [s.name for s in self.sequence]
+        return cols
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class SyntheticConfig:
+    """The planted click model of ``interformer-rec generate`` (see data/synthetic.py)."""
+
+    num_users: int = 2000
+    num_items: int = 1000
+    num_categories: int = 20
+    num_contexts: int = 8
+    num_dense: int = 4
+    max_len: int = 20
+    min_len: int = 0
+    rows: Dict[str, int] = field(
+        default_factory=lambda: {"train": 40000, "valid": 8000, "test": 8000}
+    )
+    row_group_size: int = 4096
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where the Parquet data lives (a file or a directory of ``*.parquet`` files for
+    each split) and what its columns mean."""
+
+    schema: Schema
+    train: str
+    valid: str
+    test: Optional[str] = None
+    synthetic: Optional[SyntheticConfig] = None
+    shuffle_row_groups: bool = True
+
+
+# --------------------------------------------------------------------------- models
+
+Interaction = Literal["dot", "dcn", "projection", "dhen"]
+
+
+@dataclass
+class InterFormerConfig:
+    """Sizes of InterFormer (arXiv 2411.09852). Defaults follow the paper where it says:
+    4 CLS tokens, 2 PMA seeds, 2 most-recent tokens, DHEN interaction, RoPE."""
+
+    num_layers: int = 2
+    num_heads: int = 2
+    num_cls: int = 4
+    num_pma: int = 2
+    num_recent: int = 2
+    interaction: Interaction = "dhen"
+    interaction_mlp: List[int] = field(default_factory=lambda: [128])
+    dcn_num_layers: int = 2
+    dcn_low_rank: int = 16
+    projection_branch1: List[int] = field(default_factory=lambda: [64, 64])
+    projection_branch2: List[int] = field(default_factory=lambda: [64, 64])
+    masknet_hidden: int = 64
+    pffn_hidden: int = 64
+    over_arch: List[int] = field(default_factory=lambda: [128, 64])
+    dropout: float = 0.0
+    rope: bool = True
+
+
+@dataclass
+class DLRMConfig:
+    """TorchRec DLRM baselines (``dlrm``, ``dlrm_dcn``, ``dlrm_projection``)."""
+
+    dense_arch: List[int] = field(default_factory=lambda: [64])
+    over_arch: List[int] = field(default_factory=lambda: [128, 64])
+    dcn_num_layers: int = 3
+    dcn_low_rank: int = 16
+    projection_branch1: List[int] = field(default_factory=lambda: [64, 64])
+    projection_branch2: List[int] = field(default_factory=lambda: [64, 64])
+
+
+@dataclass
+class BSTConfig:
+    """Behaviour Sequence Transformer baseline: transformer over [history ; target]."""
+
+    num_layers: int = 1
+    num_heads: int = 2
+    over_arch: List[int] = field(default_factory=lambda: [128, 64])
+    dropout: float = 0.0
+
+
+ModelName = Literal["interformer", "dlrm", "dlrm_dcn", "dlrm_projection", "bst"]
+
+
+@dataclass
+class ModelConfig:
+    name: ModelName = "interformer"
+    embedding_dim: int = 16
+    interformer: InterFormerConfig = field(default_factory=InterFormerConfig)
+    dlrm: DLRMConfig = field(default_factory=DLRMConfig)
+    bst: BSTConfig = field(default_factory=BSTConfig)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class OptimizerConfig:
+    name: Literal["adam", "adagrad", "sgd", "rowwise_adagrad"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+
+
+@dataclass
+class TableSharding:
+    """Per-table overrides for the planner (names as in torchrec's ShardingType and
+    EmbeddingComputeKernel values, e.g. ``table_wise``, ``row_wise``, ``fused``)."""
+
+    sharding_types: List[str] = field(default_factory=list)
+    compute_kernels: List[str] = field(default_factory=list)
+
+
+@dataclass
+class DistConfig:
+    backend: Optional[Literal["gloo", "nccl"]] = None  # None: nccl on CUDA, else gloo
+    tables: Dict[str, TableSharding] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 256
+    eval_batch_size: int = 1024
+    epochs: int = 3
+    seed: int = 0
+    max_steps_per_epoch: Optional[int] = None
+    dense_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    embedding_optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3)
+    )
+    out_dir: str = "runs/default"
+    log_every: int = 50
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """A short hash of the config, for manifests and run names."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _build(tp: Any, value: Any, where: str) -> Any:
+    """Turn plain YAML ``value`` into an instance of type ``tp``, checking as it goes."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _build(inner[0], value, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {k: _build(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        hints = typing.get_type_hints(tp)
+        fields = {f.name for f in dataclasses.fields(tp)}
+        unknown = set(value) - fields
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(fields)}")
+        kwargs = {k: _build(hints[k], v, f"{where}.{k}" if where else k) for k, v in value.items()}
+        try:
+            return tp(**kwargs)
+        except TypeError as e:
+            raise ConfigError(f"{where or 'config'}: {e}") from None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def config_from_dict(raw: Dict[str, Any], where: str = "") -> Config:
+    try:
+        return _build(Config, raw, where)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+
+
+def load_config(path: str | Path, overrides: Optional[List[str]] = None) -> Config:
+    """Load a YAML config. Relative data paths are resolved against the current working
+    directory. ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML),
+    e.g. ``train.epochs=1``."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    for item in overrides or []:
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r}: expected dotted.key=value")
+        node = raw
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(val)
+    return config_from_dict(raw, str(path))
