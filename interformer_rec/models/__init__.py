@@ -1,0 +1,38 @@
+"""Model builders: InterFormer and the baselines, all with the same contract::
+
+    model = build_model(schema, cfg, embedding_device)
+    logits = model(dense, sparse, sequence)  # [B, len(schema.labels)]
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from interformer_rec.config import ConfigError, ModelConfig, Schema
+from interformer_rec.models.baselines import BST, DLRM_VARIANTS, DLRMBaseline
+
+__all__ = ["BST", "DLRMBaseline", "build_model", "num_parameters"]
+
+
+def build_model(
+    schema: Schema, cfg: ModelConfig, embedding_device: Optional[torch.device] = None
+) -> nn.Module:
+    """The model named by ``cfg.name`` ("interformer", "dlrm", "dlrm_dcn",
+    "dlrm_projection" or "bst"), its embedding modules on ``embedding_device``."""
+    if cfg.name == "interformer":
+        from interformer_rec.models.interformer import InterFormer
+
+        return InterFormer(schema, cfg, embedding_device=embedding_device)
+    if cfg.name in DLRM_VARIANTS:
+        return DLRMBaseline(schema, cfg, embedding_device=embedding_device)
+    if cfg.name == "bst":
+        return BST(schema, cfg, embedding_device=embedding_device)
+    raise ConfigError(f"model.name={cfg.name!r}: use interformer, {', '.join(DLRM_VARIANTS)} or bst")
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Number of parameters, embedding tables included."""
+    return sum(p.numel() for p in model.parameters())
