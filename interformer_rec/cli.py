@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model and report validation/test metrics")
     with_config(t)
     t.set_defaults(func=cmd_train)
+
+    from interformer_rec.export.cli import register as register_serving
+
+    register_serving(sub)
     return p
 
 

@@ -70,7 +70,9 @@ class Trainer:
             tc.embedding_optimizer,
             tc.dense_optimizer,
         )
-        self.pipeline = TrainPipelineSparseDist(self.dmp, self.optimizer, self.env.device)
+        self.pipeline = TrainPipelineSparseDist(
+            self.dmp, self.optimizer, self.env.device, pipeline_postproc=True
+        )
         self.writer = None
         if self.env.is_main:
             from torch.utils.tensorboard import SummaryWriter
