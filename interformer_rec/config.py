@@ -144,7 +144,9 @@ class SyntheticConfig:
     num_items: int = 1000
     num_categories: int = 20
     num_contexts: int = 8
+    num_segments: int = 8
     num_dense: int = 4
+    positive_rate: float = 0.25  # the intercept is calibrated to this click rate
     max_len: int = 20
     min_len: int = 0
     rows: Dict[str, int] = field(

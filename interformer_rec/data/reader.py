@@ -1,0 +1,584 @@
+"""Stream Parquet row groups into :class:`~interformer_rec.data.batch.Batch` objects.
+
+Each file is read row group by row group (``pyarrow.parquet.ParquetFile.read_row_group``,
+only the schema's columns), checked, decoded into flat numpy arrays and cut into
+batches; a file is never read whole into memory. KJTs are built from the Arrow buffers
+with ``pyarrow.compute`` and numpy, without per-row Python loops.
+
+Bad-input policy
+----------------
+Every error is a :class:`DataError` naming the file and, where it applies, the column and
+the row (0-based within the file, whatever the row group).
+
+* Opening: a file that is not readable Parquet, a missing column, or a column of the
+  wrong Arrow type (labels and dense: integer or floating point, labels also boolean;
+  pooled sparse: integer or ``list<integer>``; target sparse, i.e. sharing a table with
+  a sequence: integer; sequences: ``list<integer>``; group key: integer) is an error
+  when the reader is built, before any step runs.
+* Dense and label columns: a null, NaN or infinite value is an error; a label outside
+  {0, 1} is an error.
+* Sparse columns: a null row is an empty bag for a pooled feature and an error for a
+  target feature (it needs exactly one id). A null id inside a list is an error.
+* Sequences: a null row is an empty sequence. The parallel sequences of one row must
+  have equal lengths, else an error names the row and the columns. A sequence longer
+  than ``max_len`` keeps its ``max_len`` most recent (last) steps.
+* Ids, ``schema.id_policy == "reject"``: an id outside ``[0, num_embeddings)`` of its
+  table is an error naming the table and its size (every id of a column is checked,
+  including steps that truncation would drop). ``"hash"``: every id of every sparse and
+  sequence column is mixed by splitmix64 (as a 64-bit unsigned integer) and taken modulo
+  ``num_embeddings``, so collisions are by design and no id is silently wrapped.
+
+Every rank decodes and checks every row group, so a bad row stops all ranks alike.
+
+Distribution
+------------
+The row stream is the files in sorted order, row groups in order. With ``shuffle`` the
+row groups are permuted and the rows within consecutive windows of at least
+``shuffle_window`` rows are permuted, both from ``(seed, epoch)`` (see ``set_epoch``).
+The stream does not depend on the rank or the world size. It is cut into global
+batches of ``batch_size * world_size`` rows, and rank ``r`` takes rows
+``[r * batch_size, (r + 1) * batch_size)`` of each, so one rank with batch ``2B`` sees
+exactly the union of what two ranks with batch ``B`` see, in the same order. The last
+partial global batch of ``R`` rows is dropped if ``drop_last``; else it is split as
+evenly as possible in rank order (rank ``r`` gets ``R // W`` rows, one more if
+``r < R % W``). If ``0 < R < world_size`` it is dropped on every rank, because a rank
+would get zero rows and TorchRec cannot run a zero-row KJT: so no rank ever gets an
+empty batch, every rank runs ``len(reader)`` steps, and at most ``world_size - 1`` rows
+of a split go unseen (none with one rank). Iterate the reader in the training process
+(it does no sharding across DataLoader workers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import IterableDataset
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from interformer_rec.config import Schema
+from interformer_rec.data.batch import Batch
+
+PathLike = Union[str, Path]
+Paths = Union[PathLike, Sequence[PathLike]]
+
+
+class DataError(ValueError):
+    """Input data that breaks the schema or the bad-input policy of this module."""
+
+
+def _error(path: Path, msg: str, column: str | None = None, row: int | None = None) -> DataError:
+    where = [str(path)]
+    if column is not None:
+        where.append(f"column {column!r}")
+    if row is not None:
+        where.append(f"row {row}")
+    return DataError(f"{', '.join(where)}: {msg}")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def resolve_paths(paths: Paths) -> List[Path]:
+    """Files of ``paths``: a Parquet file, a directory (its ``*.parquet``, sorted) or a
+    list of either, in the order given."""
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    files: List[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found = sorted(item.glob("*.parquet"))
+            if not found:
+                raise DataError(f"{item}: directory holds no *.parquet files")
+            files += found
+        elif item.exists():
+            files.append(item)
+        else:
+            raise DataError(f"{item}: no such file or directory")
+    return files
+
+
+def _open(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise _error(path, f"not a readable Parquet file ({e})") from None
+
+
+def _is_int(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t)
+
+
+def _is_int_list(t: pa.DataType) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and _is_int(t.value_type)
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+_Check = Tuple[str, Callable[[pa.DataType], bool]]
+_NUMBER: _Check = ("integer or floating point", _is_number)
+_LABEL: _Check = (
+    "integer, floating point or boolean",
+    lambda t: _is_number(t) or pa.types.is_boolean(t),
+)
+_INT: _Check = ("integer (int64)", _is_int)
+_INT_OR_LIST: _Check = ("integer (int64) or list<int64>", lambda t: _is_int(t) or _is_int_list(t))
+_LIST: _Check = ("list<int64>", _is_int_list)
+
+
+def _expected_types(schema: Schema) -> Dict[str, _Check]:
+    """Column name -> (description, predicate) of the Arrow types the reader accepts."""
+    expected: Dict[str, _Check] = {c: _LABEL for c in schema.labels}
+    expected.update({c: _NUMBER for c in schema.dense})
+    expected.update({f.name: _INT_OR_LIST for f in schema.pooled_features})
+    expected.update({f.name: _INT for f in schema.target_features})
+    expected.update({s.name: _LIST for s in schema.sequence})
+    if schema.group_key is not None:
+        expected[schema.group_key] = _INT  # one group per row, even if also a pooled feature
+    return expected
+
+
+def validate_file(path: PathLike, schema: Schema) -> pq.ParquetFile:
+    """Open ``path`` and check that it has every column of ``schema`` with an accepted
+    Arrow type (values are checked as they are read). Returns the open file."""
+    path = Path(path)
+    pf = _open(path)
+    arrow = pf.schema_arrow
+    for name, (expected, ok) in _expected_types(schema).items():
+        if name not in arrow.names:
+            raise _error(path, f"missing column (file has {arrow.names})", column=name)
+        actual = arrow.field(name).type
+        if not ok(actual):
+            raise _error(path, f"expected {expected}, got {actual}", column=name)
+    return pf
+
+
+def count_rows(paths: Paths) -> int:
+    """Number of rows of ``paths``, from the Parquet metadata only."""
+    return sum(_open(p).metadata.num_rows for p in resolve_paths(paths))
+
+
+def oracle_auc(paths: Paths, schema: Schema) -> float:
+    """AUC of the ``schema.oracle`` column (the true click probability) against the
+    first label: the ceiling no model can beat on this data."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    if schema.oracle is None:
+        raise DataError("oracle_auc: the schema names no oracle column")
+    label, oracle = schema.labels[0], schema.oracle
+    ys, ps = [], []
+    for path in resolve_paths(paths):
+        pf = _open(path)
+        for name in (label, oracle):
+            if name not in pf.schema_arrow.names:
+                raise _error(path, "missing column", column=name)
+        for rb in pf.iter_batches(columns=[label, oracle]):
+            ys.append(rb.column(label).to_numpy(zero_copy_only=False))
+            ps.append(rb.column(oracle).to_numpy(zero_copy_only=False))
+    y = torch.from_numpy(np.concatenate(ys).astype(np.int64))
+    p = torch.from_numpy(np.concatenate(ps).astype(np.float64))
+    return float(binary_auroc(p, y))
+
+
+# --------------------------------------------------------------------------- jagged rows
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    """``[n] -> [n + 1]`` exclusive cumulative sum."""
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+
+def gather(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenate the runs ``values[starts[i] : starts[i] + lengths[i]]`` over rows ``i``.
+
+    Args:
+        values: ``[V]`` flat ids.
+        starts: ``[n]`` first position of each row's run in ``values``.
+        lengths: ``[n]`` run lengths.
+    Returns:
+        ``[sum(lengths)]`` ids.
+    """
+    out_starts = _offsets(lengths)[:-1]
+    pos = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - out_starts, lengths)
+    return values[pos]
+
+
+def _row_of(lengths: np.ndarray, position: int) -> int:
+    """Row holding flat position ``position`` of a jagged column with ``lengths``."""
+    return int(np.searchsorted(np.cumsum(lengths), position, side="right"))
+
+
+@dataclass
+class Jagged:
+    """One jagged feature of ``n`` rows: ``lengths [n]`` int64, ``values [sum]`` int64;
+    ``offsets [n + 1]`` is derived."""
+
+    lengths: np.ndarray
+    values: np.ndarray
+    offsets: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.offsets = _offsets(self.lengths)
+
+    def take(self, idx: np.ndarray) -> "Jagged":
+        """Rows ``idx`` (``[m]`` int64), in that order."""
+        lengths = self.lengths[idx]
+        return Jagged(lengths, gather(self.values, self.offsets[:-1][idx], lengths))
+
+    def slice(self, start: int, stop: int) -> "Jagged":
+        lo, hi = self.offsets[start], self.offsets[stop]
+        return Jagged(self.lengths[start:stop], self.values[lo:hi])
+
+    def tail(self, max_len: int) -> "Jagged":
+        """Keep the last ``max_len`` values of each row (the most recent steps)."""
+        keep = np.minimum(self.lengths, max_len)
+        starts = self.offsets[:-1] + self.lengths - keep
+        return Jagged(keep, gather(self.values, starts, keep))
+
+    @staticmethod
+    def concat(parts: Sequence["Jagged"]) -> "Jagged":
+        return Jagged(
+            np.concatenate([p.lengths for p in parts]), np.concatenate([p.values for p in parts])
+        )
+
+
+@dataclass
+class Rows:
+    """Decoded rows, before batching: numpy counterparts of :class:`Batch`.
+
+    Attributes:
+        dense: ``[n, n_dense]`` float32.
+        labels: ``[n, tasks]`` float32.
+        groups: ``[n]`` int64.
+        sparse: one :class:`Jagged` per ``Schema.pooled_features``.
+        sequence: one :class:`Jagged` per ``Schema.unpooled_keys``.
+    """
+
+    dense: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    sparse: List[Jagged]
+    sequence: List[Jagged]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, idx: np.ndarray) -> "Rows":
+        return Rows(
+            self.dense[idx],
+            self.labels[idx],
+            self.groups[idx],
+            [j.take(idx) for j in self.sparse],
+            [j.take(idx) for j in self.sequence],
+        )
+
+    def slice(self, start: int, stop: int) -> "Rows":
+        return Rows(
+            self.dense[start:stop],
+            self.labels[start:stop],
+            self.groups[start:stop],
+            [j.slice(start, stop) for j in self.sparse],
+            [j.slice(start, stop) for j in self.sequence],
+        )
+
+    @staticmethod
+    def concat(parts: Sequence["Rows"]) -> "Rows":
+        if len(parts) == 1:
+            return parts[0]
+        return Rows(
+            np.concatenate([p.dense for p in parts]),
+            np.concatenate([p.labels for p in parts]),
+            np.concatenate([p.groups for p in parts]),
+            [Jagged.concat(js) for js in zip(*(p.sparse for p in parts))],
+            [Jagged.concat(js) for js in zip(*(p.sequence for p in parts))],
+        )
+
+    def to_batch(self, schema: Schema) -> Batch:
+        """A :class:`Batch` owning copies of these rows (so no window buffer is kept)."""
+        return Batch(
+            dense=torch.from_numpy(self.dense.copy()),
+            sparse=_kjt([f.name for f in schema.pooled_features], self.sparse, len(self)),
+            sequence=_kjt(schema.unpooled_keys, self.sequence, len(self)),
+            labels=torch.from_numpy(self.labels.copy()),
+            groups=torch.from_numpy(self.groups.copy()),
+        )
+
+
+def _kjt(keys: List[str], features: List[Jagged], batch_size: int) -> KeyedJaggedTensor:
+    """KJT of ``keys`` (key-major): values int64, lengths int32 ``[len(keys) * B]``."""
+    if not features:
+        return KeyedJaggedTensor(
+            keys=[],
+            values=torch.empty(0, dtype=torch.int64),
+            lengths=torch.empty(0, dtype=torch.int32),
+            stride=batch_size,
+        )
+    return KeyedJaggedTensor(
+        keys=keys,
+        values=torch.from_numpy(np.concatenate([f.values for f in features])),
+        lengths=torch.from_numpy(np.concatenate([f.lengths for f in features]).astype(np.int32)),
+        stride=batch_size,
+    )
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser of ``x`` viewed as uint64, vectorised: ``[N] -> [N]`` uint64."""
+    z = x.astype(np.int64).view(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@dataclass
+class _Ctx:
+    """Where a row group comes from, for error messages."""
+
+    path: Path
+    row0: int  # file-relative index of the row group's first row
+
+    def error(self, msg: str, column: str | None = None, row: int | None = None) -> DataError:
+        return _error(self.path, msg, column, None if row is None else self.row0 + row)
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.argmax(mask))
+
+
+def _numeric(col: pa.ChunkedArray, name: str, ctx: _Ctx) -> np.ndarray:
+    """A dense or label column as ``[n]`` float32; nulls and non-finite values fail."""
+    arr = col.combine_chunks()
+    if arr.null_count:
+        raise ctx.error("null value", name, _first(arr.is_null().to_numpy(zero_copy_only=False)))
+    x = arr.to_numpy(zero_copy_only=False).astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        i = _first(bad)
+        raise ctx.error(f"value {x[i]} is not finite (float32)", name, i)
+    return x
+
+
+def _labels(col: pa.ChunkedArray, name: str, ctx: _Ctx) -> np.ndarray:
+    y = _numeric(col, name, ctx)
+    bad = (y != 0) & (y != 1)
+    if bad.any():
+        i = _first(bad)
+        raise ctx.error(f"label {y[i]} is not 0 or 1", name, i)
+    return y
+
+
+def _jagged(col: pa.ChunkedArray, name: str, ctx: _Ctx, null_ok: bool) -> Jagged:
+    """An integer or ``list<integer>`` column as a :class:`Jagged` (null row -> empty
+    row if ``null_ok``, else an error; null ids inside a list are an error)."""
+    arr = col.combine_chunks()
+    if not null_ok and arr.null_count:
+        row = _first(arr.is_null().to_numpy(zero_copy_only=False))
+        raise ctx.error("null value (a target feature needs exactly one id)", name, row)
+    if _is_int_list(arr.type):
+        lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy().astype(np.int64)
+        flat = pc.list_flatten(arr)  # respects slicing and skips null rows (unlike .values)
+        if flat.null_count:
+            pos = _first(flat.is_null().to_numpy(zero_copy_only=False))
+            raise ctx.error("null id inside a list", name, _row_of(lengths, pos))
+        values = flat.to_numpy()
+    else:
+        lengths = arr.is_valid().to_numpy(zero_copy_only=False).astype(np.int64)
+        values = pc.drop_null(arr).to_numpy()
+    return Jagged(lengths, values.astype(np.int64))
+
+
+def _apply_id_policy(j: Jagged, name: str, table: str, size: int, policy: str, ctx: _Ctx) -> Jagged:
+    if policy == "hash":
+        return Jagged(j.lengths, (splitmix64(j.values) % np.uint64(size)).astype(np.int64))
+    bad = (j.values < 0) | (j.values >= size)
+    if bad.any():
+        pos = _first(bad)
+        raise ctx.error(
+            f"id {j.values[pos]} outside [0, {size}) of table {table!r} "
+            f"(num_embeddings {size}; id_policy 'reject')",
+            name,
+            _row_of(j.lengths, pos),
+        )
+    return j
+
+
+def _check_parallel(seqs: Dict[str, Jagged], ctx: _Ctx) -> None:
+    """Parallel sequences must have equal lengths in every row."""
+    names = list(seqs)
+    for other in names[1:]:
+        diff = seqs[names[0]].lengths != seqs[other].lengths
+        if diff.any():
+            i = _first(diff)
+            lens = {n: int(seqs[n].lengths[i]) for n in names}
+            raise ctx.error(f"parallel sequences {names} have unequal lengths {lens}", row=i)
+
+
+def columns_of(schema: Schema) -> List[str]:
+    """Columns the reader reads: the schema's, and the group key."""
+    cols = schema.all_columns()
+    if schema.group_key is not None and schema.group_key not in cols:
+        cols.append(schema.group_key)
+    return cols
+
+
+def decode(table: pa.Table, schema: Schema, path: Path, row0: int = 0) -> Rows:
+    """Check and decode one row group (``table``, rows ``row0..`` of ``path``) under the
+    bad-input policy of this module."""
+    ctx = _Ctx(path, row0)
+    n = table.num_rows
+    col = table.column
+    dense = np.zeros((n, 0), np.float32)
+    if schema.dense:
+        dense = np.stack([_numeric(col(c), c, ctx) for c in schema.dense], axis=1)
+    labels = np.stack([_labels(col(c), c, ctx) for c in schema.labels], axis=1)
+    groups = np.zeros(n, dtype=np.int64)
+    if schema.group_key is not None:
+        g = col(schema.group_key).combine_chunks()
+        if g.null_count:
+            row = _first(g.is_null().to_numpy(zero_copy_only=False))
+            raise ctx.error("null group key", schema.group_key, row)
+        groups = g.to_numpy().astype(np.int64)
+
+    def ids(name: str, table_name: str, null_ok: bool) -> Jagged:
+        j = _jagged(col(name), name, ctx, null_ok)
+        size = schema.table(table_name).num_embeddings
+        return _apply_id_policy(j, name, table_name, size, schema.id_policy, ctx)
+
+    sparse = [ids(f.name, f.table, null_ok=True) for f in schema.pooled_features]
+    targets = [ids(f.name, f.table, null_ok=False) for f in schema.target_features]
+    seqs = {s.name: ids(s.name, s.table, null_ok=True) for s in schema.sequence}
+    _check_parallel(seqs, ctx)
+    history = [seqs[s.name].tail(s.max_len) for s in schema.sequence]
+    return Rows(dense, labels, groups, sparse, targets + history)
+
+
+# --------------------------------------------------------------------------- reader
+
+
+@dataclass(frozen=True)
+class _RowGroup:
+    file: int
+    index: int
+    row0: int  # file-relative first row
+    num_rows: int
+
+
+class ParquetBatchReader(IterableDataset):
+    """Iterable of :class:`Batch` over Parquet files; see the module docstring for the
+    bad-input policy and how rows are shared between ranks.
+
+    Args:
+        paths: a Parquet file, a directory of ``*.parquet`` (sorted), or a list of them.
+        schema: the columns' roles.
+        batch_size: rows per batch on this rank.
+        shuffle: permute row groups and rows within windows, from ``(seed, epoch)``.
+        seed: shuffling seed.
+        drop_last: drop the last partial global batch.
+        rank, world_size: this rank's slice of each global batch.
+        shuffle_window: rows (at least) permuted together when shuffling; the memory
+            the reader holds is about one window.
+    """
+
+    def __init__(
+        self,
+        paths: Paths,
+        schema: Schema,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_window: int = 65536,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside [0, world_size={world_size})")
+        self.schema = schema
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle_window = shuffle_window
+        self.epoch = 0
+        self.files = resolve_paths(paths)
+        self.columns = columns_of(schema)
+        self.row_groups: List[_RowGroup] = []
+        for i, path in enumerate(self.files):
+            meta = validate_file(path, schema).metadata
+            row0 = 0
+            for g in range(meta.num_row_groups):
+                n = meta.row_group(g).num_rows
+                self.row_groups.append(_RowGroup(i, g, row0, n))
+                row0 += n
+        self.num_rows = sum(g.num_rows for g in self.row_groups)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffling order of ``epoch`` (same on every rank)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.num_rows, self.batch_size * self.world_size)
+        return full + int(not self.drop_last and rest >= self.world_size)
+
+    def _read(self, files: List[pq.ParquetFile], g: _RowGroup) -> Rows:
+        path = self.files[g.file]
+        try:
+            table = files[g.file].read_row_group(g.index, columns=self.columns)
+        except (pa.ArrowException, OSError) as e:
+            raise _error(path, f"row group {g.index} is unreadable ({e})") from None
+        return decode(table, self.schema, path, g.row0)
+
+    def _windows(self) -> Iterator[Rows]:
+        """The row stream, as consecutive decoded pieces."""
+        files = [_open(p) for p in self.files]
+        if not self.shuffle:
+            for g in self.row_groups:
+                yield self._read(files, g)
+            return
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = [self.row_groups[i] for i in rng.permutation(len(self.row_groups))]
+        window: List[Rows] = []
+        for k, g in enumerate(order):
+            window.append(self._read(files, g))
+            if sum(map(len, window)) >= self.shuffle_window or k == len(order) - 1:
+                rows = Rows.concat(window)
+                yield rows.take(rng.permutation(len(rows)))
+                window = []
+
+    def __iter__(self) -> Iterator[Batch]:
+        b, w, r = self.batch_size, self.world_size, self.rank
+        step = b * w
+        pending: List[Rows] = []
+        for rows in self._windows():
+            pending.append(rows)
+            if sum(map(len, pending)) < step:
+                continue
+            buf = Rows.concat(pending)
+            full = len(buf) // step * step
+            for s in range(0, full, step):
+                yield buf.slice(s + r * b, s + (r + 1) * b).to_batch(self.schema)
+            pending = [buf.slice(full, len(buf))]
+        rest = sum(map(len, pending))
+        if self.drop_last or rest < w:
+            return
+        buf = Rows.concat(pending)
+        base, extra = divmod(rest, w)
+        start = r * base + min(r, extra)
+        yield buf.slice(start, start + base + int(r < extra)).to_batch(self.schema)
