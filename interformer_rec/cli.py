@@ -17,7 +17,7 @@ def _quiet() -> None:
     """Keep the console readable: TorchRec and torch warn a lot on CPU."""
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("torchrec", "torch.distributed", "fbgemm_gpu", "torch.fx"):
+    for name in ("", "torchrec", "torch.distributed", "fbgemm_gpu", "torch.fx"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

@@ -266,7 +266,7 @@ class TrainConfig:
     max_steps_per_epoch: Optional[int] = None
     dense_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     embedding_optimizer: OptimizerConfig = field(
-        default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3)
+        default_factory=lambda: OptimizerConfig(name="adagrad", lr=0.05)
     )
     out_dir: str = "runs/default"
     log_every: int = 50

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
@@ -107,6 +108,7 @@ class Trainer:
             disable=not (self.env.is_main and self.cfg.train.progress),
             leave=False,
             dynamic_ncols=True,
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,
         )
         with bar:
             while True:
