@@ -46,6 +46,10 @@ would get zero rows and TorchRec cannot run a zero-row KJT: so no rank ever gets
 empty batch, every rank runs ``len(reader)`` steps, and at most ``world_size - 1`` rows
 of a split go unseen (none with one rank). Iterate the reader in the training process
 (it does no sharding across DataLoader workers).
+
+Resuming: ``start_batch=k`` skips the first ``k`` global batches of the epoch's stream
+(the rows a resumed job already trained on), on every rank alike; ``len(reader)`` then
+counts only the batches still to come. Skipped batches are never built into tensors.
 """
 
 from __future__ import annotations
@@ -488,6 +492,8 @@ class ParquetBatchReader(IterableDataset):
         rank, world_size: this rank's slice of each global batch.
         shuffle_window: rows (at least) permuted together when shuffling; the memory
             the reader holds is about one window.
+        start_batch: skip the first ``start_batch`` global batches of each epoch's
+            stream (resuming mid-epoch); ``len`` counts the batches after them.
     """
 
     def __init__(
@@ -502,12 +508,16 @@ class ParquetBatchReader(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         shuffle_window: int = 65536,
+        start_batch: int = 0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside [0, world_size={world_size})")
+        if start_batch < 0:
+            raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+        self.start_batch = start_batch
         self.schema = schema
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -535,7 +545,7 @@ class ParquetBatchReader(IterableDataset):
 
     def __len__(self) -> int:
         full, rest = divmod(self.num_rows, self.batch_size * self.world_size)
-        return full + int(not self.drop_last and rest >= self.world_size)
+        return max(full + int(not self.drop_last and rest >= self.world_size) - self.start_batch, 0)
 
     def _read(self, files: List[pq.ParquetFile], g: _RowGroup) -> Rows:
         path = self.files[g.file]
@@ -565,6 +575,7 @@ class ParquetBatchReader(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         b, w, r = self.batch_size, self.world_size, self.rank
         step = b * w
+        skip = self.start_batch  # global batches still to skip
         pending: List[Rows] = []
         for rows in self._windows():
             pending.append(rows)
@@ -573,10 +584,13 @@ class ParquetBatchReader(IterableDataset):
             buf = Rows.concat(pending)
             full = len(buf) // step * step
             for s in range(0, full, step):
+                if skip:
+                    skip -= 1
+                    continue
                 yield buf.slice(s + r * b, s + (r + 1) * b).to_batch(self.schema)
             pending = [buf.slice(full, len(buf))]
         rest = sum(map(len, pending))
-        if self.drop_last or rest < w:
+        if self.drop_last or rest < w or skip:
             return
         buf = Rows.concat(pending)
         base, extra = divmod(rest, w)
