@@ -249,6 +249,9 @@ class TableSharding:
 
     sharding_types: List[str] = field(default_factory=list)
     compute_kernels: List[str] = field(default_factory=list)
+    # column-wise shards: smallest shard width (the planner's default is 128 columns,
+    # so a narrower table is not split at all unless this is set)
+    min_partition: Optional[int] = None
 
 
 @dataclass
@@ -271,6 +274,11 @@ class TrainConfig:
     out_dir: str = "runs/default"
     log_every: int = 50
     progress: bool = True
+    # also checkpoint every N training steps (mid-epoch); None: only at epoch ends
+    checkpoint_every_steps: Optional[int] = None
+    # continue from <out_dir>/checkpoints/latest if there is one (model, optimizer,
+    # epoch and step within it); a fresh start if there is none
+    resume: bool = False
 
 
 @dataclass
