@@ -1,0 +1,45 @@
+"""InterFormer's building blocks, one job per module (names from the paper).
+
+* :mod:`.embeddings` — dense field tokens, EBC/EC construction, lookups to tokens and
+  padded sequences.
+* :mod:`.cross` — Cross Arch: LCE, SelfGating, PMA, recent-K gather, summaries.
+* :mod:`.interaction` — interaction variants (dot, dcn, projection, dhen) and the
+  Interaction Arch.
+* :mod:`.sequence` — MaskNet, RoPE, SDPA self-attention, PFFN, Sequence Arch.
+"""
+
+from interformer_rec.modules.cross import LCE, PMA, CrossArch, NonSequenceSummary, SelfGating, SequenceSummary, gather_recent
+from interformer_rec.modules.embeddings import DenseTokens, build_ebc, build_ec
+from interformer_rec.modules.interaction import (
+    DCNInteraction,
+    DHENInteraction,
+    DotInteraction,
+    InteractionArch,
+    ProjectionInteraction,
+    build_interaction,
+)
+from interformer_rec.modules.sequence import PFFN, MaskNet, MultiHeadSelfAttention, SequenceArch, rotary
+
+__all__ = [
+    "CrossArch",
+    "DCNInteraction",
+    "DHENInteraction",
+    "DenseTokens",
+    "DotInteraction",
+    "InteractionArch",
+    "LCE",
+    "MaskNet",
+    "MultiHeadSelfAttention",
+    "NonSequenceSummary",
+    "PFFN",
+    "PMA",
+    "ProjectionInteraction",
+    "SelfGating",
+    "SequenceArch",
+    "SequenceSummary",
+    "build_ebc",
+    "build_ec",
+    "build_interaction",
+    "gather_recent",
+    "rotary",
+]

@@ -1,0 +1,169 @@
+"""InterFormer (Zeng et al., arXiv 2411.09852) on TorchRec embeddings.
+
+::
+
+    dense ─► DenseTokens ─┐
+    sparse ─► ebc ────────┼─► X¹ [B, n, d]
+    sequence ─► ec ─┬─ targets ┘
+                    └─ steps [B, T, k·d] ─► MaskNet ─► [B, T, d]
+    S¹ = [CLS = SelfGating(LCE(X¹)) ; steps]               [B, c + T, d]
+    layer l = 1..L:  X_sum, S_sum = CrossArch(X^l, S^l)
+                     X^{l+1} = InteractionArch(X^l, S_sum)
+                     S^{l+1} = SequenceArch(S^l, X_sum)
+    X_sum, S_sum = CrossArch(X^{L+1}, S^{L+1})
+    logits = OverArch([flatten(X_sum) ; flatten(S_sum)])    [B, tasks]
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torchrec.modules.mlp import MLP
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from interformer_rec.config import InterFormerConfig, ModelConfig, Schema
+from interformer_rec.modules.cross import CrossArch, NonSequenceSummary
+from interformer_rec.modules.embeddings import DenseTokens, build_ebc, build_ec, pooled_tokens, unpooled_tokens
+from interformer_rec.modules.interaction import InteractionArch
+from interformer_rec.modules.sequence import MaskNet, SequenceArch
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Number of parameters (shared ones once); works on meta-device modules too."""
+    return sum(p.numel() for p in model.parameters())
+
+
+class InterFormerLayer(nn.Module):
+    """One InterFormer layer: Cross Arch first, then the Interaction and Sequence Arches,
+    which depend only on this layer's summaries (and could run in parallel).
+
+    Args:
+        num_tokens: ``n`` non-sequence tokens.
+        dim: ``d``.
+        cfg: InterFormer sizes.
+    """
+
+    def __init__(self, num_tokens: int, dim: int, cfg: InterFormerConfig) -> None:
+        super().__init__()
+        c, p, k = cfg.num_cls, cfg.num_pma, cfg.num_recent
+        self.cross_arch = CrossArch(num_tokens, c, p, k, dim, cfg.num_heads)
+        self.interaction_arch = InteractionArch(num_tokens, c + p + k, dim, cfg)
+        self.sequence_arch = SequenceArch(c, dim, cfg.num_heads, cfg.pffn_hidden, cfg.rope, cfg.dropout)
+
+    def forward(self, x: Tensor, s: Tensor, valid: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
+        """
+        Args:
+            x: ``[B, n, d]`` non-sequence tokens ``X^l``.
+            s: ``[B, c + T, d]`` sequence ``S^l`` (CLS first, zeros at padded steps).
+            valid: ``[B, c + T]`` bool.
+            lengths: ``[B]`` real steps per row.
+
+        Returns:
+            ``X^{l+1} [B, n, d]``, ``S^{l+1} [B, c + T, d]``.
+        """
+        x_sum, s_sum = self.cross_arch(x, s, valid, lengths)
+        return self.interaction_arch(x, s_sum), self.sequence_arch(s, x_sum, valid)
+
+
+class InterFormer(nn.Module):
+    """InterFormer CTR model.
+
+    Args:
+        schema: feature roles; needs at least one sequence feature and one non-sequence
+            token (dense, pooled or target feature).
+        cfg: ``cfg.embedding_dim`` is ``d``; ``cfg.interformer`` the sizes.
+        embedding_device: device of ``ebc`` / ``ec`` (``torch.device("meta")`` when
+            DistributedModelParallel materializes them); nothing else reads their weights
+            at init.
+
+    Attributes:
+        ebc: ``EmbeddingBagCollection`` of the pooled features (``None`` if there are none).
+        ec: ``EmbeddingCollection`` of the target features and the sequences.
+        num_tokens: ``n`` = dense + pooled + target features.
+    """
+
+    def __init__(self, schema: Schema, cfg: ModelConfig, embedding_device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        ic = cfg.interformer
+        d = cfg.embedding_dim
+        if not schema.sequence:
+            raise ValueError("InterFormer needs at least one sequence feature in the schema")
+        if ic.num_cls < 1:
+            raise ValueError("model.interformer.num_cls must be >= 1 (CLS positions keep attention well defined)")
+        self.pooled_names = [f.name for f in schema.pooled_features]
+        self.target_names = [f.name for f in schema.target_features]
+        self.sequence_names = [s.name for s in schema.sequence]
+        self.max_len = schema.max_len
+        self.num_cls = ic.num_cls
+        self.num_tokens = len(schema.dense) + len(self.pooled_names) + len(self.target_names)
+        if self.num_tokens == 0:
+            raise ValueError("InterFormer needs at least one dense, pooled or target feature")
+
+        self.ebc = build_ebc(schema, d, embedding_device)
+        self.ec = build_ec(schema, d, embedding_device)
+        self.dense_tokens = DenseTokens(len(schema.dense), d) if schema.dense else None
+        self.masknet = MaskNet(len(self.sequence_names) * d, ic.masknet_hidden, d)
+        self.cls_summary = NonSequenceSummary(self.num_tokens, ic.num_cls, d)
+        self.layers = nn.ModuleList([InterFormerLayer(self.num_tokens, d, ic) for _ in range(ic.num_layers)])
+        self.final_cross_arch = CrossArch(self.num_tokens, ic.num_cls, ic.num_pma, ic.num_recent, d, ic.num_heads)
+        summary_tokens = ic.num_cls + (ic.num_cls + ic.num_pma + ic.num_recent)
+        self.over_arch = MLP(
+            summary_tokens * d, [*ic.over_arch, len(schema.labels)], activation=nn.SiLU, activation_on_last=False
+        )
+
+    def embed(self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Embedding lookups.
+
+        Args:
+            dense: ``[B, n_dense]``.
+            sparse: pooled features (keys ``schema.pooled_features``).
+            sequence: target features then sequences (keys ``schema.unpooled_keys``).
+
+        Returns:
+            ``X¹ [B, n, d]`` (dense, pooled, target tokens in that order),
+            ``steps [B, T, k·d]`` (zeros at padded steps), ``lengths [B]``.
+        """
+        tokens = []
+        if self.dense_tokens is not None:
+            tokens.append(self.dense_tokens(dense))
+        if self.ebc is not None:
+            tokens.append(pooled_tokens(self.ebc(sparse), self.pooled_names))
+        targets, steps, lengths = unpooled_tokens(self.ec(sequence), self.target_names, self.sequence_names, self.max_len)
+        if targets is not None:
+            tokens.append(targets)
+        return torch.cat(tokens, dim=1), steps, lengths
+
+    def forward_embedded(self, x: Tensor, steps: Tensor, lengths: Tensor) -> Tensor:
+        """Everything after the lookups (the dense part of the model).
+
+        Args:
+            x: ``[B, n, d]`` non-sequence tokens ``X¹``.
+            steps: ``[B, T, k·d]`` per-step sequence embeddings, left-aligned.
+            lengths: ``[B]`` real steps per row (``<= T``); values at padded steps are
+                ignored.
+
+        Returns:
+            ``[B, tasks]`` logits.
+        """
+        B, T = steps.shape[0], steps.shape[1]
+        step_valid = torch.arange(T, device=steps.device).unsqueeze(0) < lengths.unsqueeze(1)
+        valid = torch.cat([torch.ones(B, self.num_cls, dtype=torch.bool, device=steps.device), step_valid], dim=1)
+        s = torch.cat([self.cls_summary(x), self.masknet(steps, step_valid)], dim=1)  # S¹ [B, c + T, d]
+        for layer in self.layers:
+            x, s = layer(x, s, valid, lengths)
+        x_sum, s_sum = self.final_cross_arch(x, s, valid, lengths)
+        return self.over_arch(torch.cat([x_sum.flatten(1), s_sum.flatten(1)], dim=1))
+
+    def forward(self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor) -> Tensor:
+        """
+        Args:
+            dense: ``[B, n_dense]`` float.
+            sparse: pooled features KJT (keys ``schema.pooled_features``).
+            sequence: unpooled KJT (keys ``schema.unpooled_keys``).
+
+        Returns:
+            ``[B, len(schema.labels)]`` logits.
+        """
+        return self.forward_embedded(*self.embed(dense, sparse, sequence))

@@ -1,0 +1,241 @@
+"""Cross Arch: the summaries exchanged between the two branches of InterFormer.
+
+``X_sum = SelfGating(LCE(X))`` summarises the non-sequence tokens for the sequence branch;
+``S_sum = SelfGating([S_CLS ; PMA(S) ; S_recent])`` summarises the sequence for the
+non-sequence branch. The sequence ``S`` here is ``[B, c + T, d]``: ``c = num_cls`` CLS
+positions (always valid) followed by ``T`` left-aligned steps of which the first
+``lengths`` are real.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class LCE(nn.Module):
+    """Linear Compressed Embedding: a learned linear map over the token axis, ``n -> m``
+    tokens (``out[:, j] = sum_i W[j, i] X[:, i] + b[j]``).
+
+    Args:
+        in_tokens: ``n``.
+        out_tokens: ``m``.
+    """
+
+    def __init__(self, in_tokens: int, out_tokens: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_tokens, out_tokens)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """
+        Args:
+            x: ``[B, n, d]``.
+
+        Returns:
+            ``[B, m, d]``.
+        """
+        return self.proj(x.transpose(1, 2)).transpose(1, 2)
+
+
+class SelfGating(nn.Module):
+    """``X ⊙ σ(MLP(X))``; the gate MLP (one linear layer) reads all ``m`` tokens
+    flattened, so each gate can depend on every token.
+
+    Args:
+        num_tokens: ``m``.
+        dim: ``d``.
+    """
+
+    def __init__(self, num_tokens: int, dim: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(num_tokens * dim, num_tokens * dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """
+        Args:
+            x: ``[B, m, d]``.
+
+        Returns:
+            ``[B, m, d]``.
+        """
+        return x * torch.sigmoid(self.gate(x.flatten(1))).view_as(x)
+
+
+class NonSequenceSummary(nn.Module):
+    """``X_sum = SelfGating(LCE(X))``.
+
+    Args:
+        num_tokens: ``n`` non-sequence tokens in.
+        num_summary: ``m`` summary tokens out (= ``num_cls``).
+        dim: ``d``.
+    """
+
+    def __init__(self, num_tokens: int, num_summary: int, dim: int) -> None:
+        super().__init__()
+        self.lce = LCE(num_tokens, num_summary)
+        self.gating = SelfGating(num_summary, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """
+        Args:
+            x: ``[B, n, d]``.
+
+        Returns:
+            ``[B, m, d]``.
+        """
+        return self.gating(self.lce(x))
+
+
+class PMA(nn.Module):
+    """Pooling by Multi-head Attention (Set Transformer): ``p`` learned seeds attend over
+    the valid positions of a sequence; ``out = LayerNorm(seeds + MHA(seeds, S, S))``.
+    Padded positions are masked out of the keys, so they never change the output.
+
+    Args:
+        num_seeds: ``p``.
+        dim: ``d``.
+        num_heads: attention heads (``d`` divisible by it).
+    """
+
+    def __init__(self, num_seeds: int, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"PMA: dim {dim} not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.seeds = nn.Parameter(torch.randn(num_seeds, dim) / math.sqrt(dim))
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, s: Tensor, valid: Tensor) -> Tensor:
+        """
+        Args:
+            s: ``[B, T', d]``.
+            valid: ``[B, T']`` bool, True at real positions (at least one per row).
+
+        Returns:
+            ``[B, p, d]``.
+        """
+        B, T, d = s.shape
+        h = self.num_heads
+        p = self.seeds.size(0)
+        q = self.q(self.seeds).view(1, p, h, d // h).transpose(1, 2).expand(B, -1, -1, -1)
+        k, v = self.kv(s).view(B, T, 2, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :])
+        o = o.transpose(1, 2).reshape(B, p, d)
+        return self.norm(self.seeds + self.out(o))
+
+
+def gather_recent(s: Tensor, lengths: Tensor, k: int, offset: int = 0) -> Tensor:
+    """The ``k`` most recent *real* steps, most recent first.
+
+    Steps are left-aligned after ``offset`` leading positions (the CLS tokens): the most
+    recent real step of row ``b`` is ``s[b, offset + lengths[b] - 1]``. Rows with fewer
+    than ``k`` real steps get zero tokens in the missing slots.
+
+    Args:
+        s: ``[B, offset + T, d]``.
+        lengths: ``[B]`` int, real steps per row (``<= T``).
+        k: number of recent steps.
+        offset: leading non-step positions.
+
+    Returns:
+        ``[B, k, d]``.
+    """
+    B, _, d = s.shape
+    back = torch.arange(k, device=s.device)
+    step = lengths.to(torch.int64).unsqueeze(1) - 1 - back  # [B, k]
+    valid = step >= 0
+    idx = (offset + step.clamp(min=0)).unsqueeze(-1).expand(B, k, d)
+    out = torch.gather(s, 1, idx)
+    return torch.where(valid.unsqueeze(-1), out, torch.zeros_like(out))
+
+
+class SequenceSummary(nn.Module):
+    """``S_sum = SelfGating([S_CLS ; PMA(S) ; S_recent])``, ``c + p + K`` tokens.
+
+    PMA attends over all valid positions of ``S`` (the CLS positions and the real steps).
+
+    Args:
+        num_cls: ``c`` CLS positions at the front of ``S``.
+        num_pma: ``p`` PMA seeds.
+        num_recent: ``K`` most recent real steps.
+        dim: ``d``.
+        num_heads: PMA heads.
+    """
+
+    def __init__(self, num_cls: int, num_pma: int, num_recent: int, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_cls = num_cls
+        self.num_recent = num_recent
+        self.num_tokens = num_cls + num_pma + num_recent
+        self.pma = PMA(num_pma, dim, num_heads) if num_pma > 0 else None
+        self.gating = SelfGating(self.num_tokens, dim)
+
+    def tokens(self, s: Tensor, valid: Tensor, lengths: Tensor) -> Tensor:
+        """The ungated summary ``[S_CLS ; PMA(S) ; S_recent]``.
+
+        Args:
+            s: ``[B, c + T, d]``.
+            valid: ``[B, c + T]`` bool.
+            lengths: ``[B]`` real steps per row.
+
+        Returns:
+            ``[B, c + p + K, d]``.
+        """
+        parts = [s[:, : self.num_cls]]
+        if self.pma is not None:
+            parts.append(self.pma(s, valid))
+        if self.num_recent > 0:
+            parts.append(gather_recent(s, lengths, self.num_recent, offset=self.num_cls))
+        return torch.cat(parts, dim=1)
+
+    def forward(self, s: Tensor, valid: Tensor, lengths: Tensor) -> Tensor:
+        """
+        Args:
+            s: ``[B, c + T, d]``.
+            valid: ``[B, c + T]`` bool.
+            lengths: ``[B]``.
+
+        Returns:
+            ``[B, c + p + K, d]``.
+        """
+        return self.gating(self.tokens(s, valid, lengths))
+
+
+class CrossArch(nn.Module):
+    """Both summaries of one layer: ``(X_sum, S_sum)``.
+
+    Args:
+        num_tokens: ``n`` non-sequence tokens.
+        num_cls: ``c`` (also the number of ``X_sum`` tokens).
+        num_pma: ``p``.
+        num_recent: ``K``.
+        dim: ``d``.
+        num_heads: PMA heads.
+    """
+
+    def __init__(
+        self, num_tokens: int, num_cls: int, num_pma: int, num_recent: int, dim: int, num_heads: int
+    ) -> None:
+        super().__init__()
+        self.x_summary = NonSequenceSummary(num_tokens, num_cls, dim)
+        self.s_summary = SequenceSummary(num_cls, num_pma, num_recent, dim, num_heads)
+
+    def forward(self, x: Tensor, s: Tensor, valid: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
+        """
+        Args:
+            x: ``[B, n, d]`` non-sequence tokens.
+            s: ``[B, c + T, d]`` sequence with CLS positions first.
+            valid: ``[B, c + T]`` bool.
+            lengths: ``[B]`` real steps per row.
+
+        Returns:
+            ``X_sum [B, c, d]``, ``S_sum [B, c + p + K, d]``.
+        """
+        return self.x_summary(x), self.s_summary(s, valid, lengths)

@@ -1,0 +1,194 @@
+"""Interaction variants and InterFormer's behaviour-aware Interaction Arch.
+
+Each variant maps ``F`` tokens ``[B, F, d]`` to a flat ``[B, out_dim]`` vector and exposes
+``out_dim``; they mirror TorchRec's DLRM interactions and reuse its modules:
+
+* ``dot`` — ``torchrec.models.dlrm.InteractionArch`` (pairwise dot products, upper
+  triangle) with token 0 in the "dense" slot, plus the other tokens flattened, so every
+  token appears once: ``out_dim = F·d + F(F-1)/2``.
+* ``dcn`` — ``torchrec.modules.crossnet.LowRankCrossNet`` (DCNv2) over the flattened
+  tokens: ``out_dim = F·d``.
+* ``projection`` — ``torchrec.models.dlrm.InteractionProjectionArch`` (DLRM_Projection:
+  two MLP branches ``[B, F1, d]`` and ``[B, d, F2]``, bmm, flatten) with token 0 as
+  "dense", plus the other tokens flattened: ``out_dim = F·d + F1·F2``.
+* ``dhen`` — the paper's default: the ``dot`` and ``dcn`` outputs concatenated.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch import Tensor, nn
+from torchrec.models.dlrm import InteractionArch as DLRMInteractionArch
+from torchrec.models.dlrm import InteractionProjectionArch
+from torchrec.modules.crossnet import LowRankCrossNet
+from torchrec.modules.mlp import MLP
+
+from interformer_rec.config import InterFormerConfig
+
+
+class DotInteraction(nn.Module):
+    """All pairwise dot products ``<t_i, t_j>, i < j``, and the tokens themselves.
+
+    Args:
+        num_tokens: ``F``.
+        dim: ``d``.
+    """
+
+    def __init__(self, num_tokens: int, dim: int) -> None:
+        super().__init__()
+        self.dot = DLRMInteractionArch(num_sparse_features=num_tokens - 1)
+        self.out_dim = num_tokens * dim + num_tokens * (num_tokens - 1) // 2
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """
+        Args:
+            tokens: ``[B, F, d]``.
+
+        Returns:
+            ``[B, F·d + F(F-1)/2]``: token 0, the dot products, tokens 1..F-1.
+        """
+        return torch.cat([self.dot(tokens[:, 0], tokens[:, 1:]), tokens[:, 1:].flatten(1)], dim=1)
+
+
+class DCNInteraction(nn.Module):
+    """DCNv2 low-rank cross net over the flattened tokens,
+    ``x_{l+1} = x_0 ⊙ (W_l V_l x_l + b_l) + x_l``.
+
+    Args:
+        num_tokens: ``F``.
+        dim: ``d``.
+        num_layers: cross layers.
+        low_rank: rank of ``W_l V_l``.
+    """
+
+    def __init__(self, num_tokens: int, dim: int, num_layers: int, low_rank: int) -> None:
+        super().__init__()
+        self.out_dim = num_tokens * dim
+        self.crossnet = LowRankCrossNet(in_features=self.out_dim, num_layers=num_layers, low_rank=low_rank)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """
+        Args:
+            tokens: ``[B, F, d]``.
+
+        Returns:
+            ``[B, F·d]``.
+        """
+        return self.crossnet(tokens.flatten(1))
+
+
+class ProjectionInteraction(nn.Module):
+    """DLRM_Projection: two MLP branches over the flattened tokens give ``Y [B, F1, d]``
+    and ``Z [B, d, F2]``; the output is ``flatten(Y·Z)`` and the tokens.
+
+    Args:
+        num_tokens: ``F`` (at least 2).
+        dim: ``d``.
+        branch1: layer sizes of branch 1; the last must be ``F1·d``.
+        branch2: layer sizes of branch 2; the last must be ``F2·d``.
+    """
+
+    def __init__(self, num_tokens: int, dim: int, branch1: List[int], branch2: List[int]) -> None:
+        super().__init__()
+        if num_tokens < 2:
+            raise ValueError("projection interaction needs at least 2 tokens")
+        for name, sizes in (("projection_branch1", branch1), ("projection_branch2", branch2)):
+            if not sizes or sizes[-1] % dim:
+                raise ValueError(f"{name}={sizes}: the last layer size must be a multiple of embedding_dim {dim}")
+        in_dim = num_tokens * dim
+        self.projection = InteractionProjectionArch(
+            num_sparse_features=num_tokens - 1,
+            interaction_branch1=MLP(in_dim, branch1, activation=nn.SiLU, activation_on_last=False),
+            interaction_branch2=MLP(in_dim, branch2, activation=nn.SiLU, activation_on_last=False),
+        )
+        self.out_dim = in_dim + (branch1[-1] // dim) * (branch2[-1] // dim)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """
+        Args:
+            tokens: ``[B, F, d]``.
+
+        Returns:
+            ``[B, F·d + F1·F2]``: token 0, the projections, tokens 1..F-1.
+        """
+        return torch.cat([self.projection(tokens[:, 0], tokens[:, 1:]), tokens[:, 1:].flatten(1)], dim=1)
+
+
+class DHENInteraction(nn.Module):
+    """The paper's default: an ensemble of ``dot`` and ``dcn``, concatenated.
+
+    Args:
+        num_tokens: ``F``.
+        dim: ``d``.
+        num_layers: DCN cross layers.
+        low_rank: DCN rank.
+    """
+
+    def __init__(self, num_tokens: int, dim: int, num_layers: int, low_rank: int) -> None:
+        super().__init__()
+        self.dot = DotInteraction(num_tokens, dim)
+        self.dcn = DCNInteraction(num_tokens, dim, num_layers, low_rank)
+        self.out_dim = self.dot.out_dim + self.dcn.out_dim
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """
+        Args:
+            tokens: ``[B, F, d]``.
+
+        Returns:
+            ``[B, dot.out_dim + dcn.out_dim]``.
+        """
+        return torch.cat([self.dot(tokens), self.dcn(tokens)], dim=1)
+
+
+def build_interaction(cfg: InterFormerConfig, num_tokens: int, dim: int) -> nn.Module:
+    """The variant named by ``cfg.interaction`` over ``num_tokens`` tokens of size ``dim``."""
+    kind = cfg.interaction
+    if kind == "dot":
+        return DotInteraction(num_tokens, dim)
+    if kind == "dcn":
+        return DCNInteraction(num_tokens, dim, cfg.dcn_num_layers, cfg.dcn_low_rank)
+    if kind == "projection":
+        return ProjectionInteraction(num_tokens, dim, cfg.projection_branch1, cfg.projection_branch2)
+    if kind == "dhen":
+        return DHENInteraction(num_tokens, dim, cfg.dcn_num_layers, cfg.dcn_low_rank)
+    raise ValueError(f"model.interformer.interaction={kind!r}: use dot, dcn, projection or dhen")
+
+
+class InteractionArch(nn.Module):
+    """Behaviour-aware interaction: ``X^{l+1} = X^l + MLP(Interaction([X^l ; S_sum]))``;
+    the MLP (hidden sizes ``cfg.interaction_mlp``, last layer linear) maps the
+    interaction vector back to ``n`` tokens.
+
+    Args:
+        num_tokens: ``n`` non-sequence tokens.
+        num_summary: ``k`` tokens of ``S_sum``.
+        dim: ``d``.
+        cfg: InterFormer sizes (interaction variant and MLP).
+    """
+
+    def __init__(self, num_tokens: int, num_summary: int, dim: int, cfg: InterFormerConfig) -> None:
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.dim = dim
+        self.interaction = build_interaction(cfg, num_tokens + num_summary, dim)
+        self.mlp = MLP(
+            self.interaction.out_dim,
+            [*cfg.interaction_mlp, num_tokens * dim],
+            activation=nn.SiLU,
+            activation_on_last=False,
+        )
+
+    def forward(self, x: Tensor, s_sum: Tensor) -> Tensor:
+        """
+        Args:
+            x: ``[B, n, d]``.
+            s_sum: ``[B, k, d]``.
+
+        Returns:
+            ``[B, n, d]``.
+        """
+        z = self.interaction(torch.cat([x, s_sum], dim=1))
+        return x + self.mlp(z).view(-1, self.num_tokens, self.dim)

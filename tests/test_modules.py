@@ -1,0 +1,330 @@
+"""InterFormer's modules: shapes, masks, padding invariance, summaries that read the
+right positions, and interaction variants that learn a planted pairwise interaction."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from interformer_rec.config import InterFormerConfig, ModelConfig, Schema, SequenceFeature, SparseFeature, TableConfig
+from interformer_rec.models.interformer import InterFormer
+from interformer_rec.modules.cross import LCE, PMA, CrossArch, SelfGating, SequenceSummary, gather_recent
+from interformer_rec.modules.embeddings import DenseTokens
+from interformer_rec.modules.interaction import InteractionArch, build_interaction
+from interformer_rec.modules.sequence import PFFN, MaskNet, MultiHeadSelfAttention, SequenceArch, rotary
+
+B, D, H = 4, 8, 2
+C, P, K = 2, 2, 3  # CLS, PMA seeds, recent
+
+
+def _lengths(T):
+    return torch.tensor([0, 1, T // 2, T])
+
+
+def _valid(lengths, T, c=C):
+    steps = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+    return torch.cat([torch.ones(len(lengths), c, dtype=torch.bool), steps], dim=1)
+
+
+def _garbage_padded(s, valid, scale=50.0):
+    """``s`` with large random values at invalid positions."""
+    return torch.where(valid.unsqueeze(-1), s, scale * torch.randn_like(s))
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def test_shapes_of_every_arch():
+    T, n = 6, 5
+    lengths = _lengths(T)
+    valid = _valid(lengths, T)
+    x = torch.randn(B, n, D)
+    s = torch.randn(B, C + T, D)
+    assert DenseTokens(3, D)(torch.randn(B, 3)).shape == (B, 3, D)
+    assert LCE(n, C)(x).shape == (B, C, D)
+    assert SelfGating(n, D)(x).shape == (B, n, D)
+    assert PMA(P, D, H)(s, valid).shape == (B, P, D)
+    assert gather_recent(s, lengths, K, offset=C).shape == (B, K, D)
+    x_sum, s_sum = CrossArch(n, C, P, K, D, H)(x, s, valid, lengths)
+    assert x_sum.shape == (B, C, D) and s_sum.shape == (B, C + P + K, D)
+    assert MaskNet(2 * D, 16, D)(torch.randn(B, T, 2 * D), valid[:, C:]).shape == (B, T, D)
+    assert rotary(torch.randn(B, H, T, D // H)).shape == (B, H, T, D // H)
+    assert MultiHeadSelfAttention(D, H)(s, valid).shape == (B, C + T, D)
+    assert PFFN(C, D)(s, x_sum).shape == (B, C + T, D)
+    assert SequenceArch(C, D, H, 16)(s, x_sum, valid).shape == (B, C + T, D)
+    for kind in ["dot", "dcn", "projection", "dhen"]:
+        cfg = InterFormerConfig(interaction=kind, interaction_mlp=[16], projection_branch1=[16], projection_branch2=[24])
+        tokens = torch.cat([x, s_sum], dim=1)
+        inter = build_interaction(cfg, n + C + P + K, D)
+        assert inter(tokens).shape == (B, inter.out_dim), kind
+        assert InteractionArch(n, C + P + K, D, cfg)(x, s_sum).shape == (B, n, D)
+
+
+def test_dot_interaction_holds_tokens_and_all_pairwise_dots():
+    tokens = torch.randn(B, 4, D)
+    out = build_interaction(InterFormerConfig(interaction="dot"), 4, D)(tokens)
+    dots = torch.einsum("bid,bjd->bij", tokens, tokens)
+    i, j = torch.triu_indices(4, 4, offset=1)
+    ref = torch.cat([tokens[:, 0], dots[:, i, j], tokens[:, 1:].flatten(1)], dim=1)
+    torch.testing.assert_close(out, ref)
+
+
+def test_projection_rejects_branch_not_multiple_of_dim():
+    with pytest.raises(ValueError, match="multiple of embedding_dim"):
+        build_interaction(InterFormerConfig(interaction="projection", projection_branch1=[10]), 4, D)
+
+
+# --------------------------------------------------------------------------- cross arch
+
+
+def test_recent_k_gathers_last_real_steps():
+    T = 5
+    lengths = torch.tensor([0, 1, 2, 5])
+    # value at row b, step t = 100 b + t + 1 (CLS positions hold -1)
+    steps = (100 * torch.arange(B).view(B, 1) + torch.arange(T).view(1, T) + 1).float()
+    s = torch.cat([-torch.ones(B, C), steps], dim=1).unsqueeze(-1).expand(B, C + T, D)
+    out = gather_recent(s, lengths, K, offset=C)[..., 0]
+    expected = torch.tensor(
+        [
+            [0.0, 0.0, 0.0],  # no real steps: all zeros
+            [101.0, 0.0, 0.0],  # one step
+            [202.0, 201.0, 0.0],  # two steps, most recent first
+            [305.0, 304.0, 303.0],  # full: the last real steps, not padding
+        ]
+    )
+    torch.testing.assert_close(out, expected)
+
+
+def test_recent_k_ignores_padded_positions():
+    T = 7
+    lengths = torch.tensor([0, 2, 3, 7])
+    valid = _valid(lengths, T)
+    s = torch.randn(B, C + T, D) * valid.unsqueeze(-1)
+    torch.testing.assert_close(
+        gather_recent(s, lengths, K, offset=C), gather_recent(_garbage_padded(s, valid), lengths, K, offset=C)
+    )
+
+
+def test_pma_ignores_padded_positions_and_equals_pma_on_truncated_sequence():
+    torch.manual_seed(0)
+    T = 6
+    pma = PMA(P, D, H)
+    lengths = torch.tensor([0, 2, 4, 6])
+    valid = _valid(lengths, T)
+    s = torch.randn(B, C + T, D)
+    out = pma(s, valid)
+    torch.testing.assert_close(pma(_garbage_padded(s, valid), valid), out, atol=1e-6, rtol=0)
+    for b in range(B):
+        L = C + int(lengths[b])
+        ref = pma(s[b : b + 1, :L], torch.ones(1, L, dtype=torch.bool))
+        torch.testing.assert_close(out[b : b + 1], ref, atol=1e-6, rtol=0)
+    # a real step does matter
+    s2 = s.clone()
+    s2[3, C + 1] += 1.0
+    assert not torch.allclose(pma(s2, valid)[3], out[3])
+
+
+def test_sequence_summary_reads_cls_positions_and_recent_steps():
+    T = 5
+    summ = SequenceSummary(C, P, K, D, H)
+    lengths = torch.tensor([0, 1, 3, 5])
+    valid = _valid(lengths, T)
+    s = torch.randn(B, C + T, D) * valid.unsqueeze(-1)
+    tokens = summ.tokens(s, valid, lengths)
+    assert tokens.shape == (B, C + P + K, D)
+    torch.testing.assert_close(tokens[:, :C], s[:, :C])
+    torch.testing.assert_close(tokens[:, C + P :], gather_recent(s, lengths, K, offset=C))
+    torch.testing.assert_close(tokens[2, C + P], s[2, C + 2])  # most recent real step of row 2
+
+
+def test_self_gating_is_x_times_sigmoid_mlp():
+    g = SelfGating(3, D)
+    x = torch.randn(B, 3, D)
+    ref = x * torch.sigmoid(g.gate(x.flatten(1))).view(B, 3, D)
+    torch.testing.assert_close(g(x), ref)
+
+
+# --------------------------------------------------------------------------- sequence arch
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 1, D), torch.randn(1, 1, 1, D)
+    T = 8
+    rq = rotary(q.expand(1, 1, T, D).contiguous())
+    rk = rotary(k.expand(1, 1, T, D).contiguous())
+    scores = (rq[0, 0] @ rk[0, 0].T)  # [T, T]
+    torch.testing.assert_close(scores[1, 4], scores[3, 6], atol=1e-5, rtol=0)
+    torch.testing.assert_close(scores[0, 0], scores[5, 5], atol=1e-5, rtol=0)
+    assert not torch.allclose(scores[0, 1], scores[0, 3])
+
+
+def test_attention_ignores_padded_keys():
+    torch.manual_seed(0)
+    T = 6
+    mha = MultiHeadSelfAttention(D, H, rope=True)
+    lengths = _lengths(T)
+    valid = _valid(lengths, T)
+    s = torch.randn(B, C + T, D)
+    a, b = mha(s, valid), mha(_garbage_padded(s, valid), valid)
+    torch.testing.assert_close(a[valid], b[valid], atol=1e-6, rtol=0)
+
+
+def test_sequence_arch_zeroes_padding_and_ignores_it():
+    torch.manual_seed(0)
+    T = 6
+    arch = SequenceArch(C, D, H, 16)
+    lengths = _lengths(T)
+    valid = _valid(lengths, T)
+    s, x_sum = torch.randn(B, C + T, D), torch.randn(B, C, D)
+    out = arch(s, x_sum, valid)
+    assert torch.all(out[~valid] == 0)
+    torch.testing.assert_close(arch(_garbage_padded(s, valid), x_sum, valid), out, atol=1e-6, rtol=0)
+
+
+def test_pffn_depends_on_x_sum_and_trains_its_generator():
+    torch.manual_seed(0)
+    T = 5
+    pffn = PFFN(C, D)
+    s, x_sum = torch.randn(B, T, D), torch.randn(B, C, D, requires_grad=True)
+    out = pffn(s, x_sum)
+    assert not torch.allclose(out, pffn(s, x_sum + 0.5))
+    # per-example weights: row 0's output changes only with row 0's summary
+    x2 = x_sum.detach().clone()
+    x2[0] += 1.0
+    out2 = pffn(s, x2)
+    assert not torch.allclose(out2[0], out[0]) and torch.allclose(out2[1:], out[1:])
+    out.square().sum().backward()
+    assert pffn.generator.weight.grad.abs().sum() > 0 and x_sum.grad.abs().sum() > 0
+    # and the whole sequence block depends on X_sum
+    arch = SequenceArch(C, D, H, 16)
+    valid = _valid(_lengths(T), T)
+    s = torch.randn(B, C + T, D)
+    assert not torch.allclose(arch(s, x_sum.detach(), valid), arch(s, x_sum.detach() + 0.5, valid))
+
+
+def test_masknet_zeroes_padded_steps():
+    T = 5
+    lengths = _lengths(T)
+    valid = _valid(lengths, T, c=0)
+    out = MaskNet(2 * D, 16, D)(torch.randn(B, T, 2 * D), valid)
+    assert torch.all(out[~valid] == 0) and torch.all(out[valid].abs().sum(-1) > 0)
+
+
+# --------------------------------------------------------------------------- whole model padding
+
+
+def _schema(max_len):
+    return Schema(
+        labels=["click"],
+        dense=["d0"],
+        sparse=[SparseFeature("user", "user"), SparseFeature("item", "item")],
+        sequence=[SequenceFeature("hist_item", "item", max_len), SequenceFeature("hist_cat", "cat", max_len)],
+        tables=[TableConfig("user", 50), TableConfig("item", 40), TableConfig("cat", 10)],
+    )
+
+
+def _model_cfg():
+    return ModelConfig(
+        embedding_dim=D,
+        interformer=InterFormerConfig(
+            num_layers=2, num_heads=H, num_cls=C, num_pma=P, num_recent=K, interaction_mlp=[16],
+            dcn_low_rank=4, masknet_hidden=16, pffn_hidden=16, over_arch=[16],
+        ),
+    )
+
+
+def _inputs(lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n, total = len(lengths), int(lengths.sum())
+    dense = torch.randn(n, 1, generator=g)
+    sparse = KeyedJaggedTensor.from_lengths_sync(["user"], torch.randint(0, 50, (n,), generator=g), torch.ones(n, dtype=torch.long))
+    values = torch.cat([
+        torch.randint(0, 40, (n,), generator=g),
+        torch.randint(0, 40, (total,), generator=g),
+        torch.randint(0, 10, (total,), generator=g),
+    ])
+    sequence = KeyedJaggedTensor.from_lengths_sync(
+        ["item", "hist_item", "hist_cat"], values, torch.cat([torch.ones(n, dtype=torch.long), lengths, lengths])
+    )
+    return dense, sparse, sequence
+
+
+def test_model_padding_invariance_larger_T_and_garbage():
+    torch.manual_seed(0)
+    model = InterFormer(_schema(6), _model_cfg()).eval()
+    lengths = torch.tensor([0, 2, 5, 6])
+    inputs = _inputs(lengths)
+    out = model(*inputs)
+    # same rows, a larger T (more padded steps), same parameters
+    big = InterFormer(_schema(11), _model_cfg()).eval()
+    big.load_state_dict(model.state_dict())
+    torch.testing.assert_close(big(*inputs), out, atol=1e-6, rtol=0)
+    # garbage at every padded step of the per-step embeddings, plus 4 extra padded steps
+    x, steps, lens = model.embed(*inputs)
+    steps = torch.cat([steps, torch.zeros(B, 4, steps.size(-1))], dim=1)
+    step_valid = torch.arange(steps.size(1)).unsqueeze(0) < lens.unsqueeze(1)
+    steps = torch.where(step_valid.unsqueeze(-1), steps, 100 * torch.randn_like(steps))
+    torch.testing.assert_close(model.forward_embedded(x, steps, lens), out, atol=1e-6, rtol=0)
+
+
+def test_model_rows_are_independent_of_batch_mates():
+    torch.manual_seed(0)
+    model = InterFormer(_schema(6), _model_cfg()).eval()
+    lengths = torch.tensor([0, 2, 5, 6])
+    dense, sparse, sequence = _inputs(lengths)
+    out = model(dense, sparse, sequence)
+    x, steps, lens = model.embed(dense, sparse, sequence)
+    for b in range(B):
+        torch.testing.assert_close(
+            model.forward_embedded(x[b : b + 1], steps[b : b + 1], lens[b : b + 1]), out[b : b + 1], atol=1e-6, rtol=0
+        )
+
+
+# --------------------------------------------------------------------------- planted interaction
+
+
+class _Flat(nn.Module):
+    """No-interaction baseline: the tokens flattened (a linear model on top)."""
+
+    def __init__(self, num_tokens, dim):
+        super().__init__()
+        self.out_dim = num_tokens * dim
+
+    def forward(self, tokens):
+        return tokens.flatten(1)
+
+
+def _planted(n, g, num_tokens=3, dim=4):
+    """Random tokens; label = [<t0, t1> > 0], a pure pairwise interaction (XOR-like:
+    no linear function of the tokens beats chance)."""
+    t = torch.randn(n, num_tokens, dim, generator=g)
+    return t, ((t[:, 0] * t[:, 1]).sum(-1) > 0).float()
+
+
+def _fit_accuracy(inter, steps=300, seed=0):
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    (xt, yt), (xv, yv) = _planted(2048, g), _planted(1024, g)
+    model = nn.Sequential(inter, nn.Linear(inter.out_dim, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = F.binary_cross_entropy_with_logits(model(xt).squeeze(1), yt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return ((model(xv).squeeze(1) > 0).float() == yv).float().mean().item()
+
+
+def test_no_interaction_baseline_cannot_learn_planted_product():
+    assert _fit_accuracy(_Flat(3, 4)) < 0.6
+
+
+@pytest.mark.parametrize("kind", ["dot", "dcn", "projection", "dhen"])
+def test_interaction_learns_planted_pairwise_product(kind):
+    cfg = InterFormerConfig(
+        interaction=kind, dcn_num_layers=2, dcn_low_rank=8, projection_branch1=[16], projection_branch2=[16]
+    )
+    assert _fit_accuracy(build_interaction(cfg, 3, 4)) > 0.85
