@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -147,9 +148,10 @@ class InterFormer(nn.Module):
         Returns:
             ``[B, tasks]`` logits.
         """
-        B, T = steps.shape[0], steps.shape[1]
+        T = steps.shape[1]
         step_valid = torch.arange(T, device=steps.device).unsqueeze(0) < lengths.unsqueeze(1)
-        valid = torch.cat([torch.ones(B, self.num_cls, dtype=torch.bool, device=steps.device), step_valid], dim=1)
+        # CLS positions are always valid (pad, not a factory call: fx-traceable by the pipeline)
+        valid = F.pad(step_valid, (self.num_cls, 0), value=True)
         s = torch.cat([self.cls_summary(x), self.masknet(steps, step_valid)], dim=1)  # S¹ [B, c + T, d]
         for layer in self.layers:
             x, s = layer(x, s, valid, lengths)
