@@ -33,9 +33,10 @@ Every rank decodes and checks every row group, so a bad row stops all ranks alik
 Distribution
 ------------
 The row stream is the files in sorted order, row groups in order. With ``shuffle`` the
-row groups are permuted and the rows within consecutive windows of at least
-``shuffle_window`` rows are permuted, both from ``(seed, epoch)`` (see ``set_epoch``).
-The stream does not depend on the rank or the world size. It is cut into global
+row groups are permuted (from ``(seed, epoch)``, see ``set_epoch``) and grouped into
+consecutive windows of at least ``shuffle_window`` rows, and the rows of window ``i``
+are permuted (from ``(seed, epoch, i)``). The stream does not depend on the rank, the
+world size or the number of DataLoader workers. It is cut into global
 batches of ``batch_size * world_size`` rows, and rank ``r`` takes rows
 ``[r * batch_size, (r + 1) * batch_size)`` of each, so one rank with batch ``2B`` sees
 exactly the union of what two ranks with batch ``B`` see, in the same order. The last
@@ -44,12 +45,24 @@ evenly as possible in rank order (rank ``r`` gets ``R // W`` rows, one more if
 ``r < R % W``). If ``0 < R < world_size`` it is dropped on every rank, because a rank
 would get zero rows and TorchRec cannot run a zero-row KJT: so no rank ever gets an
 empty batch, every rank runs ``len(reader)`` steps, and at most ``world_size - 1`` rows
-of a split go unseen (none with one rank). Iterate the reader in the training process
-(it does no sharding across DataLoader workers).
+of a split go unseen (none with one rank).
 
-Resuming: ``start_batch=k`` skips the first ``k`` global batches of the epoch's stream
+DataLoader workers: ``DataLoader(reader, batch_size=None, num_workers=N)`` splits the
+epoch's global batches into ``N`` contiguous ranges of nearly equal length (the first
+``T % N`` workers get one more), worker ``w`` yields its range, and the DataLoader
+interleaves the workers round robin. Every batch of the epoch is yielded exactly once,
+on every rank alike (the split does not depend on the rank), and a worker decodes only
+the row groups its range touches (plus at most one window at its range's boundary).
+Without workers the order is the stream order; with workers it is that round-robin
+interleaving ("the epoch order" below).
+
+Resuming: ``start_batch=k`` skips the first ``k`` global batches of the epoch order
 (the rows a resumed job already trained on), on every rank alike; ``len(reader)`` then
-counts only the batches still to come. Skipped batches are never built into tensors.
+counts only the batches still to come. Skipped batches are never read nor built into
+tensors. With ``N`` workers the first ``k`` batches of the epoch order are the first
+``k // N + (w < k % N)`` of each worker ``w``'s range, which is what worker ``w``
+skips; a resumed DataLoader yields exactly the remaining batches (its round robin
+restarts at worker 0, so their order within one round may differ).
 """
 
 from __future__ import annotations
@@ -63,7 +76,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from interformer_rec.config import Schema
@@ -478,6 +491,17 @@ class _RowGroup:
     num_rows: int
 
 
+@dataclass(frozen=True)
+class _Window:
+    """Consecutive rows of an epoch's stream: whole row groups (one when not shuffling),
+    permuted together when shuffling."""
+
+    index: int
+    groups: Tuple[int, ...]  # indices into ParquetBatchReader.row_groups, in stream order
+    start: int  # first row in the stream
+    num_rows: int
+
+
 class ParquetBatchReader(IterableDataset):
     """Iterable of :class:`Batch` over Parquet files; see the module docstring for the
     bad-input policy and how rows are shared between ranks.
@@ -493,7 +517,10 @@ class ParquetBatchReader(IterableDataset):
         shuffle_window: rows (at least) permuted together when shuffling; the memory
             the reader holds is about one window.
         start_batch: skip the first ``start_batch`` global batches of each epoch's
-            stream (resuming mid-epoch); ``len`` counts the batches after them.
+            order (resuming mid-epoch); ``len`` counts the batches after them.
+
+    Use it directly or through ``DataLoader(reader, batch_size=None, num_workers=N)``
+    (the workers share the epoch's batches, see the module docstring).
     """
 
     def __init__(
@@ -544,55 +571,90 @@ class ParquetBatchReader(IterableDataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        full, rest = divmod(self.num_rows, self.batch_size * self.world_size)
-        return max(full + int(not self.drop_last and rest >= self.world_size) - self.start_batch, 0)
+        """Batches this rank gets in an epoch (over all DataLoader workers together)."""
+        return max(self._num_global_batches() - self.start_batch, 0)
 
-    def _read(self, files: List[pq.ParquetFile], g: _RowGroup) -> Rows:
+    def _read(self, files: Dict[int, pq.ParquetFile], g: _RowGroup) -> Rows:
         path = self.files[g.file]
+        if g.file not in files:
+            files[g.file] = _open(path)
         try:
             table = files[g.file].read_row_group(g.index, columns=self.columns)
         except (pa.ArrowException, OSError) as e:
             raise _error(path, f"row group {g.index} is unreadable ({e})") from None
         return decode(table, self.schema, path, g.row0)
 
-    def _windows(self) -> Iterator[Rows]:
-        """The row stream, as consecutive decoded pieces."""
-        files = [_open(p) for p in self.files]
+    def _plan(self) -> List[_Window]:
+        """The epoch's windows, from the metadata alone (nothing is read)."""
+        n = len(self.row_groups)
         if not self.shuffle:
-            for g in self.row_groups:
-                yield self._read(files, g)
-            return
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = [self.row_groups[i] for i in rng.permutation(len(self.row_groups))]
-        window: List[Rows] = []
-        for k, g in enumerate(order):
-            window.append(self._read(files, g))
-            if sum(map(len, window)) >= self.shuffle_window or k == len(order) - 1:
-                rows = Rows.concat(window)
-                yield rows.take(rng.permutation(len(rows)))
-                window = []
+            order = np.arange(n)
+        else:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+        windows: List[_Window] = []
+        group: List[int] = []
+        rows = start = 0
+        for k, i in enumerate(order.tolist()):
+            group.append(i)
+            rows += self.row_groups[i].num_rows
+            if not self.shuffle or rows >= self.shuffle_window or k == n - 1:
+                windows.append(_Window(len(windows), tuple(group), start, rows))
+                start += rows
+                group, rows = [], 0
+        return windows
 
-    def __iter__(self) -> Iterator[Batch]:
+    def _read_window(self, files: Dict[int, pq.ParquetFile], w: _Window) -> Rows:
+        rows = Rows.concat([self._read(files, self.row_groups[i]) for i in w.groups])
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch, w.index])
+            rows = rows.take(rng.permutation(len(rows)))
+        return rows
+
+    def _num_global_batches(self) -> int:
+        full, rest = divmod(self.num_rows, self.batch_size * self.world_size)
+        return full + int(not self.drop_last and rest >= self.world_size)
+
+    def _span(self, k: int) -> Tuple[int, int]:
+        """Stream rows ``[start, stop)`` of this rank's part of global batch ``k``."""
         b, w, r = self.batch_size, self.world_size, self.rank
         step = b * w
-        skip = self.start_batch  # global batches still to skip
-        pending: List[Rows] = []
-        for rows in self._windows():
-            pending.append(rows)
-            if sum(map(len, pending)) < step:
-                continue
-            buf = Rows.concat(pending)
-            full = len(buf) // step * step
-            for s in range(0, full, step):
-                if skip:
-                    skip -= 1
-                    continue
-                yield buf.slice(s + r * b, s + (r + 1) * b).to_batch(self.schema)
-            pending = [buf.slice(full, len(buf))]
-        rest = sum(map(len, pending))
-        if self.drop_last or rest < w or skip:
+        full = self.num_rows // step
+        if k < full:
+            return k * step + r * b, k * step + (r + 1) * b
+        base, extra = divmod(self.num_rows - full * step, w)  # the last, partial batch
+        start = full * step + r * base + min(r, extra)
+        return start, start + base + int(r < extra)
+
+    def worker_range(self, worker: int, num_workers: int) -> Tuple[int, int]:
+        """Global batches ``[lo, hi)`` of the epoch that DataLoader worker ``worker`` of
+        ``num_workers`` yields, after ``start_batch`` (see the module docstring)."""
+        total, n = self._num_global_batches(), num_workers
+        lo = worker * (total // n) + min(worker, total % n)
+        hi = lo + total // n + int(worker < total % n)
+        skip = self.start_batch // n + int(worker < self.start_batch % n)
+        return min(lo + skip, hi), hi
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        lo, hi = self.worker_range(*((0, 1) if info is None else (info.id, info.num_workers)))
+        if lo >= hi:
             return
-        buf = Rows.concat(pending)
-        base, extra = divmod(rest, w)
-        start = r * base + min(r, extra)
-        yield buf.slice(start, start + base + int(r < extra)).to_batch(self.schema)
+        windows = self._plan()
+        starts = np.array([w.start for w in windows], np.int64)
+        files: Dict[int, pq.ParquetFile] = {}
+        cache: Dict[int, Rows] = {}  # decoded windows the next span may still need
+        for k in range(lo, hi):
+            a, z = self._span(k)
+            parts: List[Rows] = []
+            i = max(int(np.searchsorted(starts, a, side="right")) - 1, 0)
+            while i < len(windows) and windows[i].start < z:
+                win = windows[i]
+                end = win.start + win.num_rows
+                if end > a:
+                    if i not in cache:
+                        cache[i] = self._read_window(files, win)
+                    parts.append(cache[i].slice(max(a, win.start) - win.start, min(z, end) - win.start))
+                i += 1
+            for j in [j for j in cache if windows[j].start + windows[j].num_rows <= z]:
+                del cache[j]
+            yield Rows.concat(parts).to_batch(self.schema)
