@@ -1,7 +1,143 @@
-"""Sub-commands ``export``, ``predict``, ``serve`` of ``interformer-rec``."""
+"""Sub-commands ``export``, ``predict``, ``serve`` of ``interformer-rec``.
+
+Heavy imports (torchrec, the model code, the server library) happen inside the command
+functions, so ``interformer-rec --help`` stays fast and ``predict`` / ``serve`` never
+import torchrec.
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
+import sys
+
+
+def _fail(command: str, error: Exception) -> int:
+    print(f"interformer-rec {command}: error: {error}", file=sys.stderr)
+    return 2
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from interformer_rec.export.export import ExportError, export
+
+    try:
+        manifest = export(
+            args.checkpoint,
+            args.out,
+            pointer=args.pointer,
+            quantize=None if args.quantize == "none" else args.quantize,
+            data=args.data or None,
+            parity_rows=args.parity_rows,
+            parity_tol=args.parity_tol,
+            max_batch=args.max_batch,
+        )
+    except ExportError as e:
+        return _fail("export", e)
+    parity = manifest["parity"]
+    summary = {
+        "out": args.out,
+        "model": manifest["model"]["name"],
+        "package": manifest["package"],
+        "parity_max_abs_diff_logit": parity["max_abs_diff_logit"],
+        "parity_cases": {k: v["max_abs_diff_logit"] for k, v in parity["cases"].items()},
+        "quantization": manifest["quantization"],
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    _threads(args.threads)
+    from interformer_rec.export.features import InputError
+    from interformer_rec.export.predictor import ModelDirError, Predictor
+
+    try:
+        predictor = Predictor(args.model)
+        summary = predictor.predict_parquet(
+            args.data, args.out, batch_size=args.batch_size, keep=args.keep if args.keep else None
+        )
+    except (InputError, ModelDirError) as e:
+        return _fail("predict", e)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _threads(args.threads)
+    from interformer_rec.export.predictor import ModelDirError
+    from interformer_rec.export.server import ServerConfig, serve
+
+    cfg = ServerConfig(
+        host=args.host,
+        port=args.port,
+        max_batch_rows=args.max_batch_rows,
+        max_wait_ms=args.max_wait_ms,
+        max_pending=args.max_pending,
+        max_candidates=args.max_candidates,
+        max_body_bytes=args.max_body_bytes,
+        request_timeout_s=args.request_timeout,
+        shutdown_timeout_s=args.shutdown_timeout,
+    )
+    try:
+        serve(args.model, cfg)
+    except ModelDirError as e:
+        return _fail("serve", e)
+    return 0
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add the serving sub-commands to the ``interformer-rec`` parser."""
+    e = sub.add_parser(
+        "export",
+        help="export a checkpoint with torch.export + AOTInductor for serving",
+        description="Build the inference model from a training checkpoint, export it with "
+        "torch.export (dynamic batch and jagged lengths), compile it with AOTInductor, and "
+        "write model.pt2, schema.json and manifest.json (with parity figures) to --out.",
+    )
+    e.add_argument("--checkpoint", required=True, help="a run dir, its checkpoints/ dir, or a checkpoint dir")
+    e.add_argument("--pointer", default="best", choices=["best", "latest"], help="checkpoint pointer to follow")
+    e.add_argument("--out", required=True, help="export directory")
+    e.add_argument("--quantize", default="none", choices=["none", "int8", "fp16"], help="embedding table dtype")
+    e.add_argument(
+        "--data", action="append", default=[], metavar="PARQUET",
+        help="held-out data for parity / quantization quality (default: the config's test, else valid split)",
+    )
+    e.add_argument("--parity-rows", type=int, default=2048, help="held-out rows compared")
+    e.add_argument("--parity-tol", type=float, default=1e-5, help="max abs logit difference allowed")
+    e.add_argument("--max-batch", type=int, default=65536, help="largest batch the package accepts")
+    e.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="score a Parquet file with an exported model")
+    p.add_argument("--model", required=True, help="export directory")
+    p.add_argument("--data", required=True, nargs="+", help="Parquet file(s) or directories")
+    p.add_argument("--out", help="Parquet file for the scores (p_<task> columns)")
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--keep", action="append", default=[], metavar="COLUMN", help="input column copied to --out")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser(
+        "serve",
+        help="HTTP JSON scoring endpoint for an exported model",
+        description="POST /v1/score {user: {...}, candidates: [{...}]} -> {scores: {task: [...]}}; "
+        "GET /healthz; GET /v1/metadata. SIGINT/SIGTERM drain in-flight requests, then exit.",
+    )
+    s.add_argument("--model", required=True, help="export directory")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080, help="0 picks a free port (printed at start)")
+    s.add_argument("--max-batch-rows", type=int, default=1024, help="rows per micro-batch (model call)")
+    s.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a micro-batch waits to fill")
+    s.add_argument("--max-pending", type=int, default=64, help="queued requests before 503")
+    s.add_argument("--max-candidates", type=int, default=1024, help="candidates per request")
+    s.add_argument("--max-body-bytes", type=int, default=4 << 20, help="request body limit (413 above)")
+    s.add_argument("--request-timeout", type=float, default=30.0, help="seconds before a 504")
+    s.add_argument("--shutdown-timeout", type=float, default=10.0, help="seconds to drain on shutdown")
+    s.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    s.set_defaults(func=cmd_serve)

@@ -1,0 +1,544 @@
+"""Export a trained model for serving: ``torch.export`` (non-strict) of a plain-tensor
+front of the model, compiled by AOTInductor into one package.
+
+::
+
+    checkpoint (DCP, any world size) ──► plain unsharded model (eval, no optimizer, no DMP)
+      ──► ServingModule: (dense, sparse_values, sparse_lengths, sequence_values,
+                          sequence_lengths) -> KJTs built inside -> model -> logits
+      ──► torch.export, dynamic batch and jagged-length dims
+      ──► fbgemm's jagged ops rewritten in ATen (float tables)
+      ──► AOTInductor package  model.pt2 (+ schema.json, manifest.json)
+
+The package's inputs are plain tensors (see ``interformer_rec.export.features``), so it
+loads and runs with ``torch`` alone: no torchrec, no project code. With quantized tables
+(``quantize="int8"`` / ``"fp16"``, TorchRec's ``quantize_inference_model``) the package
+calls fbgemm's quantized lookup kernels and the loading process must ``import
+fbgemm_gpu`` first; the manifest says so (``package.requires``) and the predictor does it.
+
+The export directory::
+
+    model.pt2       AOTInductor package
+    schema.json     the feature schema and the input layout (FeatureSpec)
+    manifest.json   versions, config hash, input spec, dynamic dims, parity, quantization
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.metadata
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.export import Dim, ExportedProgram
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from interformer_rec.config import Config, config_from_dict
+from interformer_rec.export.features import (
+    INPUT_NAMES,
+    Encoded,
+    FeatureSpec,
+    Jagged,
+    encode_table,
+)
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "interformer_rec.serving/1"
+PACKAGE, SCHEMA, MANIFEST = "model.pt2", "schema.json", "manifest.json"
+MAX_BATCH = 65536
+MAX_VALUES = 1 << 30
+Inputs = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+class ExportError(RuntimeError):
+    """Export failed, or the exported model disagrees with the eager one."""
+
+
+# --------------------------------------------------------------------------- the module
+
+
+class ServingModule(nn.Module):
+    """Plain-tensor front of a ranking model: builds the two KJTs of the model contract
+    from flat tensors (keys fixed by the schema) and returns the logits.
+
+    Args:
+        model: any model with ``forward(dense, sparse: KJT, sequence: KJT) -> [B, tasks]``.
+        sparse_keys: keys of the pooled KJT (``FeatureSpec.pooled_keys``).
+        sequence_keys: keys of the unpooled KJT (``FeatureSpec.unpooled_keys``).
+    """
+
+    def __init__(self, model: nn.Module, sparse_keys: List[str], sequence_keys: List[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.sparse_keys = list(sparse_keys)
+        self.sequence_keys = list(sequence_keys)
+
+    def forward(
+        self,
+        dense: Tensor,
+        sparse_values: Tensor,
+        sparse_lengths: Tensor,
+        sequence_values: Tensor,
+        sequence_lengths: Tensor,
+    ) -> Tensor:
+        """
+        Args:
+            dense: ``[B, n_dense]`` float32.
+            sparse_values: ``[V_s]`` int64 pooled ids, key-major.
+            sparse_lengths: ``[n_pooled, B]`` int32.
+            sequence_values: ``[V_q]`` int64 target then sequence ids, key-major.
+            sequence_lengths: ``[n_unpooled, B]`` int32.
+
+        Returns:
+            ``[B, tasks]`` logits.
+        """
+        batch = dense.size(0)
+        sparse = KeyedJaggedTensor(
+            keys=self.sparse_keys, values=sparse_values, lengths=sparse_lengths.reshape(-1), stride=batch
+        )
+        sequence = KeyedJaggedTensor(
+            keys=self.sequence_keys, values=sequence_values, lengths=sequence_lengths.reshape(-1), stride=batch
+        )
+        return self.model(dense, sparse, sequence)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_model(checkpoint: Path | str, pointer: str = "best") -> Tuple[nn.Module, Config, Dict[str, Any], Path]:
+    """The model of a training checkpoint as a plain, unsharded eval-mode module.
+
+    Args:
+        checkpoint: a checkpoint directory (holding ``meta.json``), a run's
+            ``checkpoints/`` directory or the run directory itself.
+        pointer: which checkpoint a pointer file names (``best`` or ``latest``).
+
+    Returns:
+        ``(model, config, meta, checkpoint_dir)``. DCP gathers sharded tables into the
+        plain tables, whatever world size wrote them.
+    """
+    from interformer_rec.models import build_model
+    from interformer_rec.train.checkpoint import load_checkpoint, read_meta, resolve
+    from interformer_rec.train.trainer import RankingTrain
+
+    ckpt = resolve(Path(checkpoint), pointer)
+    meta = read_meta(ckpt)
+    if "config" not in meta:
+        raise ExportError(f"{ckpt}/meta.json holds no 'config': cannot rebuild the model")
+    cfg = config_from_dict(meta["config"], f"{ckpt}/meta.json")
+    wrapper = RankingTrain(build_model(cfg.data.schema, cfg.model, embedding_device=torch.device("cpu")))
+    load_checkpoint(ckpt, wrapper)
+    return wrapper.model.eval(), cfg, meta, ckpt
+
+
+def serving_module(model: nn.Module, spec: FeatureSpec) -> ServingModule:
+    return ServingModule(model, spec.pooled_keys, spec.unpooled_keys).eval()
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def random_encoded(
+    spec: FeatureSpec, n: int, rng: np.random.Generator, sequences: str = "random", bags: str = "random"
+) -> Encoded:
+    """``n`` random valid rows.
+
+    Args:
+        sequences: ``random`` (lengths 0..max_len), ``empty`` or ``full`` (max_len).
+        bags: ``random`` (pooled bags of 0..3 ids, at least one in row 0) or ``empty``.
+    """
+    dense = rng.standard_normal((n, len(spec.dense))).astype(np.float32)
+
+    def ids(lengths: np.ndarray, size: int) -> Jagged:
+        return Jagged(lengths.astype(np.int64), rng.integers(0, size, int(lengths.sum())).astype(np.int64))
+
+    if bags == "empty":
+        pooled = [ids(np.zeros(n, np.int64), f.num_embeddings) for f in spec.pooled]
+    else:
+        pooled = []
+        for f in spec.pooled:
+            lengths = rng.integers(0, 4, n)
+            lengths[0] = max(lengths[0], 1)
+            pooled.append(ids(lengths, f.num_embeddings))
+    T = spec.max_len
+    if sequences == "empty":
+        seq_len = np.zeros(n, np.int64)
+    elif sequences == "full":
+        seq_len = np.full(n, T, np.int64)
+    else:
+        seq_len = rng.integers(0, T + 1, n)
+    unpooled = [ids(np.ones(n, np.int64), f.num_embeddings) for f in spec.targets]
+    unpooled += [ids(seq_len, f.num_embeddings) for f in spec.sequences]
+    return Encoded(dense, pooled, unpooled)
+
+
+def with_sequences(enc: Encoded, spec: FeatureSpec, mode: str, rng: np.random.Generator) -> Encoded:
+    """``enc`` with its sequences replaced: ``empty`` or ``full`` (max_len random ids)."""
+    n, nt = len(enc), len(spec.targets)
+    lengths = np.zeros(n, np.int64) if mode == "empty" else np.full(n, spec.max_len, np.int64)
+    seqs = [
+        Jagged(lengths, rng.integers(0, f.num_embeddings, int(lengths.sum())).astype(np.int64))
+        for f in spec.sequences
+    ]
+    return Encoded(enc.dense, enc.pooled, enc.unpooled[:nt] + seqs)
+
+
+def example_inputs(spec: FeatureSpec, n: int = 8, seed: int = 0) -> Inputs:
+    """Inputs to trace with: ``n`` rows whose batch and value counts are all distinct and
+    at least 2 (so that none is specialised to a constant or tied to another)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(100):
+        t = random_encoded(spec, n, rng).to_tensors()
+        sizes = [n] + ([t[1].numel()] if spec.pooled else []) + [t[3].numel()]
+        if len(set(sizes)) == len(sizes) and min(sizes) >= 2:
+            return t
+    raise ExportError("could not draw example inputs with distinct sizes")
+
+
+def read_encoded(spec: FeatureSpec, paths: Sequence[Path], max_rows: int) -> Tuple[Encoded, Optional[np.ndarray]]:
+    """Up to ``max_rows`` rows of Parquet ``paths`` (row group by row group) and their
+    labels (``[n, tasks]``, ``None`` if a label column is missing)."""
+    import pyarrow.parquet as pq
+
+    parts: List[Encoded] = []
+    labels: List[np.ndarray] = []
+    have_labels = True
+    rows = 0
+    for path in paths:
+        pf = pq.ParquetFile(path)
+        row0 = 0
+        for g in range(pf.num_row_groups):
+            if rows >= max_rows:
+                break
+            cols = [c for c in spec.feature_names + spec.labels if c in pf.schema_arrow.names]
+            table = pf.read_row_group(g, columns=cols)
+            table = table.slice(0, max_rows - rows)
+            parts.append(encode_table(spec, table, str(path), row0))
+            if have_labels and all(c in table.column_names for c in spec.labels):
+                labels.append(np.stack([table.column(c).to_numpy(zero_copy_only=False) for c in spec.labels], 1))
+            else:
+                have_labels = False
+            row0 += pf.metadata.row_group(g).num_rows
+            rows += table.num_rows
+    if not parts:
+        raise ExportError(f"no rows in {[str(p) for p in paths]}")
+    return Encoded.concat(parts), (np.concatenate(labels).astype(np.float32) if have_labels else None)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _complete_cumsum(t: Tensor) -> Tensor:
+    """ATen version of ``fbgemm::asynchronous_complete_cumsum``: ``[N] -> [N + 1]``."""
+    return torch.cat([t.new_zeros(1), torch.cumsum(t, 0, dtype=t.dtype)])
+
+
+def _jagged_to_padded_dense(
+    values: Tensor, offsets: List[Tensor], max_lengths: List[int], padding_value: float = 0.0
+) -> Tensor:
+    """ATen version of ``fbgemm::jagged_to_padded_dense`` for one jagged dimension.
+
+    Args:
+        values: ``[V, *D]``.
+        offsets: ``[offsets [B + 1]]``.
+        max_lengths: ``[T]``; rows longer than ``T`` keep their first ``T`` values.
+
+    Returns:
+        ``[B, T, *D]``, ``padding_value`` after each row's values.
+    """
+    if len(offsets) != 1:
+        raise NotImplementedError("jagged_to_padded_dense: one jagged dimension only")
+    off, T = offsets[0], max_lengths[0]
+    B, V = off.size(0) - 1, values.size(0)
+    lengths = off[1:] - off[:-1]
+    rows = torch.repeat_interleave(torch.arange(B, device=values.device), lengths, output_size=V)
+    pos = (torch.arange(V, device=values.device) - off[:-1].index_select(0, rows)).clamp(max=T)
+    out = values.new_full((B, T + 1, *values.shape[1:]), padding_value)  # slot T takes the overflow
+    return out.index_put((rows, pos), values)[:, :T]
+
+
+def aten_decompositions() -> Dict[Any, Callable[..., Tensor]]:
+    """fbgemm ops that the exported graph can hold, rewritten in ATen (so the package
+    needs no fbgemm at load time)."""
+    return {
+        torch.ops.fbgemm.asynchronous_complete_cumsum.default: _complete_cumsum,
+        torch.ops.fbgemm.jagged_to_padded_dense.default: _jagged_to_padded_dense,
+    }
+
+
+def dynamic_shapes(spec: FeatureSpec, max_batch: int = MAX_BATCH) -> Tuple[Dict[int, Dim], ...]:
+    batch = Dim("batch", min=1, max=max_batch)
+    sparse_values = Dim("sparse_values", min=0, max=MAX_VALUES)
+    sequence_values = Dim("sequence_values", min=0, max=MAX_VALUES)
+    return (
+        {0: batch},
+        {0: sparse_values} if spec.pooled else {},
+        {1: batch},
+        {0: sequence_values},
+        {1: batch},
+    )
+
+
+def export_program(
+    serving: ServingModule, spec: FeatureSpec, max_batch: int = MAX_BATCH, decompose: bool = True
+) -> ExportedProgram:
+    """``torch.export`` (non-strict) of ``serving`` with dynamic batch and value counts.
+
+    Args:
+        decompose: rewrite fbgemm's jagged ops in ATen (see :func:`aten_decompositions`).
+    """
+    example = example_inputs(spec)
+    with torch.no_grad():
+        serving(*example)  # quantized modules cache their feature order on a first call
+    ep = torch.export.export(serving, example, dynamic_shapes=dynamic_shapes(spec, max_batch), strict=False)
+    if decompose:
+        ep = ep.run_decompositions(aten_decompositions())
+    return ep
+
+
+def required_libraries(ep: ExportedProgram) -> List[str]:
+    """Python packages a process must import before loading the compiled package."""
+    names = set()
+    for node in ep.graph.nodes:
+        if node.op == "call_function":
+            t = str(node.target)
+            if t.startswith("fbgemm.") or t == "call_torchbind":
+                names.add("fbgemm_gpu")
+    for const in ep.constants.values():
+        if isinstance(const, torch.ScriptObject):
+            names.add("fbgemm_gpu")
+    return sorted(names)
+
+
+def compile_package(ep: ExportedProgram, path: Path) -> Path:
+    """AOTInductor-compile ``ep`` into the package ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(torch._inductor.aoti_compile_and_package(ep, package_path=str(path)))
+
+
+# --------------------------------------------------------------------------- parity
+
+
+def parity_cases(
+    spec: FeatureSpec, data: Optional[Encoded], seed: int = 0, large: int = 2048, singles: int = 16
+) -> Dict[str, List[Encoded]]:
+    """Named lists of batches to compare exported and eager outputs on: held-out rows
+    (``data``; random rows if ``None``) one at a time and all at once (up to ``large``),
+    and the same rows with every sequence empty or at its full length."""
+    rng = np.random.default_rng(seed)
+    source = "heldout" if data is not None else "random"
+    rows = data if data is not None else random_encoded(spec, large, rng)
+    rows = rows.slice(0, min(len(rows), large))
+    k = min(singles, len(rows))
+    cases: Dict[str, List[Encoded]] = {
+        f"{source}/batch_1": [rows.slice(i, i + 1) for i in range(k)],
+        f"{source}/batch_{len(rows)}": [rows],
+    }
+    if spec.sequences:
+        for mode in ("empty", "full"):
+            changed = with_sequences(rows, spec, mode, rng)
+            cases[f"{source}/{mode}_sequences/batch_1"] = [changed.slice(i, i + 1) for i in range(min(4, k))]
+            cases[f"{source}/{mode}_sequences/batch_{len(rows)}"] = [changed]
+    if spec.pooled:
+        cases[f"{source}/empty_bags/batch_64"] = [random_encoded(spec, 64, rng, bags="empty")]
+    return cases
+
+
+def compare(
+    reference: Callable[..., Tensor], candidate: Callable[..., Tensor], cases: Dict[str, List[Encoded]]
+) -> Dict[str, Dict[str, float]]:
+    """Max abs difference of logits and probabilities per case."""
+    out: Dict[str, Dict[str, float]] = {}
+    with torch.no_grad():
+        for name, batches in cases.items():
+            dl = dp = 0.0
+            rows = 0
+            for enc in batches:
+                x = enc.to_tensors()
+                a, b = reference(*x), candidate(*x)
+                if a.shape != b.shape:
+                    raise ExportError(f"parity case {name}: shapes {tuple(a.shape)} != {tuple(b.shape)}")
+                dl = max(dl, (a - b).abs().max().item())
+                dp = max(dp, (a.sigmoid() - b.sigmoid()).abs().max().item())
+                rows += len(enc)
+            out[name] = {"rows": rows, "max_abs_diff_logit": dl, "max_abs_diff_prob": dp}
+    return out
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _versions() -> Dict[str, str]:
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for dist in ("torchrec", "fbgemm-gpu-cpu", "fbgemm-gpu", "interformer_rec"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _heldout_paths(cfg: Config, data: Optional[Sequence[Path | str]]) -> List[Path]:
+    from interformer_rec.data.reader import resolve_paths
+
+    if data:
+        return resolve_paths([Path(p) for p in data])
+    for split in (cfg.data.test, cfg.data.valid):
+        if split and Path(split).exists():
+            return resolve_paths(split)
+    return []
+
+
+def input_spec(spec: FeatureSpec) -> List[Dict[str, Any]]:
+    n_dense, n_pooled, n_unpooled = len(spec.dense), len(spec.pooled_keys), len(spec.unpooled_keys)
+    return [
+        {"name": "dense", "dtype": "float32", "shape": ["batch", n_dense], "columns": spec.dense},
+        {"name": "sparse_values", "dtype": "int64", "shape": ["sparse_values"], "keys": spec.pooled_keys},
+        {"name": "sparse_lengths", "dtype": "int32", "shape": [n_pooled, "batch"], "keys": spec.pooled_keys},
+        {"name": "sequence_values", "dtype": "int64", "shape": ["sequence_values"], "keys": spec.unpooled_keys},
+        {"name": "sequence_lengths", "dtype": "int32", "shape": [n_unpooled, "batch"], "keys": spec.unpooled_keys},
+    ]
+
+
+def export(
+    checkpoint: Path | str,
+    out_dir: Path | str,
+    *,
+    pointer: str = "best",
+    quantize: Optional[str] = None,
+    data: Optional[Sequence[Path | str]] = None,
+    parity_rows: int = 2048,
+    parity_tol: float = 1e-5,
+    max_batch: int = MAX_BATCH,
+) -> Dict[str, Any]:
+    """Export the model of ``checkpoint`` into ``out_dir`` (``model.pt2``,
+    ``schema.json``, ``manifest.json``) and check parity.
+
+    Args:
+        quantize: ``None`` (float32 tables), ``"int8"`` or ``"fp16"`` (TorchRec-quantized
+            embedding tables; their quality loss against the float model is measured).
+        data: held-out Parquet files for parity and quality; default the config's test
+            split, else its valid split, if present; random rows are always added.
+        parity_tol: max abs logit difference allowed between the package and the eager
+            model it was exported from; more raises :class:`ExportError` (after writing
+            the manifest, which records the figures).
+
+    Returns:
+        the manifest.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, cfg, meta, ckpt = load_model(checkpoint, pointer)
+    spec = FeatureSpec(cfg.data.schema)
+    paths = _heldout_paths(cfg, data)
+    heldout, labels = read_encoded(spec, paths, parity_rows) if paths else (None, None)
+
+    float_serving = serving_module(model, spec)
+    serving = float_serving
+    quant_info: Dict[str, Any] = {"embeddings": "float32"}
+    if quantize:
+        from interformer_rec.export.quantize import embedding_bytes, quality_report, quantize_embeddings
+
+        qmodel = quantize_embeddings(copy.deepcopy(model), quantize)
+        serving = serving_module(qmodel, spec)
+        quant_info = {
+            "embeddings": quantize,
+            "method": "torchrec.inference.modules.quantize_inference_model (row-wise, fbgemm TBE)",
+            "embedding_bytes_float": embedding_bytes(model),
+            "embedding_bytes_quantized": embedding_bytes(qmodel),
+            "quality": quality_report(float_serving, serving, spec, heldout, labels),
+        }
+
+    start = time.perf_counter()
+    ep = export_program(serving, spec, max_batch)
+    export_s = time.perf_counter() - start
+    requires = required_libraries(ep)
+    start = time.perf_counter()
+    package = compile_package(ep, out / PACKAGE)
+    compile_s = time.perf_counter() - start
+    spec.save(out / SCHEMA)
+
+    runner = torch._inductor.aoti_load_package(str(package))
+    cases = parity_cases(spec, heldout, large=parity_rows)
+    if heldout is not None:
+        cases.update(parity_cases(spec, None, large=256, singles=4))
+    parity = compare(serving, runner, cases)
+    worst = max(c["max_abs_diff_logit"] for c in parity.values())
+
+    manifest: Dict[str, Any] = {
+        "format": FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": {
+            "name": cfg.model.name,
+            "config_digest": cfg.digest(),
+            "checkpoint": str(ckpt.resolve()),
+            "epoch": meta.get("epoch"),
+            "valid": meta.get("valid"),
+            "tasks": spec.labels,
+        },
+        "versions": _versions(),
+        "package": {
+            "file": PACKAGE,
+            "sha256": _sha256(package),
+            "bytes": package.stat().st_size,
+            "requires": requires,
+            "export_seconds": round(export_s, 2),
+            "compile_seconds": round(compile_s, 2),
+        },
+        "schema": SCHEMA,
+        "inputs": input_spec(spec),
+        "dynamic_dims": {"batch": [1, max_batch], "sparse_values": [0, MAX_VALUES], "sequence_values": [0, MAX_VALUES]},
+        "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", len(spec.labels)], "tasks": spec.labels}],
+        "quantization": quant_info,
+        "parity": {
+            "reference": "eager " + ("quantized " if quantize else "") + "model",
+            "heldout": [str(p) for p in paths],
+            "tolerance_logit": parity_tol,
+            "max_abs_diff_logit": worst,
+            "cases": parity,
+        },
+        "config": cfg.to_dict(),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if not worst <= parity_tol:
+        raise ExportError(f"exported and eager logits differ by {worst:.3g} > {parity_tol:g}; see {out / MANIFEST}")
+    return manifest
+
+
+def iter_batches(enc: Encoded, batch_size: int) -> Iterator[Encoded]:
+    for start in range(0, len(enc), batch_size):
+        yield enc.slice(start, min(start + batch_size, len(enc)))
+
+
+__all__ = [
+    "ExportError",
+    "INPUT_NAMES",
+    "ServingModule",
+    "compare",
+    "compile_package",
+    "example_inputs",
+    "export",
+    "export_program",
+    "load_model",
+    "parity_cases",
+    "random_encoded",
+    "serving_module",
+]

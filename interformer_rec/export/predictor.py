@@ -1,0 +1,240 @@
+"""Score with an exported model: loads only ``model.pt2``, ``schema.json`` and
+``manifest.json`` from an export directory, with ``torch`` (plus ``fbgemm_gpu`` for a
+package with quantized tables, as its manifest says) — no torchrec, no model code.
+
+::
+
+    p = Predictor("exports/interformer")
+    p.predict_rows([{"user_id": 3, "item_id": 7, "hist_item_ids": [1, 5], ...}])  # [n, tasks]
+    p.predict_request({"user": {...}, "candidates": [{...}, ...]})              # response dict
+    p.predict_parquet("data/test.parquet", "scores.parquet")                   # summary dict
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from interformer_rec.export.features import (
+    Encoded,
+    FeatureSpec,
+    InputError,
+    encode_request,
+    encode_rows,
+    encode_table,
+)
+
+PACKAGE, SCHEMA, MANIFEST = "model.pt2", "schema.json", "manifest.json"
+
+
+class ModelDirError(FileNotFoundError):
+    """An export directory that is missing a file or does not load."""
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC with ties averaged (Mann-Whitney U); ``nan`` if a class is absent."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    _, start, counts = np.unique(s[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(s), np.float64)
+    ranks[order] = np.repeat(start + (counts + 1) / 2.0, counts)
+    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean binary cross-entropy, probabilities clipped to ``[1e-7, 1 - 1e-7]``."""
+    p = np.clip(np.asarray(probs, np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(labels, np.float64)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+class Predictor:
+    """An exported model, ready to score.
+
+    Args:
+        model_dir: the directory ``interformer-rec export`` wrote.
+        max_candidates: most candidates one request may hold.
+
+    Attributes:
+        spec: the :class:`FeatureSpec` of ``schema.json``.
+        manifest: ``manifest.json``.
+        max_batch: most rows per package call (larger inputs are scored in chunks).
+    """
+
+    def __init__(self, model_dir: Path | str, max_candidates: int = 4096) -> None:
+        self.model_dir = Path(model_dir)
+        for name in (PACKAGE, SCHEMA, MANIFEST):
+            if not (self.model_dir / name).is_file():
+                raise ModelDirError(f"{self.model_dir}: no {name} (not an `interformer-rec export` directory?)")
+        self.manifest: Dict[str, Any] = json.loads((self.model_dir / MANIFEST).read_text())
+        self.spec = FeatureSpec.load(self.model_dir / SCHEMA)
+        self.tasks: List[str] = list(self.spec.labels)
+        self.max_batch = int(self.manifest.get("dynamic_dims", {}).get("batch", [1, 65536])[1])
+        self.max_candidates = min(max_candidates, self.max_batch)
+        for lib in self.manifest.get("package", {}).get("requires", []):
+            importlib.import_module(lib)  # registers the custom ops the package calls
+        built = self.manifest.get("versions", {}).get("torch")
+        if built and built != torch.__version__:
+            import warnings
+
+            warnings.warn(f"package built with torch {built}, loading with {torch.__version__}")
+        self._runner = torch._inductor.aoti_load_package(str(self.model_dir / PACKAGE))
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("model", {}).get("name", "model"))
+
+    # ------------------------------------------------------------------ core
+
+    def logits(self, enc: Encoded) -> np.ndarray:
+        """``[n, tasks]`` float32 logits of encoded rows (in chunks of ``max_batch``)."""
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(enc), self.max_batch):
+                x = enc.slice(start, min(start + self.max_batch, len(enc))).to_tensors()
+                with self._lock:
+                    out.append(self._runner(*x).numpy())
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def predict_encoded(self, enc: Encoded) -> np.ndarray:
+        """``[n, tasks]`` float32 probabilities."""
+        z = self.logits(enc)
+        return (1.0 / (1.0 + np.exp(-z.astype(np.float64)))).astype(np.float32)
+
+    # ------------------------------------------------------------------ inputs
+
+    def predict_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """``[n, tasks]`` probabilities of raw feature dicts (one per row; see
+        :mod:`interformer_rec.export.features` for the accepted values). Raises
+        :class:`InputError` on malformed input."""
+        return self.predict_encoded(encode_rows(self.spec, rows))
+
+    def encode_request(self, request: Any) -> Encoded:
+        return encode_request(self.spec, request, self.max_candidates)
+
+    def response(self, request: Mapping[str, Any], probs: np.ndarray) -> Dict[str, Any]:
+        out: Dict[str, Any] = {
+            "model": self.name,
+            "num_candidates": int(probs.shape[0]),
+            "scores": {t: probs[:, i].tolist() for i, t in enumerate(self.tasks)},
+        }
+        if "request_id" in request:
+            out["request_id"] = request["request_id"]
+        return out
+
+    def predict_request(self, request: Any) -> Dict[str, Any]:
+        """Score one ranking request ``{"user": {...}, "candidates": [{...}, ...]}``:
+        returns ``{"model", "num_candidates", "scores": {task: [p per candidate]}}``."""
+        probs = self.predict_encoded(self.encode_request(request))
+        return self.response(request, probs)
+
+    def predict_parquet(
+        self,
+        paths: Sequence[Path | str] | Path | str,
+        out: Optional[Path | str] = None,
+        batch_size: int = 4096,
+        keep: Optional[Sequence[str]] = None,
+    ) -> Dict[str, Any]:
+        """Score Parquet file(s) row group by row group.
+
+        Args:
+            out: Parquet file to write: the ``keep`` columns (default: the group key, if
+                present) then ``p_<task>`` for each task, one row per input row.
+            keep: input columns copied to ``out``.
+
+        Returns:
+            ``{"rows", "seconds", "rows_per_s", "out"}`` and, where the label columns
+            are present, ``{"metrics": {task: {"auc", "logloss"}}}``.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        files = _parquet_files(paths)
+        spec = self.spec
+        keep = list(keep) if keep is not None else ([spec.group_key] if spec.group_key else [])
+        writer = None
+        labels: List[np.ndarray] = []
+        scores: List[np.ndarray] = []
+        have_labels = True
+        rows = 0
+        start = time.perf_counter()
+        try:
+            for path in files:
+                try:
+                    pf = pq.ParquetFile(path)
+                except (pa.ArrowException, OSError) as e:
+                    raise InputError(f"{path}: not a readable Parquet file ({e})") from None
+                names = pf.schema_arrow.names
+                missing = [c for c in spec.feature_names + keep if c not in names]
+                if missing:
+                    raise InputError(f"{path}: missing column(s) {missing}")
+                cols = list(dict.fromkeys(spec.feature_names + keep + [c for c in spec.labels if c in names]))
+                have_labels = have_labels and all(c in names for c in spec.labels)
+                row0 = 0
+                for g in range(pf.num_row_groups):
+                    table = pf.read_row_group(g, columns=cols)
+                    for s in range(0, table.num_rows, batch_size):
+                        part = table.slice(s, batch_size)
+                        probs = self.predict_encoded(encode_table(spec, part, str(path), row0 + s))
+                        scores.append(probs)
+                        if have_labels:
+                            labels.append(
+                                np.stack([part.column(c).to_numpy(zero_copy_only=False) for c in spec.labels], 1)
+                            )
+                        if out is not None:
+                            columns = {c: part.column(c) for c in keep}
+                            columns.update({f"p_{t}": pa.array(probs[:, i]) for i, t in enumerate(self.tasks)})
+                            batch = pa.table(columns)
+                            if writer is None:
+                                Path(out).parent.mkdir(parents=True, exist_ok=True)
+                                writer = pq.ParquetWriter(str(out), batch.schema)
+                            writer.write_table(batch)
+                        rows += part.num_rows
+                    row0 += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+        seconds = time.perf_counter() - start
+        summary: Dict[str, Any] = {
+            "model": self.name,
+            "files": [str(f) for f in files],
+            "rows": rows,
+            "seconds": round(seconds, 3),
+            "rows_per_s": round(rows / seconds, 1) if seconds > 0 else None,
+            "out": str(out) if out is not None else None,
+        }
+        if have_labels and labels:
+            y, p = np.concatenate(labels).astype(np.float64), np.concatenate(scores)
+            summary["metrics"] = {
+                t: {"auc": auc(y[:, i], p[:, i]), "logloss": logloss(y[:, i], p[:, i])}
+                for i, t in enumerate(self.tasks)
+            }
+        return summary
+
+
+def _parquet_files(paths: Sequence[Path | str] | Path | str) -> List[Path]:
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    files: List[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found = sorted(item.glob("*.parquet"))
+            if not found:
+                raise InputError(f"{item}: directory holds no *.parquet files")
+            files += found
+        elif item.exists():
+            files.append(item)
+        else:
+            raise InputError(f"{item}: no such file or directory")
+    return files
