@@ -1,0 +1,110 @@
+"""Shared fixtures of tests/test_export.py and tests/test_serve.py: a tiny synthetic data
+set, tiny checkpoints and their exported packages, cached under the session's pytest
+base temp directory so that each package is compiled (AOTInductor, ~15-25 s on 2 cores)
+once per test session, whichever test file asks first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from interformer_rec.config import (
+    Config,
+    DataConfig,
+    DLRMConfig,
+    InterFormerConfig,
+    ModelConfig,
+    OptimizerConfig,
+    SyntheticConfig,
+    TrainConfig,
+)
+from interformer_rec.data.synthetic import generate, synthetic_schema
+
+SYNTH = SyntheticConfig(
+    num_users=50, num_items=40, num_categories=5, num_contexts=3, num_segments=3, num_dense=2,
+    max_len=6, min_len=0, rows={"train": 1024, "valid": 256, "test": 256}, row_group_size=128, seed=0,
+)
+
+
+def cache_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.getbasetemp() / "export-cache"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def data_dir(tmp_path_factory) -> Path:
+    d = cache_dir(tmp_path_factory) / "data"
+    if not (d / "test.parquet").exists():
+        generate(SYNTH, d)
+    return d
+
+
+def make_config(data: Path, name: str, out_dir: Path) -> Config:
+    return Config(
+        data=DataConfig(
+            schema=synthetic_schema(SYNTH),
+            train=str(data / "train.parquet"),
+            valid=str(data / "valid.parquet"),
+            test=str(data / "test.parquet"),
+            synthetic=SYNTH,
+        ),
+        model=ModelConfig(
+            name=name,
+            embedding_dim=8,
+            dlrm=DLRMConfig(dense_arch=[16], over_arch=[16], dcn_num_layers=2, dcn_low_rank=4),
+            interformer=InterFormerConfig(
+                num_layers=1, num_heads=2, interaction="dhen", interaction_mlp=[16], dcn_num_layers=1,
+                dcn_low_rank=4, projection_branch1=[16], projection_branch2=[16], masknet_hidden=16,
+                pffn_hidden=16, over_arch=[16],
+            ),
+        ),
+        train=TrainConfig(
+            batch_size=128, eval_batch_size=256, epochs=1, out_dir=str(out_dir), progress=False,
+            embedding_optimizer=OptimizerConfig(name="adagrad", lr=0.05),
+        ),
+    )
+
+
+def checkpoint(tmp_path_factory, name: str) -> Path:
+    """A run directory with a ``checkpoints/best`` for model ``name``.
+
+    ``dlrm_dcn``: one epoch of the real Trainer (DMP-sharded, so loading it exercises
+    gathering sharded tables into a plain model). Others: the initial weights saved
+    from an unsharded model with ``save_checkpoint``.
+    """
+    run = cache_dir(tmp_path_factory) / f"run_{name}"
+    if (run / "checkpoints" / "best").exists():
+        return run
+    cfg = make_config(data_dir(tmp_path_factory), name, run)
+    if name == "dlrm_dcn":
+        from interformer_rec.train.trainer import Trainer
+
+        Trainer(cfg).fit()
+    else:
+        from interformer_rec.models import build_model
+        from interformer_rec.train.checkpoint import save_checkpoint
+        from interformer_rec.train.trainer import RankingTrain
+
+        torch.manual_seed(0)
+        model = RankingTrain(build_model(cfg.data.schema, cfg.model))
+        meta = {"epoch": 0, "global_step": 0, "valid": {}, "config": cfg.to_dict()}
+        save_checkpoint(run / "checkpoints", "epoch_0000", model, None, meta, pointers=("latest", "best"))
+    return run
+
+
+def exported(tmp_path_factory, name: str, quantize: Optional[str] = None) -> Path:
+    """The export directory of model ``name`` (compiled once per session)."""
+    out = cache_dir(tmp_path_factory) / f"export_{name}_{quantize or 'float'}"
+    if (out / "manifest.json").exists() and (out / "model.pt2").exists():
+        return out
+    from interformer_rec.export.export import export
+
+    export(checkpoint(tmp_path_factory, name), out, quantize=quantize, parity_rows=256)
+    return out
+
+
+def manifest(export_dir: Path) -> dict:
+    return json.loads((export_dir / "manifest.json").read_text())

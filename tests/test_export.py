@@ -1,0 +1,310 @@
+"""Export round trip: checkpoint -> torch.export -> AOTInductor package; parity with the
+eager model (batch 1, large batches, empty and full-length sequences); the package and
+the predictor load without torchrec; feature encoding equals the training reader's;
+Parquet scoring; int8 quantized tables with their quality loss."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from export_helpers import SYNTH, checkpoint, data_dir, exported, make_config, manifest
+from interformer_rec.config import Schema
+from interformer_rec.data.reader import ParquetBatchReader
+from interformer_rec.data.synthetic import synthetic_schema
+from interformer_rec.export.features import (
+    FeatureSpec,
+    InputError,
+    encode_request,
+    encode_rows,
+    encode_table,
+    splitmix64,
+)
+
+MODELS = ["interformer", "dlrm_dcn"]
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return data_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def export_dir(request, tmp_path_factory) -> Path:
+    return exported(tmp_path_factory, request.param)
+
+
+def spec_of(schema: Schema) -> FeatureSpec:
+    return FeatureSpec(schema)
+
+
+# --------------------------------------------------------------------------- encoding (no compile)
+
+
+@pytest.mark.parametrize("policy,max_len", [("reject", SYNTH.max_len), ("hash", 3)])
+def test_encoding_equals_training_reader(data, policy, max_len):
+    """encode_table gives exactly the tensors of ParquetBatchReader's Batch (id policy,
+    truncation to the most recent steps included)."""
+    schema = synthetic_schema(SYNTH)
+    schema = dataclasses.replace(
+        schema, id_policy=policy, sequence=[dataclasses.replace(s, max_len=max_len) for s in schema.sequence]
+    )
+    spec = spec_of(schema)
+    path = data / "valid.parquet"
+    table = pq.read_table(path)
+    dense, sv, sl, qv, ql = encode_table(spec, table, str(path)).to_tensors()
+    (batch,) = list(ParquetBatchReader(path, schema, batch_size=table.num_rows))
+    assert torch.equal(dense, batch.dense)
+    assert batch.sparse.keys() == spec.pooled_keys and batch.sequence.keys() == spec.unpooled_keys
+    assert torch.equal(sv, batch.sparse.values()) and torch.equal(sl.reshape(-1), batch.sparse.lengths())
+    assert torch.equal(qv, batch.sequence.values()) and torch.equal(ql.reshape(-1), batch.sequence.lengths())
+    assert int(ql[-1].max()) == max_len and int(ql[-1].min()) == 0  # full and empty histories present
+
+
+def test_splitmix64_matches_reader():
+    from interformer_rec.data.reader import splitmix64 as reader_splitmix64
+
+    x = np.random.default_rng(0).integers(-(2**62), 2**62, 1000)
+    assert np.array_equal(splitmix64(x), reader_splitmix64(x))
+
+
+def _row(i: int = 0) -> dict:
+    return {
+        "dense_0": 0.5, "dense_1": -1, "user_id": 3, "user_segment": 1, "user_interests": [1, 2],
+        "context": 2, "item_id": 7 + i, "item_category": 1, "hist_item_ids": [1, 2, 3], "hist_cat_ids": [0, 1, 2],
+    }
+
+
+def test_rows_request_and_table_encode_alike():
+    spec = spec_of(synthetic_schema(SYNTH))
+    rows = [_row(i) for i in range(3)]
+    by_rows = encode_rows(spec, rows).to_tensors()
+    user = {k: v for k, v in rows[0].items() if k not in ("item_id", "item_category")}
+    cands = [{"item_id": r["item_id"], "item_category": r["item_category"]} for r in rows]
+    by_request = encode_request(spec, {"user": user, "candidates": cands}).to_tensors()
+    import pyarrow as pa
+
+    by_table = encode_table(spec, pa.Table.from_pylist(rows)).to_tensors()
+    for a, b, c in zip(by_rows, by_request, by_table):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"user_id": None}, "user_id"),
+        ({"item_id": None}, "item_id: null, but a target feature needs exactly one id"),
+        ({"item_id": [3]}, "item_id: expected an integer id"),
+        ({"item_id": "7"}, "item_id: expected an integer id, got string"),
+        ({"item_id": 7.0}, "got number 7.0"),
+        ({"dense_0": "1"}, "dense_0: expected a number"),
+        ({"dense_0": True}, "dense_0: expected a number, got boolean"),
+        ({"dense_0": float("nan")}, "not finite"),
+        ({"dense_0": 1e39}, "not finite"),
+        ({"user_id": 50}, "user_id: id 50 outside [0, 50) of table 'user'"),
+        ({"user_id": -1}, "outside [0, 50)"),
+        ({"user_id": 2**64}, "does not fit in int64"),
+        ({"hist_item_ids": [1, 2, "x"]}, "hist_item_ids[2]: expected an integer id"),
+        ({"hist_item_ids": [1, 2]}, "parallel sequences have unequal lengths"),
+        ({"hist_item_ids": 5}, "hist_item_ids: expected a list of integer ids"),
+        ({"user_interests": [1, True]}, "user_interests[1]: expected an integer id, got boolean"),
+    ],
+)
+def test_bad_row_values(change, message):
+    spec = spec_of(synthetic_schema(SYNTH))
+    row = {**_row(), **change}
+    if change == {"user_id": None}:  # a null pooled feature is an empty bag, not an error
+        assert encode_rows(spec, [row]).pooled[0].lengths.tolist() == [0]
+        return
+    with pytest.raises(InputError, match=None) as e:
+        encode_rows(spec, [row])
+    assert message in str(e.value) and "rows[0]" in str(e.value)
+
+
+def test_missing_feature_and_hash_policy():
+    schema = synthetic_schema(SYNTH)
+    spec = spec_of(schema)
+    row = _row()
+    del row["context"]
+    with pytest.raises(InputError, match=r"rows\[0\]: missing feature\(s\) \['context'\]"):
+        encode_rows(spec, [row])
+    hashed = spec_of(dataclasses.replace(schema, id_policy="hash"))
+    enc = encode_rows(hashed, [{**_row(), "user_id": 10**15, "hist_item_ids": [-5, 2**62, 3]}])
+    assert all(((j.values >= 0) & (j.values < f.num_embeddings)).all()
+               for j, f in zip(enc.pooled, hashed.pooled))
+
+
+def test_long_history_keeps_most_recent():
+    spec = spec_of(synthetic_schema(SYNTH))
+    T = SYNTH.max_len
+    hist = list(range(T + 4))
+    enc = encode_rows(spec, [{**_row(), "hist_item_ids": hist, "hist_cat_ids": [h % 5 for h in hist]}])
+    seq = enc.unpooled[len(spec.targets)]
+    assert seq.lengths.tolist() == [T] and seq.values.tolist() == hist[-T:]
+
+
+# --------------------------------------------------------------------------- export round trip
+
+
+def test_export_writes_package_schema_manifest(export_dir):
+    m = manifest(export_dir)
+    assert (export_dir / "model.pt2").stat().st_size == m["package"]["bytes"] > 0
+    assert FeatureSpec.load(export_dir / "schema.json").feature_names == spec_of(synthetic_schema(SYNTH)).feature_names
+    cfg = make_config(Path("unused"), m["model"]["name"], Path("unused"))
+    assert len(m["model"]["config_digest"]) == 12
+    assert m["versions"]["torch"] == torch.__version__ and "torchrec" in m["versions"]
+    assert [i["name"] for i in m["inputs"]] == ["dense", "sparse_values", "sparse_lengths", "sequence_values", "sequence_lengths"]
+    assert m["package"]["requires"] == []  # float package: pure torch
+    assert m["config"]["model"]["name"] == cfg.model.name
+
+
+def test_export_parity(export_dir):
+    """The export-time parity check: package vs eager on held-out and random rows, batch 1
+    and large, empty and full-length sequences, empty bags."""
+    parity = manifest(export_dir)["parity"]
+    cases = parity["cases"]
+    for src in ("heldout", "random"):
+        for case in ("batch_1", "empty_sequences/batch_1", "full_sequences/batch_1", "empty_bags/batch_64"):
+            assert f"{src}/{case}" in cases
+    assert cases["heldout/batch_256"]["rows"] == 256
+    for name, c in cases.items():
+        assert c["max_abs_diff_logit"] < TOL, name
+    assert parity["max_abs_diff_logit"] < TOL
+
+
+def test_predict_parquet_matches_eager_on_reader_batches(export_dir, data, tmp_path):
+    """Held-out parity end to end: the training reader + the eager model from the
+    checkpoint vs the Parquet predictor + the package."""
+    from interformer_rec.export.export import load_model
+    from interformer_rec.export.predictor import Predictor
+
+    name = manifest(export_dir)["model"]["name"]
+    model, cfg, _, _ = load_model(Path(manifest(export_dir)["model"]["checkpoint"]))
+    schema = cfg.data.schema
+    path = data / "test.parquet"
+    with torch.no_grad():
+        eager = torch.cat([model(b.dense, b.sparse, b.sequence).sigmoid()
+                           for b in ParquetBatchReader(path, schema, batch_size=100)]).numpy()
+    out = tmp_path / "scores.parquet"
+    summary = Predictor(export_dir).predict_parquet(path, out, batch_size=77)
+    scores = pq.read_table(out)
+    assert summary["rows"] == len(eager) == scores.num_rows == SYNTH.rows["test"]
+    assert scores.column_names == ["user_id", "p_click"]
+    diff = np.abs(scores.column("p_click").to_numpy() - eager[:, 0]).max()
+    assert diff < TOL, (name, diff)
+    m = summary["metrics"]["click"]
+    assert 0.0 <= m["auc"] <= 1.0 and m["logloss"] > 0
+
+
+def test_checkpoint_from_trainer_scores_its_auc(tmp_path_factory):
+    """The DMP-trained DLRM: the package's test AUC is the Trainer's own test AUC (so the
+    sharded checkpoint was gathered into the plain model intact)."""
+    from interformer_rec.export.predictor import Predictor
+
+    run = checkpoint(tmp_path_factory, "dlrm_dcn")
+    metrics = json.loads((run / "metrics.json").read_text())
+    summary = Predictor(exported(tmp_path_factory, "dlrm_dcn")).predict_parquet(
+        data_dir(tmp_path_factory) / "test.parquet"
+    )
+    assert summary["metrics"]["click"]["auc"] == pytest.approx(metrics["test"]["auc"], abs=1e-4)
+
+
+def test_package_and_predictor_load_without_torchrec(tmp_path_factory, tmp_path):
+    """A fresh process loads each package with torch alone, and the predictor scores rows,
+    without importing torchrec, fbgemm_gpu or the model code."""
+    dirs = [str(exported(tmp_path_factory, name)) for name in MODELS]
+    rows = pq.read_table(data_dir(tmp_path_factory) / "test.parquet").slice(0, 5).to_pylist()
+    expected = {}
+    from interformer_rec.export.predictor import Predictor
+
+    for d in dirs:
+        expected[d] = Predictor(d).predict_rows(rows)[:, 0].tolist()
+    (tmp_path / "rows.json").write_text(json.dumps({"rows": rows, "expected": expected}))
+    script = textwrap.dedent(
+        f"""
+        import json, sys, torch
+        spec = json.load(open({str(tmp_path / 'rows.json')!r}))
+        for d, want in spec["expected"].items():
+            runner = torch._inductor.aoti_load_package(d + "/model.pt2")
+            from interformer_rec.export.predictor import Predictor
+            got = Predictor(d).predict_rows(spec["rows"])[:, 0].tolist()
+            assert max(abs(a - b) for a, b in zip(got, want)) < 1e-6, (got, want)
+        heavy = [m for m in sys.modules if m.split(".")[0] in ("torchrec", "fbgemm_gpu")
+                 or m.startswith(("interformer_rec.models", "interformer_rec.train", "interformer_rec.data"))]
+        print(json.dumps(heavy))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_cli_predict(export_dir, data, tmp_path, capsys):
+    from interformer_rec.cli import main
+
+    out = tmp_path / "p.parquet"
+    rc = main(["predict", "--model", str(export_dir), "--data", str(data / "valid.parquet"),
+               "--out", str(out), "--keep", "item_id"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows"] == SYNTH.rows["valid"] and pq.read_table(out).column_names == ["item_id", "p_click"]
+    assert main(["predict", "--model", str(tmp_path), "--data", str(data / "valid.parquet")]) == 2
+    bad = tmp_path / "bad.parquet"
+    t = pq.read_table(data / "valid.parquet")
+    pq.write_table(t.drop(["item_id"]), bad)
+    assert main(["predict", "--model", str(export_dir), "--data", str(bad)]) == 2
+    assert "missing column(s) ['item_id']" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- quantization
+
+
+def test_int8_export_parity_and_quality(tmp_path_factory, data):
+    """int8 tables (TorchRec's quantize_inference_model): the package matches the eager
+    quantized model, needs fbgemm_gpu to load, and its quality loss is measured."""
+    from interformer_rec.export.predictor import Predictor
+
+    d = exported(tmp_path_factory, "dlrm_dcn", quantize="int8")
+    m = manifest(d)
+    assert m["package"]["requires"] == ["fbgemm_gpu"]
+    assert m["parity"]["max_abs_diff_logit"] < TOL
+    q = m["quantization"]
+    assert q["embeddings"] == "int8"
+    assert q["embedding_bytes_quantized"] < q["embedding_bytes_float"]
+    held = q["quality"]["heldout"]
+    assert held["rows"] == 256 and held["max_abs_diff_prob"] < 0.05
+    assert abs(held["click"]["auc_delta"]) < 0.02
+    float_scores = Predictor(exported(tmp_path_factory, "dlrm_dcn")).predict_parquet(data / "test.parquet")
+    int8_scores = Predictor(d).predict_parquet(data / "test.parquet")
+    assert int8_scores["metrics"]["click"]["auc"] == pytest.approx(float_scores["metrics"]["click"]["auc"], abs=0.02)
+
+
+def test_fp16_quality_eager(tmp_path_factory):
+    """fp16 tables, eager only (no compile): far closer to float than int8."""
+    import copy
+
+    from interformer_rec.export.export import load_model, random_encoded, serving_module
+    from interformer_rec.export.quantize import quality_report, quantize_embeddings
+
+    model, cfg, _, _ = load_model(checkpoint(tmp_path_factory, "dlrm_dcn"))
+    spec = FeatureSpec(cfg.data.schema)
+    ref = serving_module(model, spec)
+    reports = {
+        dt: quality_report(ref, serving_module(quantize_embeddings(copy.deepcopy(model), dt), spec), spec, None, None,
+                           random_rows=512)["random"]
+        for dt in ("fp16", "int8")
+    }
+    assert reports["fp16"]["max_abs_diff_prob"] < 1e-3
+    assert reports["fp16"]["mean_abs_diff_prob"] <= reports["int8"]["mean_abs_diff_prob"]
+    x = random_encoded(spec, 3, np.random.default_rng(0)).to_tensors()
+    assert ref(*x).shape == (3, 1)
