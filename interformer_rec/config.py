@@ -352,11 +352,19 @@ def config_from_dict(raw: Dict[str, Any], where: str = "") -> Config:
         raise ConfigError(f"{where}: {e}" if where else str(e)) from None
 
 
-def load_config(path: str | Path, overrides: Optional[List[str]] = None) -> Config:
-    """Load a YAML config. Relative data paths are resolved against the current working
-    directory. ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML),
-    e.g. ``train.epochs=1``."""
-    path = Path(path)
+def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else in ``over`` replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple = ()) -> Dict[str, Any]:
+    """Read a YAML config; a top-level ``base: other.yaml`` (relative to this file) is
+    read first and this file's keys are deep-merged over it."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself")
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -365,6 +373,18 @@ def load_config(path: str | Path, overrides: Optional[List[str]] = None) -> Conf
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    return _merge(_read_yaml(path.parent / base, (*seen, path.resolve())), raw)
+
+
+def load_config(path: str | Path, overrides: Optional[List[str]] = None) -> Config:
+    """Load a YAML config. Relative data paths are resolved against the current working
+    directory. ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML),
+    e.g. ``train.epochs=1``."""
+    path = Path(path)
+    raw = _read_yaml(path)
     for item in overrides or []:
         key, sep, val = item.partition("=")
         if not sep:
