@@ -2,28 +2,40 @@
 
 Layout of ``<out_dir>/checkpoints``::
 
-    epoch_0003/        a DCP checkpoint (model + optimizer), plus meta.json
-    best, latest       one-line pointer files naming a checkpoint directory
+    epoch_0003/          a DCP checkpoint (model + optimizer), meta.json, plan.txt
+    step_00000120/       a mid-epoch checkpoint (``train.checkpoint_every_steps``)
+    best, latest         one-line pointer files naming a checkpoint directory
 
-A checkpoint is written into ``<name>.tmp``, completed on every rank, then renamed; the
-pointer files are replaced atomically (``os.replace``) only after that. A job killed
-mid-write leaves a ``.tmp`` directory that no pointer names, so it is never loaded. DCP
-stores sharded tensors with their global shapes, so a checkpoint written by N ranks
-loads on M ranks, or into a plain unsharded model (export).
+Atomicity: a checkpoint is written into ``<name>.tmp`` by every rank; ``meta.json`` (the
+training position: epoch, step within it, RNG states, history) is written last, after a
+barrier, and is the commit marker; then the directory is renamed to ``<name>`` and the
+pointer files are replaced (``os.replace``). A job killed at any point leaves either a
+``.tmp`` directory, which no pointer names and :func:`latest_complete` never returns,
+or a complete checkpoint. Loading refuses a directory without ``meta.json``.
+
+Resharding: DCP stores sharded tensors with their global shapes and offsets, so a
+checkpoint written by N ranks under one sharding plan loads on M ranks under another,
+or into a plain unsharded model (export).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.optim import Optimizer
+
+logger = logging.getLogger(__name__)
+
+META = "meta.json"
+POINTERS = ("best", "latest")
 
 
 def _barrier() -> None:
@@ -35,6 +47,13 @@ def _is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def _write_durably(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def save_checkpoint(
     root: Path,
     name: str,
@@ -42,9 +61,11 @@ def save_checkpoint(
     optimizer: Optional[Optimizer],
     meta: Dict[str, Any],
     pointers: tuple[str, ...] = ("latest",),
+    files: Optional[Mapping[str, str]] = None,
 ) -> Path:
     """Write checkpoint ``root/name`` collectively (every rank calls this) and point
-    ``pointers`` (e.g. ``latest``, ``best``) at it. Returns the checkpoint path."""
+    ``pointers`` (e.g. ``latest``, ``best``) at it. ``files`` (name -> text, e.g. the
+    sharding plan) are written beside the tensors. Returns the checkpoint path."""
     root = Path(root)
     final, tmp = root / name, root / f"{name}.tmp"
     if _is_main():
@@ -57,8 +78,13 @@ def save_checkpoint(
     dcp.save(state, checkpoint_id=str(tmp))
     _barrier()
     if _is_main():
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        shutil.rmtree(final, ignore_errors=True)
+        for fname, text in (files or {}).items():
+            _write_durably(tmp / fname, text)
+        _write_durably(tmp / META, json.dumps(meta, indent=2, sort_keys=True))  # commit marker
+        if final.exists():  # re-saving a name: never leave a pointer at a missing dir for long
+            stale = root / f"{name}.stale"
+            shutil.rmtree(stale, ignore_errors=True)
+            os.replace(final, stale)
         os.replace(tmp, final)
         for p in pointers:
             _write_pointer(root / p, name)
@@ -69,43 +95,110 @@ def save_checkpoint(
 
 def _write_pointer(path: Path, target: str) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(target + "\n")
+    _write_durably(tmp, target + "\n")
     os.replace(tmp, path)
 
 
 def _prune(root: Path) -> None:
-    """Keep only the checkpoints some pointer names."""
-    keep = {resolve(root, p).name for p in ("best", "latest") if (root / p).exists()}
+    """Keep only the checkpoints some pointer names (and drop leftovers of killed
+    writes: ``*.tmp``, ``*.stale``)."""
+    keep = set()
+    for p in POINTERS:
+        if (root / p).exists():
+            keep.add((root / p).read_text().strip())
     for d in root.iterdir():
         if d.is_dir() and d.name not in keep:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def is_complete(ckpt: Path) -> bool:
+    """A checkpoint directory whose write finished (it has its ``meta.json``)."""
+    ckpt = Path(ckpt)
+    return ckpt.is_dir() and not ckpt.name.endswith((".tmp", ".stale")) and (ckpt / META).exists()
 
 
 def resolve(root: Path, pointer: str = "latest") -> Path:
     """The checkpoint directory a pointer names; a path that is already a checkpoint
     directory (has ``meta.json``) is returned as is."""
     root = Path(root)
-    if (root / "meta.json").exists():
+    if (root / META).exists():
         return root
     p = root / pointer
     if not p.exists() and (root / "checkpoints" / pointer).exists():
         p = root / "checkpoints" / pointer
     if not p.exists():
         raise FileNotFoundError(f"no checkpoint pointer {pointer!r} under {root}")
-    return p.parent / p.read_text().strip()
+    ckpt = p.parent / p.read_text().strip()
+    if not is_complete(ckpt):
+        raise FileNotFoundError(f"checkpoint {ckpt} (named by {p}) is missing or incomplete")
+    return ckpt
+
+
+def latest_complete(root: Path) -> Optional[Path]:
+    """The checkpoint to resume from: the one ``latest`` names if it is complete, else
+    the complete checkpoint with the highest ``global_step`` (a job killed between a
+    rename and a pointer update), else ``None``."""
+    root = Path(root)
+    try:
+        return resolve(root, "latest")
+    except FileNotFoundError:
+        pass
+    if not root.is_dir():
+        return None
+    done = [d for d in root.iterdir() if is_complete(d)]
+    if not done:
+        return None
+    return max(done, key=lambda d: read_meta(d).get("global_step", -1))
 
 
 def read_meta(ckpt: Path) -> Dict[str, Any]:
-    return json.loads((Path(ckpt) / "meta.json").read_text())
+    return json.loads((Path(ckpt) / META).read_text())
+
+
+def _leaves(tree: Dict[str, Any], prefix: str = "") -> Dict[str, tuple]:
+    """Flatten nested dicts as DCP names their entries: ``{"a.b.c": (parent, key)}``."""
+    out: Dict[str, tuple] = {}
+    for k, v in tree.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_leaves(v, name + "."))
+        else:
+            out[name] = (tree, k)
+    return out
 
 
 def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: Optional[Optimizer] = None) -> Dict[str, Any]:
-    """Load a checkpoint into ``model`` (sharded or not, any world size) and, if given,
-    ``optimizer``. Returns its meta."""
+    """Load a checkpoint into ``model`` (sharded or not, any world size and plan) and,
+    if given, ``optimizer``. Returns its meta.
+
+    Every model entry must be in the checkpoint. An optimizer entry that is not (its
+    table's kernel changed with the plan, e.g. a table that was data_parallel, whose
+    Adagrad state is ``sum``, is now sharded, whose fused state is ``momentum1``) keeps
+    its fresh value, with a warning naming it."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from interformer_rec.train.dist import init_optimizer_state
+
+    ckpt = Path(ckpt)
+    if not is_complete(ckpt):
+        raise FileNotFoundError(f"{ckpt}: not a complete checkpoint (no {META})")
+    saved = set(FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata)
     state: Dict[str, Any] = {"model": model.state_dict()}
     if optimizer is not None:
+        init_optimizer_state(optimizer)  # type: ignore[arg-type]
         state["optim"] = optimizer.state_dict()
-    dcp.load(state, checkpoint_id=str(ckpt))
+    leaves = _leaves(state)
+    missing = sorted(k for k in leaves if k not in saved)
+    bad = [k for k in missing if k.startswith("model.")]
+    if bad:
+        raise KeyError(f"{ckpt}: the checkpoint has no {bad[:5]}{' ...' if len(bad) > 5 else ''}")
+    if missing and _is_main():
+        logger.warning("%s: %d optimizer entries not in the checkpoint, kept fresh: %s", ckpt, len(missing), missing[:8])
+    flat = {k: parent[key] for k, (parent, key) in leaves.items() if k in saved}
+    dcp.load(flat, checkpoint_id=str(ckpt))
+    for k, v in flat.items():  # tensors were loaded in place; other values are new objects
+        parent, key = leaves[k]
+        parent[key] = v
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])

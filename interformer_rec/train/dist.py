@@ -3,29 +3,61 @@
 One code path for every world size: a plain ``interformer-rec train`` is a 1-rank job
 (gloo over an in-memory store); ``torchrun`` / torchx set ``WORLD_SIZE`` and friends and
 the same code shards over N ranks (gloo on CPU, nccl on CUDA).
+
+What the CPU backend can shard (torchrec 1.8, fbgemm-gpu-cpu 1.8, gloo), and why:
+
+=====================  ====================================  ==============================
+module                 works on CPU                          not on CPU
+=====================  ====================================  ==============================
+EmbeddingBagCollection table_wise, column_wise,              row_wise, table_row_wise,
+                       table_column_wise, data_parallel      grid_shard: TorchRec's EBC
+                                                             sharder offers them only for
+                                                             CUDA (``sharding_types``)
+EmbeddingCollection    table_wise, row_wise, column_wise     data_parallel: fbgemm's CPU
+                                                             dense lookup pools even with
+                                                             ``PoolingMode.NONE``
+=====================  ====================================  ==============================
+
+:func:`check_sharding_config` refuses the right-hand column with a :class:`ConfigError`
+on every rank before planning (so no rank waits forever for a plan that failed on rank
+0), and an EmbeddingCollection table without an override is kept off data_parallel.
+
+Gradient scale across world sizes: each rank's loss is the mean over its own ``B`` rows.
+DDP averages dense gradients over ranks, and TorchRec's output dists divide the
+embedding gradients they send back by the world size
+(``torchrec.distributed.comm_ops.GRADIENT_DIVISION``, on by default); data-parallel
+tables are averaged by DDP. So on every path a step on ``W`` ranks of ``B`` rows equals
+a step on one rank of ``W*B`` rows (checked numerically, with SGD, in
+tests/test_distributed.py). :func:`init_embedding_tables` makes the initial tables the
+same for every plan and world size.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import zlib
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple, Type
+from typing import Dict, Iterator, List, Optional, Tuple, Type
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.sharding_plan import get_default_sharders
-from torchrec.distributed.types import ShardingPlan
+from torchrec.distributed.types import ModuleSharder, ShardingPlan, ShardingType
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from interformer_rec.config import ConfigError, DistConfig, OptimizerConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,24 +75,35 @@ class DistEnv:
 
 
 def init_distributed(cfg: DistConfig) -> DistEnv:
-    """Join (or create) the default process group. Idempotent."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    """Join (or create) the default process group. Idempotent: a group that already
+    exists (made by a test or a notebook) is used as it is, its rank and size trusted
+    over the environment."""
+    env = os.environ
+    if dist.is_initialized():
+        world, rank = dist.get_world_size(), dist.get_rank()
+    else:
+        world, rank = int(env.get("WORLD_SIZE", "1")), int(env.get("RANK", "0"))
+    local_rank = int(env.get("LOCAL_RANK", str(rank)))
+    local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
     if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+    if local_world > 1 and "OMP_NUM_THREADS" not in env:
+        # as torchrun does: ranks sharing a host must not each take every core
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     backend = cfg.backend or ("nccl" if device.type == "cuda" else "gloo")
-    if not dist.is_initialized():
-        if world == 1 and "MASTER_ADDR" not in os.environ:
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-        else:
-            dist.init_process_group(backend)
+    if dist.is_initialized():
+        backend = dist.get_backend()
+    elif world == 1 and "MASTER_ADDR" not in env:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    else:
+        dist.init_process_group(backend)
     return DistEnv(rank, world, local_rank, local_world, device, backend)
 
+
+# --------------------------------------------------------------------------- optimizers
 
 _EMBEDDING_OPTIMIZERS: Dict[str, Type[torch.optim.Optimizer]] = {
     "adagrad": torch.optim.Adagrad,
@@ -95,36 +138,267 @@ def apply_embedding_optimizer(model: nn.Module, cfg: OptimizerConfig, device: to
     apply_optimizer_in_backward(_EMBEDDING_OPTIMIZERS[cfg.name], params, _optimizer_kwargs(cfg))
 
 
+def is_table_weight(name: str) -> bool:
+    """``name`` (a parameter or state-dict key) is an embedding table's weight."""
+    parts = name.split(".")
+    return len(parts) >= 3 and parts[-1] == "weight" and parts[-3] in ("embedding_bags", "embeddings")
+
+
 def dense_optimizer(model: nn.Module, cfg: OptimizerConfig) -> KeyedOptimizerWrapper:
-    """Optimizer for every parameter the fused embedding optimizer does not own."""
+    """Optimizer for every parameter the fused embedding optimizer does not own and that
+    is not an embedding table."""
     cls = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
     if cfg.name not in cls:
         raise ConfigError(f"train.dense_optimizer.name={cfg.name!r}: use one of {sorted(cls)}")
-    params = dict(in_backward_optimizer_filter(model.named_parameters()))
+    params = {
+        k: p for k, p in in_backward_optimizer_filter(model.named_parameters()) if not is_table_weight(k)
+    }
     return KeyedOptimizerWrapper(params, lambda p: cls[cfg.name](p, **_optimizer_kwargs(cfg)))
+
+
+def replicated_table_optimizer(model: nn.Module, cfg: OptimizerConfig) -> Optional[KeyedOptimizerWrapper]:
+    """The embedding optimizer (``cfg``: same algorithm and hyper-parameters as the fused
+    one) for tables that DMP made ``data_parallel``.
+
+    DMP gives such a table a dense kernel, whose new parameter has no fused optimizer:
+    left alone, the dense optimizer would train it (a plan-dependent choice of optimizer
+    for one table). Here it is stepped after DDP's all-reduce with the PyTorch
+    counterpart of the fused update (Adagrad, TorchRec's RowWiseAdagrad, SGD; the same
+    update rule as fbgemm's EXACT_* kernels, except that weight decay would touch every
+    row, not only the rows in the batch). ``None`` if there is no such table.
+    """
+    params = {
+        k: p for k, p in in_backward_optimizer_filter(model.named_parameters()) if is_table_weight(k)
+    }
+    if not params:
+        return None
+    cls = _EMBEDDING_OPTIMIZERS[cfg.name]
+    return KeyedOptimizerWrapper(params, lambda p: cls(p, **_optimizer_kwargs(cfg)))
+
+
+def init_optimizer_state(optimizer: CombinedOptimizer) -> None:
+    """Create the lazily-built state of the non-fused optimizers (a zero-gradient step,
+    which leaves the weights as they are), so a checkpoint can be loaded in place."""
+    for _, opt in optimizer.optimizers:
+        if isinstance(opt, KeyedOptimizerWrapper):
+            opt.init_state()
+            for p in opt.params.values():
+                p.grad = None
+
+
+# --------------------------------------------------------------------------- planning
+
+EBC, EC = "EmbeddingBagCollection", "EmbeddingCollection"
+
+# (module kind, sharding type, device type) -> why it cannot run
+UNSUPPORTED: Dict[Tuple[str, str, str], str] = {
+    (EC, ShardingType.DATA_PARALLEL.value, "cpu"): (
+        "fbgemm's CPU dense embedding kernel pools even with PoolingMode.NONE, so an "
+        "EmbeddingCollection (unpooled sequence lookups) cannot be data_parallel on CPU; "
+        "use table_wise, row_wise or column_wise"
+    ),
+}
+
+
+def embedding_tables(model: nn.Module) -> Dict[str, str]:
+    """Table name -> ``"EmbeddingBagCollection"`` or ``"EmbeddingCollection"``, for every
+    embedding module of ``model`` (unsharded)."""
+    out: Dict[str, str] = {}
+    for m in embedding_modules(model):
+        kind = EBC if isinstance(m, EmbeddingBagCollection) else EC
+        configs = m.embedding_bag_configs() if kind == EBC else m.embedding_configs()
+        for t in configs:
+            out[t.name] = kind
+    return out
+
+
+def _sharder_types(sharders: List[ModuleSharder[nn.Module]], kind: str, device_type: str) -> List[str]:
+    for s in sharders:
+        if s.module_type.__name__ == kind:
+            return list(s.sharding_types(device_type))
+    return []
+
+
+def check_sharding_config(
+    model: nn.Module,
+    cfg: DistConfig,
+    device_type: str,
+    sharders: Optional[List[ModuleSharder[nn.Module]]] = None,
+) -> Dict[str, ParameterConstraints]:
+    """Turn ``cfg.tables`` into planner constraints, refusing what cannot work on
+    ``device_type`` with a :class:`ConfigError` that says why. Pure: it runs the same on
+    every rank, so every rank fails alike instead of some waiting for a plan.
+
+    An EmbeddingCollection table without an override is limited to the types that work
+    on ``device_type`` (on CPU: not data_parallel).
+    """
+    sharders = sharders or get_default_sharders()
+    tables = embedding_tables(model)
+    kernels = {k.value for k in EmbeddingComputeKernel}
+    constraints: Dict[str, ParameterConstraints] = {}
+    for name, t in cfg.tables.items():
+        if name not in tables:
+            raise ConfigError(f"dist.tables.{name}: no embedding table {name!r} (tables: {sorted(tables)})")
+        kind = tables[name]
+        offered = _sharder_types(sharders, kind, device_type)
+        for st in t.sharding_types:
+            why = UNSUPPORTED.get((kind, st, device_type))
+            if why:
+                raise ConfigError(f"dist.tables.{name}.sharding_types: {st!r} on {device_type}: {why}")
+            if st not in offered:
+                raise ConfigError(
+                    f"dist.tables.{name}.sharding_types: {st!r} is not offered for an {kind} "
+                    f"on {device_type} by TorchRec's sharder (offered: {offered})"
+                    + (
+                        "; row-wise pooled sharding is CUDA-only in torchrec 1.8"
+                        if kind == EBC and device_type == "cpu" and "row" in st
+                        else ""
+                    )
+                )
+        for k in t.compute_kernels:
+            if k not in kernels:
+                raise ConfigError(f"dist.tables.{name}.compute_kernels: {k!r} is not one of {sorted(kernels)}")
+        if t.min_partition is not None and t.min_partition < 1:
+            raise ConfigError(f"dist.tables.{name}.min_partition: must be >= 1, got {t.min_partition}")
+        constraints[name] = ParameterConstraints(
+            sharding_types=list(t.sharding_types) or None,
+            compute_kernels=list(t.compute_kernels) or None,
+            min_partition=t.min_partition,
+        )
+    for name, kind in tables.items():
+        if name in constraints and constraints[name].sharding_types:
+            continue
+        allowed = [
+            st for st in _sharder_types(sharders, kind, device_type)
+            if (kind, st, device_type) not in UNSUPPORTED
+        ]
+        if kind == EC and device_type == "cpu":
+            c = constraints.get(name, ParameterConstraints())
+            c.sharding_types = allowed
+            constraints[name] = c
+    return constraints
+
+
+def make_topology(env: DistEnv) -> Topology:
+    """The planner's view of this job: world size, ranks per host, compute device and
+    per-rank memory (the GPU's HBM on CUDA; this host's RAM split over its ranks)."""
+    ddr = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(env.local_world_size, 1)
+    kwargs = {"ddr_cap": ddr}
+    if env.device.type == "cuda":
+        kwargs["hbm_cap"] = torch.cuda.get_device_properties(env.device).total_memory
+    return Topology(
+        world_size=env.world_size,
+        compute_device=env.device.type,
+        local_world_size=env.local_world_size,
+        **kwargs,
+    )
+
+
+class PlanningError(RuntimeError):
+    """The planner found no plan (raised on every rank)."""
 
 
 def plan_sharding(
     model: nn.Module, cfg: DistConfig, env: DistEnv, batch_size: int
 ) -> ShardingPlan:
-    """Run TorchRec's planner on rank 0 and broadcast the plan; per-table overrides from
-    ``cfg.tables`` become planner constraints."""
-    constraints = {
-        name: ParameterConstraints(
-            sharding_types=t.sharding_types or None,
-            compute_kernels=t.compute_kernels or None,
-        )
-        for name, t in cfg.tables.items()
-    }
-    topology = Topology(
-        world_size=env.world_size,
-        compute_device=env.device.type,
-        local_world_size=env.local_world_size,
-    )
+    """Run TorchRec's planner on rank 0 and broadcast the plan (or its failure, so that
+    every rank raises instead of waiting); per-table overrides from ``cfg.tables``
+    become planner constraints, checked first by :func:`check_sharding_config`."""
+    sharders = get_default_sharders()
+    constraints = check_sharding_config(model, cfg, env.device.type, sharders)
     planner = EmbeddingShardingPlanner(
-        topology=topology, batch_size=batch_size, constraints=constraints
+        topology=make_topology(env), batch_size=batch_size, constraints=constraints
     )
-    return planner.collective_plan(model, get_default_sharders(), dist.GroupMember.WORLD)
+    payload: List[object] = [None]
+    if env.rank == 0:
+        try:
+            payload[0] = planner.plan(model, sharders)
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+            payload[0] = f"{type(e).__name__}: {e}"
+    if env.world_size > 1:
+        dist.broadcast_object_list(payload, src=0)
+    if isinstance(payload[0], str):
+        raise PlanningError(f"sharding planner failed on rank 0: {payload[0]}")
+    return payload[0]  # type: ignore[return-value]
+
+
+def plan_summary(plan: ShardingPlan) -> Dict[str, Dict[str, object]]:
+    """``{table: {"module", "sharding_type", "compute_kernel", "ranks", "shards"}}``, the
+    plan in a form to compare and log (``shards``: [rows, cols] per shard)."""
+    out: Dict[str, Dict[str, object]] = {}
+    for module_path, module_plan in plan.plan.items():
+        for table, ps in module_plan.items():  # type: ignore[union-attr]
+            shards = []
+            if ps.sharding_spec is not None:
+                shards = [list(s.shard_sizes) for s in ps.sharding_spec.shards]  # type: ignore[union-attr]
+            out[table] = {
+                "module": module_path,
+                "sharding_type": ps.sharding_type,
+                "compute_kernel": ps.compute_kernel,
+                "ranks": list(ps.ranks or []),
+                "shards": shards,
+            }
+    return out
+
+
+# --------------------------------------------------------------------------- init
+
+INIT_BLOCK_ROWS = 4096
+
+
+def table_weights(model: nn.Module) -> Iterator[Tuple[str, str, torch.Tensor]]:
+    """(table name, state-dict key, tensor) for each embedding table weight of a
+    (sharded or not) model; the tensor is a ShardedTensor or a plain (replicated) one."""
+    for key, value in model.state_dict().items():
+        if is_table_weight(key):
+            yield key.split(".")[-2], key, value
+
+
+def _block(seed: int, table: str, block: int, rows: int, cols: int, bound: float) -> torch.Tensor:
+    g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(table.encode())) * 1_000_003 + block)
+    return (torch.rand(rows, cols, generator=g, dtype=torch.float64) * 2 - 1).mul_(bound).float()
+
+
+def table_init_values(
+    seed: int, table: str, num_rows: int, dim: int, rows: Tuple[int, int], cols: Tuple[int, int]
+) -> torch.Tensor:
+    """Initial values of rows ``[r0, r1)`` and columns ``[c0, c1)`` of ``table``
+    (``[num_rows, dim]``): uniform in ``±sqrt(1/num_rows)`` (TorchRec's default
+    init), drawn in blocks of :data:`INIT_BLOCK_ROWS` rows from a generator seeded by
+    ``(seed, table, block)``, so a shard's values do not depend on how the table is
+    sharded. Returns ``[r1 - r0, c1 - c0]`` float32."""
+    (r0, r1), (c0, c1) = rows, cols
+    bound = (1.0 / num_rows) ** 0.5
+    parts = []
+    for b in range(r0 // INIT_BLOCK_ROWS, (max(r1, r0 + 1) - 1) // INIT_BLOCK_ROWS + 1):
+        lo = b * INIT_BLOCK_ROWS
+        n = min(INIT_BLOCK_ROWS, num_rows - lo)
+        block = _block(seed, table, b, n, dim, bound)
+        parts.append(block[max(r0 - lo, 0) : min(r1 - lo, n), c0:c1])
+    return torch.cat(parts) if parts else torch.empty(0, c1 - c0)
+
+
+@torch.no_grad()
+def init_embedding_tables(model: nn.Module, seed: int) -> int:
+    """Overwrite every embedding table of ``model`` (sharded by DMP or not) with
+    :func:`table_init_values`: the same initial tables whatever the plan and world size
+    (TorchRec initialises each shard from the local RNG, which differs between plans).
+    Returns the number of tables written."""
+    n = 0
+    for table, _, w in table_weights(model):
+        num_rows, dim = w.size()
+        if hasattr(w, "local_shards"):  # ShardedTensor
+            for shard in w.local_shards():
+                (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                vals = table_init_values(seed, table, num_rows, dim, (r0, r0 + nr), (c0, c0 + nc))
+                shard.tensor.copy_(vals.to(shard.tensor.device))
+        else:
+            w.copy_(table_init_values(seed, table, num_rows, dim, (0, num_rows), (0, dim)).to(w.device))
+        n += 1
+    return n
+
+
+# --------------------------------------------------------------------------- sharding
 
 
 def shard(
@@ -135,11 +409,20 @@ def shard(
     embedding_opt: OptimizerConfig,
     dense_opt: OptimizerConfig,
     plan: Optional[ShardingPlan] = None,
+    init_seed: Optional[int] = None,
 ) -> Tuple[DistributedModelParallel, CombinedOptimizer, ShardingPlan]:
     """Shard ``model``'s embedding tables with DMP (dense arches replicated by DDP) and
-    build the combined fused-embedding + dense optimizer."""
+    build the combined optimizer: fused embedding optimizer, the same optimizer for
+    data-parallel tables (:func:`replicated_table_optimizer`), dense optimizer. With ``init_seed`` the tables
+    are re-initialised by :func:`init_embedding_tables` (plan-independent values)."""
     apply_embedding_optimizer(model, embedding_opt, env.device)
     plan = plan or plan_sharding(model, dist_cfg, env, batch_size)
     dmp = DistributedModelParallel(model, device=env.device, plan=plan)
-    optimizer = CombinedOptimizer([dmp.fused_optimizer, dense_optimizer(dmp, dense_opt)])
-    return dmp, optimizer, plan
+    if init_seed is not None:
+        init_embedding_tables(dmp, init_seed)
+    optims = [dmp.fused_optimizer]
+    replicated = replicated_table_optimizer(dmp, embedding_opt)
+    if replicated is not None:
+        optims.append(replicated)
+    optims.append(dense_optimizer(dmp, dense_opt))
+    return dmp, CombinedOptimizer(optims), plan

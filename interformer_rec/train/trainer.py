@@ -1,17 +1,32 @@
 """The training loop: DMP-sharded model, TrainPipelineSparseDist, per-epoch validation,
-best-epoch checkpoint, final test evaluation, metrics as JSON and TensorBoard logs."""
+best-epoch checkpoint, final test evaluation, metrics as JSON and TensorBoard logs.
+
+Batches: ``train.batch_size`` rows per rank, so one step trains on a global batch of
+``batch_size * world_size`` rows (see ``ParquetBatchReader``); 1 rank with batch ``2B``
+and 2 ranks with batch ``B`` take the same steps on the same rows and, up to float
+rounding, compute the same model (tests/test_distributed.py).
+
+Resuming (``train.resume``): the latest complete checkpoint restores the model, the
+optimizers, the epoch, the number of global batches already trained in it (the reader
+skips them), the per-rank RNG states, the step losses and the history so far. A job may
+resume on another world size: the position is kept in rows, so the new global batch
+should divide the rows already trained in the epoch (else the remainder is re-trained,
+with a warning).
+"""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from torch import nn
@@ -23,7 +38,13 @@ from interformer_rec.data.batch import Batch
 from interformer_rec.data.reader import ParquetBatchReader, oracle_auc
 from interformer_rec.models import build_model, num_parameters
 from interformer_rec.train import checkpoint
-from interformer_rec.train.dist import DistEnv, embedding_modules, init_distributed, shard
+from interformer_rec.train.dist import (
+    DistEnv,
+    embedding_modules,
+    init_distributed,
+    plan_summary,
+    shard,
+)
 from interformer_rec.train.metrics import compute_metrics, gather_predictions
 
 logger = logging.getLogger(__name__)
@@ -46,14 +67,38 @@ class RankingTrain(nn.Module):
         return loss, (loss.detach(), logits.detach(), batch.labels, batch.groups)
 
 
-class Trainer:
-    """Builds everything from a :class:`Config` and runs ``fit()``."""
+def _mean_over_ranks(values: List[float]) -> List[float]:
+    """Element-wise mean of equal-length per-rank lists (one all-reduce)."""
+    if not values or not dist.is_initialized() or dist.get_world_size() == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return (t / dist.get_world_size()).tolist()
 
-    def __init__(self, cfg: Config, env: Optional[DistEnv] = None) -> None:
+
+def _rng_state() -> str:
+    return base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
+
+
+def _set_rng_state(blob: str) -> None:
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(blob)), dtype=torch.uint8))
+
+
+class Trainer:
+    """Builds everything from a :class:`Config` and runs ``fit()``.
+
+    Args:
+        cfg: the whole config.
+        env: the process group's view (default: :func:`init_distributed`).
+        write_outputs: rank 0 writes config.yaml, plan.txt and TensorBoard logs under
+            ``train.out_dir`` (off for evaluation-only use).
+    """
+
+    def __init__(self, cfg: Config, env: Optional[DistEnv] = None, write_outputs: bool = True) -> None:
         self.cfg = cfg
         self.env = env or init_distributed(cfg.dist)
         tc = cfg.train
-        torch.manual_seed(tc.seed)
+        torch.manual_seed(tc.seed)  # same dense initial weights on every rank and world size
         schema = cfg.data.schema
         self.out_dir = Path(tc.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
@@ -70,22 +115,41 @@ class Trainer:
             tc.batch_size,
             tc.embedding_optimizer,
             tc.dense_optimizer,
+            init_seed=tc.seed,
         )
+        # decorrelate per-rank randomness (dropout) once the shared initialisation is done
+        torch.manual_seed(tc.seed * 7919 + 1 + self.env.rank)
         self.pipeline = TrainPipelineSparseDist(
             self.dmp, self.optimizer, self.env.device, pipeline_postproc=True
         )
+        self.plan_text = f"sharding plan ({self.env.world_size} rank(s), {self.env.backend}):\n{self.plan}"
+        self.global_step = 0
+        self.epoch = 0  # the epoch being trained
+        self.step_in_epoch = 0  # global batches of self.epoch already trained
+        self.history: List[Dict[str, Any]] = []
+        self.best: Optional[Dict[str, Any]] = None
+        self.step_losses: List[List[float]] = []  # per epoch, the mean loss over ranks of each step
+        self._epoch_stats: Dict[str, float] = {}
+        self._local_losses: List[float] = []
+        self._rows_per_step_done: Optional[int] = None
         self.writer = None
         if self.env.is_main:
+            print(self.plan_text, flush=True)
+        if self.env.is_main and write_outputs:
             from torch.utils.tensorboard import SummaryWriter
 
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            (self.out_dir / "plan.txt").write_text(str(self.plan))
+            (self.out_dir / "plan.txt").write_text(self.plan_text + "\n")
             self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.train.batch_size * self.env.world_size
 
     # ------------------------------------------------------------------ data
 
-    def reader(self, split: str, train: bool) -> ParquetBatchReader:
+    def reader(self, split: str, train: bool, start_batch: int = 0) -> ParquetBatchReader:
         d = self.cfg.data
         path = getattr(d, split)
         tc = self.cfg.train
@@ -98,6 +162,7 @@ class Trainer:
             drop_last=train,
             rank=self.env.rank,
             world_size=self.env.world_size,
+            start_batch=start_batch,
         )
 
     def _progress(self, it: Iterator[Batch], total: int, desc: str) -> Iterator[Any]:
@@ -121,32 +186,139 @@ class Trainer:
                     bar.set_postfix(loss=f"{out[0].item():.4f}")
                 yield out
 
+    # ------------------------------------------------------------------ checkpoints
+
+    def _epoch_losses(self) -> List[float]:
+        """Mean-over-ranks loss of each step of this epoch so far (collective)."""
+        done = self._epoch_stats.get("restored_losses", [])
+        return list(done) + _mean_over_ranks(self._local_losses)  # type: ignore[arg-type]
+
+    def _train_state(self, epoch_done: bool) -> Dict[str, Any]:
+        """The training position, for meta.json (collective: gathers RNG states)."""
+        rngs: List[Optional[str]] = [None] * self.env.world_size
+        if self.env.world_size > 1:
+            dist.all_gather_object(rngs, _rng_state())
+        else:
+            rngs = [_rng_state()]
+        stats = {k: v for k, v in self._epoch_stats.items() if k != "restored_losses"}
+        return {
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "epoch_done": epoch_done,
+            "global_step": self.global_step,
+            "world_size": self.env.world_size,
+            "batch_size": self.cfg.train.batch_size,
+            "global_batch": self.global_batch,
+            "epoch_losses": self._epoch_losses(),
+            "epoch_stats": stats,
+            "step_losses": self.step_losses,
+            "history": self.history,
+            "best": self.best,
+            "rng_states": rngs,
+        }
+
+    def save(self, name: str, epoch_done: bool, pointers: Tuple[str, ...], extra: Optional[Dict[str, Any]] = None) -> Path:
+        """Checkpoint the model, the optimizers and the training position (collective)."""
+        meta = {
+            **self._train_state(epoch_done),
+            "plan": plan_summary(self.plan),
+            "config": self.cfg.to_dict(),
+            **(extra or {}),
+        }
+        return checkpoint.save_checkpoint(
+            self.ckpt_dir,
+            name,
+            self.dmp,
+            self.optimizer,
+            meta=meta,
+            pointers=pointers,
+            files={"plan.txt": self.plan_text + "\n"},
+        )
+
+    def resume(self, ckpt: Optional[Path] = None) -> Optional[Path]:
+        """Restore the training state from ``ckpt`` (default: the latest complete
+        checkpoint under ``train.out_dir``). Returns the checkpoint used, or ``None``
+        (fresh start) if there is none."""
+        ckpt = ckpt or checkpoint.latest_complete(self.ckpt_dir)
+        if ckpt is None:
+            if self.env.is_main:
+                print(f"resume: no checkpoint under {self.ckpt_dir}; starting from scratch", flush=True)
+            return None
+        meta = checkpoint.load_checkpoint(ckpt, self.dmp, self.optimizer)
+        self.global_step = meta["global_step"]
+        self.history = meta.get("history", [])
+        self.best = meta.get("best")
+        self.step_losses = meta.get("step_losses", [])
+        rngs = meta.get("rng_states") or []
+        if len(rngs) == self.env.world_size:
+            _set_rng_state(rngs[self.env.rank])
+        if meta.get("epoch_done"):
+            self.epoch, self.step_in_epoch = meta["epoch"] + 1, 0
+            self._epoch_stats = {}
+        else:
+            self.epoch = meta["epoch"]
+            rows = meta["step_in_epoch"] * meta["global_batch"]
+            self.step_in_epoch, rest = divmod(rows, self.global_batch)
+            if rest and self.env.is_main:
+                logger.warning(
+                    "resume: %d rows of epoch %d were trained with a global batch of %d; "
+                    "the new global batch %d does not divide them, so %d rows are trained again",
+                    rows, self.epoch, meta["global_batch"], self.global_batch, rest,
+                )
+            self._epoch_stats = dict(meta.get("epoch_stats", {}))
+            self._epoch_stats["restored_losses"] = meta.get("epoch_losses", [])  # type: ignore[assignment]
+        if self.env.is_main:
+            print(
+                f"resumed from {ckpt}: epoch {self.epoch}, {self.step_in_epoch} batches done in it, "
+                f"global step {self.global_step} (written by {meta.get('world_size')} rank(s))",
+                flush=True,
+            )
+        return ckpt
+
     # ------------------------------------------------------------------ loops
 
-    def train_epoch(self, epoch: int) -> Dict[str, float]:
+    def train_epoch(self, epoch: int, on_step: Optional[Callable[["Trainer"], None]] = None) -> Dict[str, float]:
+        """Train the rest of ``epoch`` (from ``self.step_in_epoch``)."""
+        tc = self.cfg.train
         self.dmp.train()
-        reader = self.reader("train", train=True)
+        self.epoch = epoch
+        total = len(self.reader("train", train=True))
+        if tc.max_steps_per_epoch:
+            total = min(total, tc.max_steps_per_epoch)
+        reader = self.reader("train", train=True, start_batch=min(self.step_in_epoch, total))
         reader.set_epoch(epoch)
-        steps = len(reader)
-        it: Iterator[Batch] = iter(reader)
-        if self.cfg.train.max_steps_per_epoch:
-            steps = min(steps, self.cfg.train.max_steps_per_epoch)
-            it = itertools.islice(it, steps)
-        start, n_rows, loss_sum, n = time.perf_counter(), 0, 0.0, 0
+        steps = max(total - self.step_in_epoch, 0)
+        it: Iterator[Batch] = itertools.islice(iter(reader), steps)
+        stats = self._epoch_stats
+        stats.setdefault("rows", 0)
+        stats.setdefault("seconds", 0.0)
+        self._local_losses = []
+        start = time.perf_counter()
+        every = tc.checkpoint_every_steps
         for out in self._progress(it, steps, f"epoch {epoch}"):
             loss, _, labels, _ = out
-            n_rows += labels.size(0)
-            loss_sum += loss.item()
-            n += 1
+            stats["rows"] += labels.size(0) * self.env.world_size
+            self._local_losses.append(loss.item())
             self.global_step += 1
-            if self.writer and self.global_step % self.cfg.train.log_every == 0:
-                self.writer.add_scalar("train/loss", loss.item(), self.global_step)
-        secs = time.perf_counter() - start
+            self.step_in_epoch += 1
+            if self.writer and self.global_step % tc.log_every == 0:
+                self.writer.add_scalar("train/loss", self._local_losses[-1], self.global_step)
+            if every and self.global_step % every == 0 and self.step_in_epoch < total:
+                stats["seconds"] += time.perf_counter() - start
+                start = time.perf_counter()
+                self.save(f"step_{self.global_step:08d}", epoch_done=False, pointers=("latest",))
+            if on_step is not None:
+                on_step(self)
+        stats["seconds"] += time.perf_counter() - start
+        losses = self._epoch_losses()
+        self.step_losses.append(losses)
+        self._epoch_stats, self._local_losses = {}, []
+        secs = stats["seconds"]
         return {
-            "train_loss": loss_sum / max(n, 1),
+            "train_loss": sum(losses) / max(len(losses), 1),
             "train_seconds": secs,
-            "train_samples_per_s": n_rows * self.env.world_size / secs,
-            "steps": n,
+            "train_samples_per_s": stats["rows"] / secs if secs > 0 else 0.0,
+            "steps": len(losses),
         }
 
     @torch.no_grad()
@@ -163,41 +335,54 @@ class Trainer:
         lg, lb, gr = gather_predictions(torch.cat(logits), torch.cat(labels), torch.cat(groups))
         return compute_metrics(lg, lb, gr)
 
-    def fit(self) -> Dict[str, Any]:
+    def evaluate_checkpoint(self, ckpt: Path, split: str) -> Dict[str, Any]:
+        """Load ``ckpt`` (any world size and plan) into this trainer's sharded model and
+        evaluate ``split``."""
+        meta = checkpoint.load_checkpoint(ckpt, self.dmp)
+        return {"checkpoint": str(ckpt), "epoch": meta.get("epoch"), "split": split, **self.evaluate(split)}
+
+    def fit(self, on_step: Optional[Callable[["Trainer"], None]] = None) -> Dict[str, Any]:
+        """Train ``train.epochs`` epochs (continuing a checkpoint if ``train.resume``),
+        validating and checkpointing after each; then evaluate the best epoch on the test
+        split. ``on_step(trainer)`` is called after every training step."""
         tc = self.cfg.train
-        self.global_step = 0
-        history = []
-        best: Optional[Dict[str, Any]] = None
+        if tc.resume:
+            self.resume()
         start = time.perf_counter()
-        for epoch in range(tc.epochs):
-            stats = self.train_epoch(epoch)
+        for epoch in range(self.epoch, tc.epochs):
+            stats = self.train_epoch(epoch, on_step)
             valid = self.evaluate("valid")
             row = {"epoch": epoch, **stats, **{f"valid_{k}": v for k, v in valid.items()}}
-            history.append(row)
+            self.history.append(row)
             self._log(epoch, row)
-            improved = best is None or valid["auc"] > best["valid_auc"]
+            improved = self.best is None or valid["auc"] > self.best["valid_auc"]
             if improved:
-                best = row
-            checkpoint.save_checkpoint(
-                self.ckpt_dir,
+                self.best = row
+            self.save(
                 f"epoch_{epoch:04d}",
-                self.dmp,
-                self.optimizer,
-                meta={"epoch": epoch, "global_step": self.global_step, "valid": valid, "config": self.cfg.to_dict()},
+                epoch_done=True,
                 pointers=("latest", "best") if improved else ("latest",),
+                extra={"valid": valid},
             )
+            self.step_in_epoch = 0
+            self.epoch = epoch + 1
         train_seconds = time.perf_counter() - start
-        assert best is not None
+        if self.best is None:
+            raise RuntimeError(f"nothing trained: train.epochs={tc.epochs} and no checkpoint beyond it")
+        best = self.best
         result: Dict[str, Any] = {
             "model": self.cfg.model.name,
             "interaction": self.cfg.model.interformer.interaction,
             "num_parameters": self.num_params,
             "dense_parameters": self.dense_params,
             "world_size": self.env.world_size,
+            "global_batch": self.global_batch,
             "train_seconds": train_seconds,
             "best_epoch": best["epoch"],
-            "history": history,
+            "history": self.history,
             "valid": {k[len("valid_"):]: v for k, v in best.items() if k.startswith("valid_")},
+            "plan": plan_summary(self.plan),
+            "step_losses": self.step_losses,
         }
         if self.cfg.data.test:
             best_ckpt = checkpoint.resolve(self.ckpt_dir, "best")
@@ -208,6 +393,7 @@ class Trainer:
             split = "test" if self.cfg.data.test else "valid"
             result["oracle_auc"] = oracle_auc(getattr(self.cfg.data, split), schema)
         if self.env.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
             if self.writer:
                 for k, v in result.get("test", {}).items():
@@ -219,10 +405,10 @@ class Trainer:
     def _log(self, epoch: int, row: Dict[str, Any]) -> None:
         if not self.env.is_main:
             return
-        assert self.writer is not None
-        for k, v in row.items():
-            if isinstance(v, float):
-                self.writer.add_scalar(k.replace("_", "/", 1), v, epoch)
+        if self.writer:
+            for k, v in row.items():
+                if isinstance(v, float):
+                    self.writer.add_scalar(k.replace("_", "/", 1), v, epoch)
         print(
             f"epoch {epoch}: train_loss {row['train_loss']:.4f} "
             f"({row['train_samples_per_s']:.0f} samples/s) | valid auc {row['valid_auc']:.4f} "

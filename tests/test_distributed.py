@@ -1,0 +1,333 @@
+"""Sharded training on gloo: every CPU sharding type, 1-rank vs 2-rank equivalence,
+checkpoint resharding (2 -> 1 and 1 -> 2 ranks), kill-and-resume.
+
+The multi-process runs are shared between assertions (module-scoped fixtures), so the
+file spawns four small jobs in all. Every spawn has a deadline: a rank stuck in a
+collective must fail the test, not hang it.
+
+Equivalence set-up: 1 rank with batch ``2B`` against 2 ranks with batch ``B`` (the
+reader gives both the same rows per step); SGD for embeddings and dense, so that a
+wrong gradient scale shows in the tables, not just in the loss.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from interformer_rec.config import ConfigError, DistConfig, SyntheticConfig, TableSharding, load_config
+from interformer_rec.data.synthetic import generate
+
+CONFIG = "configs/synthetic.yaml"
+B = 32  # rows per rank on 2 ranks; the 1-rank reference uses 2 * B
+STEPS = 8
+SPAWN_TIMEOUT_S = 150
+
+# sharding types per table, chosen so that two 2-rank runs cover every type the CPU
+# backend can do: EBC (user, segment, interest, context) table-, column-,
+# table-column-wise and data-parallel; EC (item, category) table-, row-, column-wise.
+PLAN_A = {
+    "user": {"sharding_types": ["table_wise"]},
+    "interest": {"sharding_types": ["column_wise"], "min_partition": 8},
+    "segment": {"sharding_types": ["data_parallel"], "compute_kernels": ["dense"]},
+    "context": {"sharding_types": ["table_column_wise"], "min_partition": 8},
+    "item": {"sharding_types": ["row_wise"]},
+    "category": {"sharding_types": ["column_wise"], "min_partition": 8},
+}
+PLAN_B = {
+    "user": {"sharding_types": ["column_wise"], "min_partition": 8},
+    "interest": {"sharding_types": ["table_column_wise"], "min_partition": 8},
+    "segment": {"sharding_types": ["table_wise"]},
+    "context": {"sharding_types": ["data_parallel"], "compute_kernels": ["dense"]},
+    "item": {"sharding_types": ["table_wise"]},
+    "category": {"sharding_types": ["row_wise"]},
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _overrides(data: Path, out: Path, batch: int, tables: Dict[str, Any], *extra: str) -> List[str]:
+    return [
+        f"data.train={data}/train.parquet",
+        f"data.valid={data}/valid.parquet",
+        "data.test=null",
+        "model.name=interformer",
+        "train.epochs=1",
+        f"train.batch_size={batch}",
+        "train.eval_batch_size=256",
+        f"train.max_steps_per_epoch={STEPS}",
+        "train.progress=false",
+        "train.embedding_optimizer={name: sgd, lr: 0.5}",
+        "train.dense_optimizer={name: sgd, lr: 0.05}",
+        f"train.out_dir={out}",
+        f"dist.tables={json.dumps(tables)}",
+        *extra,
+    ]
+
+
+def _worker(rank: int, world: int, port: int, jobs: List[Dict[str, Any]]) -> None:
+    """Run ``jobs`` one after the other in one process group of ``world`` ranks."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+    )
+    import torch.distributed as dist
+
+    from interformer_rec.train import checkpoint
+    from interformer_rec.train.trainer import Trainer
+
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=90))
+    for job in jobs:
+        cfg = load_config(CONFIG, job["overrides"])
+        if job["kind"] == "fit":
+            trainer = Trainer(cfg)
+            kill = job.get("kill_in_save")
+            if kill:  # SIGKILL rank 0 once the tensors of checkpoint `kill` are written
+                save = checkpoint.dcp.save
+
+                def killing_save(state: Any, checkpoint_id: str, _save: Any = save) -> Any:
+                    out = _save(state, checkpoint_id=checkpoint_id)
+                    if rank == 0 and Path(checkpoint_id).name == f"{kill}.tmp":
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return out
+
+                checkpoint.dcp.save = killing_save
+            result = trainer.fit()
+        else:  # evaluate a checkpoint written under another plan / world size
+            trainer = Trainer(cfg, write_outputs=False)
+            result = trainer.evaluate_checkpoint(checkpoint.resolve(job["ckpt"]), "valid")
+            result["plan"] = {k: v["sharding_type"] for k, v in __import__(
+                "interformer_rec.train.dist", fromlist=["plan_summary"]).plan_summary(trainer.plan).items()}
+        if rank == 0:
+            Path(job["result"]).write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+def _spawn(world: int, jobs: List[Dict[str, Any]], expect_kill: bool = False) -> float:
+    """Run ``jobs`` on ``world`` ranks with a deadline; returns the wall time."""
+    start = time.perf_counter()
+    ctx = mp.start_processes(_worker, args=(world, _free_port(), jobs), nprocs=world, join=False, start_method="spawn")
+    deadline = start + SPAWN_TIMEOUT_S
+    try:
+        while not ctx.join(timeout=1.0):
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"{world}-rank job still running after {SPAWN_TIMEOUT_S}s")
+    except mp.ProcessExitedException as e:
+        if not (expect_kill and e.signal_name == "SIGKILL"):
+            raise
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    return time.perf_counter() - start
+
+
+def _load(path: Path) -> Dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+    """Four spawns, shared by the tests below:
+
+    1. 2 ranks: fit under PLAN_A (checkpoint every 2 steps) and under PLAN_B.
+    2. 1 rank, batch 2B: fit the reference; evaluate A's checkpoint (2 -> 1 ranks).
+    3. 2 ranks: evaluate the reference's checkpoint under PLAN_A (1 -> 2 ranks); fit
+       PLAN_A again, SIGKILLed while writing its step-6 checkpoint.
+    4. 2 ranks: resume the killed run.
+    """
+    tmp = tmp_path_factory.mktemp("dist")
+    data = tmp / "data"
+    generate(
+        SyntheticConfig(num_users=200, num_items=100, rows={"train": 1024, "valid": 512}, row_group_size=256),
+        data,
+    )
+    o = lambda name, world, tables, *extra: _overrides(  # noqa: E731
+        data, tmp / name, B * 2 // world, tables, *extra
+    )
+    every = "train.checkpoint_every_steps=2"
+    r: Dict[str, Any] = {"tmp": tmp, "times": {}}
+    r["times"]["2 ranks: fit A, fit B"] = _spawn(2, [
+        {"kind": "fit", "overrides": o("a", 2, PLAN_A, every), "result": tmp / "a.json"},
+        {"kind": "fit", "overrides": o("b", 2, PLAN_B), "result": tmp / "b.json"},
+    ])
+    r["times"]["1 rank: fit ref, eval A"] = _spawn(1, [
+        {"kind": "fit", "overrides": o("ref", 1, {}), "result": tmp / "ref.json"},
+        {"kind": "eval", "overrides": o("eval_a", 1, {}), "ckpt": tmp / "a" / "checkpoints", "result": tmp / "a_on_1.json"},
+    ])
+    r["times"]["2 ranks: eval ref, fit killed"] = _spawn(2, [
+        {"kind": "eval", "overrides": o("eval_ref", 2, PLAN_A), "ckpt": tmp / "ref" / "checkpoints", "result": tmp / "ref_on_2.json"},
+        {"kind": "fit", "overrides": o("k", 2, PLAN_A, every), "result": tmp / "k_first.json", "kill_in_save": "step_00000006"},
+    ], expect_kill=True)
+    r["killed_dir_listing"] = sorted(p.name for p in (tmp / "k" / "checkpoints").iterdir())
+    r["times"]["2 ranks: resume"] = _spawn(2, [
+        {"kind": "fit", "overrides": o("k", 2, PLAN_A, every, "train.resume=true"), "result": tmp / "k.json"},
+    ])
+    for name in ("a", "b", "ref", "a_on_1", "ref_on_2", "k"):
+        r[name] = _load(tmp / f"{name}.json")
+    print("spawn times:", {k: round(v, 1) for k, v in r["times"].items()})
+    return r
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.mark.timeout(700)
+def test_every_cpu_sharding_type_is_planned_as_asked(runs: Dict[str, Any]) -> None:
+    seen = {}
+    for name, want in (("a", PLAN_A), ("b", PLAN_B)):
+        plan = runs[name]["plan"]
+        for table, c in want.items():
+            assert plan[table]["sharding_type"] == c["sharding_types"][0], (name, table, plan[table])
+            seen.setdefault(plan[table]["module"].split(".")[-1], set()).add(plan[table]["sharding_type"])
+            if c["sharding_types"][0] in ("column_wise", "table_column_wise", "row_wise"):
+                assert len(plan[table]["shards"]) == 2, (table, plan[table])  # really split
+    assert seen == {
+        "ebc": {"table_wise", "column_wise", "table_column_wise", "data_parallel"},
+        "ec": {"table_wise", "row_wise", "column_wise"},
+    }
+    # the plan is saved beside the checkpoint
+    ckpt = runs["tmp"] / "a" / "checkpoints" / (runs["tmp"] / "a" / "checkpoints" / "latest").read_text().strip()
+    assert "column_wise" in (ckpt / "plan.txt").read_text()
+
+
+def _table_deltas(ckpt_root: Path, cfg_overrides: List[str]) -> Dict[str, torch.Tensor]:
+    """Each table's change from its (plan-independent) initial values, read from a
+    checkpoint into an unsharded model."""
+    from interformer_rec.models import build_model
+    from interformer_rec.train import checkpoint
+    from interformer_rec.train.dist import table_weights, table_init_values
+    from interformer_rec.train.trainer import RankingTrain
+
+    cfg = load_config(CONFIG, cfg_overrides)
+    model = RankingTrain(build_model(cfg.data.schema, cfg.model, embedding_device=torch.device("cpu")))
+    checkpoint.load_checkpoint(checkpoint.resolve(ckpt_root), model)
+    out = {}
+    for table, _, w in table_weights(model):
+        n, d = w.shape
+        out[table] = w - table_init_values(cfg.train.seed, table, n, d, (0, n), (0, d))
+    return out
+
+
+@pytest.mark.timeout(700)
+def test_two_ranks_match_one_rank(runs: Dict[str, Any]) -> None:
+    ref = runs["ref"]
+    assert runs["ref"]["world_size"] == 1 and runs["a"]["world_size"] == 2
+    for name in ("a", "b"):
+        r = runs[name]
+        l1, l2 = ref["step_losses"][0], r["step_losses"][0]
+        assert len(l1) == len(l2) == STEPS
+        assert abs(l1[0] - l2[0]) < 1e-6, (l1[0], l2[0])  # same initial model
+        diffs = [abs(x - y) for x, y in zip(l1, l2)]
+        assert max(diffs) < 2e-4, diffs  # float rounding, amplified by lr 0.5 over 8 steps
+        assert abs(ref["valid"]["auc"] - r["valid"]["auc"]) < 2e-3, (ref["valid"], r["valid"])
+    # the embedding updates agree table by table: TorchRec's gradient division by the
+    # world size makes a 2-rank step equal a 1-rank step over both ranks' rows
+    tmp = runs["tmp"]
+    base = _overrides(tmp / "data", tmp / "x", 2 * B, {})
+    d1 = _table_deltas(tmp / "ref" / "checkpoints", base)
+    for name in ("a", "b"):
+        d2 = _table_deltas(tmp / name / "checkpoints", base)
+        for table, delta in d1.items():
+            assert delta.abs().max() > 0, table  # it did train
+            rel = (delta - d2[table]).norm() / delta.norm()
+            assert rel < 5e-3, (name, table, float(rel))
+
+
+@pytest.mark.timeout(700)
+def test_checkpoints_reshard_between_world_sizes(runs: Dict[str, Any]) -> None:
+    # 2 ranks (PLAN_A) -> 1 rank (planner's own plan): same model, same metrics
+    a, a_on_1 = runs["a"]["valid"], runs["a_on_1"]
+    assert runs["a_on_1"]["plan"] != {k: v["sharding_type"] for k, v in runs["a"]["plan"].items()}
+    for k in ("auc", "gauc", "logloss", "rows"):
+        assert a_on_1[k] == pytest.approx(a[k], abs=1e-5), k
+    # 1 rank -> 2 ranks (PLAN_A)
+    ref, ref_on_2 = runs["ref"]["valid"], runs["ref_on_2"]
+    for k in ("auc", "gauc", "logloss", "rows"):
+        assert ref_on_2[k] == pytest.approx(ref[k], abs=1e-5), k
+
+
+@pytest.mark.timeout(700)
+def test_killed_job_resumes_where_it_stopped(runs: Dict[str, Any]) -> None:
+    # killed while writing step 6: that write is left as .tmp, latest is step 4
+    listing = runs["killed_dir_listing"]
+    assert "step_00000006.tmp" in listing and "step_00000006" not in listing, listing
+    ckpts = runs["tmp"] / "k" / "checkpoints"
+    # the resumed run continued from step 4 and ends where the uninterrupted run A ends
+    k, a = runs["k"], runs["a"]
+    assert k["step_losses"][0][:4] == a["step_losses"][0][:4]  # restored, not retrained
+    assert k["step_losses"][0] == pytest.approx(a["step_losses"][0], abs=1e-6)
+    assert k["valid"]["auc"] == pytest.approx(a["valid"]["auc"], abs=1e-6)
+    assert not any(p.name.endswith(".tmp") for p in ckpts.iterdir())  # pruned by the next save
+
+
+# --------------------------------------------------------------------------- no spawn
+
+
+def _tiny_model():
+    from interformer_rec.models import build_model
+
+    cfg = load_config(CONFIG, ["model.name=bst"])
+    return build_model(cfg.data.schema, cfg.model, embedding_device=torch.device("meta"))
+
+
+@pytest.mark.parametrize(
+    "table, sharding, message",
+    [
+        ("item", "data_parallel", "fbgemm's CPU dense embedding kernel pools"),
+        ("user", "row_wise", "row-wise pooled sharding is CUDA-only"),
+        ("user", "grid_shard", "not offered"),
+        ("nope", "table_wise", "no embedding table 'nope'"),
+    ],
+)
+def test_cpu_refuses_what_it_cannot_shard_before_planning(table: str, sharding: str, message: str) -> None:
+    from interformer_rec.train.dist import check_sharding_config
+
+    cfg = DistConfig(tables={table: TableSharding(sharding_types=[sharding])})
+    with pytest.raises(ConfigError, match=message):
+        check_sharding_config(_tiny_model(), cfg, "cpu")
+
+
+def test_unconstrained_sequence_tables_stay_off_data_parallel_on_cpu() -> None:
+    from interformer_rec.train.dist import check_sharding_config
+
+    c = check_sharding_config(_tiny_model(), DistConfig(), "cpu")
+    for table in ("item", "category"):
+        assert "data_parallel" not in c[table].sharding_types
+    assert "user" not in c  # pooled tables: the planner's full choice
+    assert "data_parallel" in (check_sharding_config(_tiny_model(), DistConfig(), "cuda").get("item") or
+                               type("C", (), {"sharding_types": ["data_parallel"]})).sharding_types
+
+
+def test_table_init_is_independent_of_sharding() -> None:
+    from interformer_rec.train.dist import table_init_values
+
+    full = table_init_values(3, "t", 10000, 16, (0, 10000), (0, 16))
+    assert full.abs().max() <= (1 / 10000) ** 0.5
+    assert torch.equal(table_init_values(3, "t", 10000, 16, (4000, 9000), (8, 16)), full[4000:9000, 8:16])
+    assert not torch.equal(table_init_values(3, "u", 10000, 16, (0, 10000), (0, 16)), full)
