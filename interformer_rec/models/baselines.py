@@ -24,12 +24,13 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor, nn
 from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from interformer_rec.config import ConfigError, ModelConfig, Schema
+from interformer_rec.modules.embeddings import build_ebc, build_ec, init_range, pooled_table_configs
 
 DLRM_VARIANTS = ("dlrm", "dlrm_dcn", "dlrm_projection")
 
@@ -37,30 +38,6 @@ DLRM_VARIANTS = ("dlrm", "dlrm_dcn", "dlrm_projection")
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
-
-
-def _pooled_tables(schema: Schema, dim: int) -> List[EmbeddingBagConfig]:
-    """SUM-pooled tables of ``schema.pooled_features`` (multi-hot features are sums)."""
-    pooled = schema.pooled_features
-    return [
-        EmbeddingBagConfig(
-            name=name,
-            embedding_dim=dim,
-            num_embeddings=schema.table(name).num_embeddings,
-            feature_names=[f.name for f in pooled if f.table == name],
-            pooling=PoolingType.SUM,
-        )
-        for name in dict.fromkeys(f.table for f in pooled)
-    ]
-
-
-def pooled_ebc(
-    schema: Schema, dim: int, device: Optional[torch.device] = None
-) -> Optional[EmbeddingBagCollection]:
-    """The ``EmbeddingBagCollection`` of ``schema.pooled_features``, or ``None`` if the
-    schema has none."""
-    tables = _pooled_tables(schema, dim)
-    return EmbeddingBagCollection(tables=tables, device=device) if tables else None
 
 
 def dlrm_ebc(schema: Schema, dim: int, device: Optional[torch.device] = None) -> EmbeddingBagCollection:
@@ -71,7 +48,7 @@ def dlrm_ebc(schema: Schema, dim: int, device: Optional[torch.device] = None) ->
     target feature (one id) equal to its embedding and makes a history the average of its
     steps, whose scale does not grow with its length (an empty history pools to zeros).
     """
-    tables = _pooled_tables(schema, dim) + [
+    tables = pooled_table_configs(schema, dim) + [
         EmbeddingBagConfig(
             name=name,
             embedding_dim=dim,
@@ -79,27 +56,13 @@ def dlrm_ebc(schema: Schema, dim: int, device: Optional[torch.device] = None) ->
             feature_names=[f.name for f in schema.target_features if f.table == name]
             + [s.name for s in schema.sequence if s.table == name],
             pooling=PoolingType.MEAN,
+            weight_init_min=-init_range(dim),
+            weight_init_max=init_range(dim),
         )
         for name in schema.sequence_tables
     ]
     _check(bool(tables), "model: a DLRM baseline needs at least one sparse or sequence feature")
     return EmbeddingBagCollection(tables=tables, device=device)
-
-
-def sequence_ec(schema: Schema, dim: int, device: Optional[torch.device] = None) -> EmbeddingCollection:
-    """An ``EmbeddingCollection`` with one table per ``schema.sequence_tables``; each
-    table's features are the target features and the sequences that use it."""
-    tables = [
-        EmbeddingConfig(
-            name=name,
-            embedding_dim=dim,
-            num_embeddings=schema.table(name).num_embeddings,
-            feature_names=[f.name for f in schema.target_features if f.table == name]
-            + [s.name for s in schema.sequence if s.table == name],
-        )
-        for name in schema.sequence_tables
-    ]
-    return EmbeddingCollection(tables=tables, device=device)
 
 
 class MergeFeatures(nn.Module):
@@ -297,8 +260,8 @@ class BST(nn.Module):
             next((f.name for f in schema.target_features if f.table == s.table), None)
             for s in schema.sequence
         ]
-        self.ebc: Optional[EmbeddingBagCollection] = pooled_ebc(schema, d, embedding_device)
-        self.ec = sequence_ec(schema, d, embedding_device)
+        self.ebc: Optional[EmbeddingBagCollection] = build_ebc(schema, d, embedding_device)
+        self.ec = build_ec(schema, d, embedding_device)
         self.step_proj = nn.Linear(len(schema.sequence) * d, d)
         self.sequence_arch = BSTSequenceArch(
             self.max_len + 1, d, bc.num_layers, bc.num_heads, bc.dropout

@@ -62,29 +62,31 @@ class DenseTokens(nn.Module):
         return dense.unsqueeze(-1) * self.weight + self.bias
 
 
+def pooled_table_configs(schema: Schema, dim: int) -> List[EmbeddingBagConfig]:
+    """SUM-pooled table configs (init :func:`init_range`), one per table used by a pooled
+    feature, in schema order."""
+    pooled = schema.pooled_features
+    return [
+        EmbeddingBagConfig(
+            name=name,
+            embedding_dim=dim,
+            num_embeddings=schema.table(name).num_embeddings,
+            feature_names=[f.name for f in pooled if f.table == name],
+            pooling=PoolingType.SUM,
+            weight_init_min=-init_range(dim),
+            weight_init_max=init_range(dim),
+        )
+        for name in dict.fromkeys(f.table for f in pooled)
+    ]
+
+
 def build_ebc(
     schema: Schema, dim: int, device: Optional[torch.device] = None
 ) -> Optional[EmbeddingBagCollection]:
-    """An ``EmbeddingBagCollection`` (sum pooling, all dims ``dim``, init
-    :func:`init_range`) with one table per table used by a pooled feature, or ``None`` if
-    the schema has no pooled features."""
-    pooled = schema.pooled_features
-    if not pooled:
-        return None
-    tables = []
-    for name in dict.fromkeys(f.table for f in pooled):  # schema order, unique
-        tables.append(
-            EmbeddingBagConfig(
-                name=name,
-                embedding_dim=dim,
-                num_embeddings=schema.table(name).num_embeddings,
-                feature_names=[f.name for f in pooled if f.table == name],
-                pooling=PoolingType.SUM,
-                weight_init_min=-init_range(dim),
-                weight_init_max=init_range(dim),
-            )
-        )
-    return EmbeddingBagCollection(tables=tables, device=device)
+    """The ``EmbeddingBagCollection`` of :func:`pooled_table_configs`, or ``None`` if the
+    schema has no pooled features."""
+    tables = pooled_table_configs(schema, dim)
+    return EmbeddingBagCollection(tables=tables, device=device) if tables else None
 
 
 def build_ec(schema: Schema, dim: int, device: Optional[torch.device] = None) -> EmbeddingCollection:
