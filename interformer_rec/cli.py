@@ -33,15 +33,59 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+CONVERT_FORMATS = ["movielens", "criteo", "taobao", "taobao_fuxictr", "amazon", "amazon_reviews"]
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
+    from interformer_rec.data.convert import BadRowPolicy
+
+    raw = [Path(p) for p in args.raw]
+    out = Path(args.out)
+    policy = BadRowPolicy(max_bad_rows=args.max_bad_rows, max_bad_fraction=args.max_bad_fraction)
+    kw = dict(policy=policy, row_group_size=args.row_group_size,
+              valid_frac=args.valid_frac, test_frac=args.test_frac)
     if args.format == "movielens":
         from interformer_rec.data.movielens import convert_movielens
 
-        summary = convert_movielens(Path(args.raw), Path(args.out), max_len=args.max_len)
+        if len(raw) != 1:
+            raise ConfigError("convert movielens: --raw takes one directory")
+        summary = convert_movielens(raw[0], out, max_len=args.max_len)
+    elif args.format == "criteo":
+        from interformer_rec.data.criteo import convert_criteo
+
+        summary = convert_criteo(raw, out, min_fields=args.min_fields, **kw)
+    elif args.format == "taobao":
+        from interformer_rec.data.taobao import convert_taobao_dmr
+
+        summary = convert_taobao_dmr(raw, out, **kw)
+    elif args.format == "taobao_fuxictr":
+        from interformer_rec.data.taobao import convert_taobao_fuxictr
+
+        summary = convert_taobao_fuxictr(raw, out, **kw)
+    elif args.format == "amazon":
+        from interformer_rec.data.amazon import convert_amazon_din
+
+        summary = convert_amazon_din(raw, out, **kw)
+    elif args.format == "amazon_reviews":
+        from interformer_rec.data.amazon import build_amazon_din
+
+        if len(raw) != 1 or not args.meta:
+            raise ConfigError("convert amazon_reviews: --raw REVIEWS.json --meta META.json")
+        summary = build_amazon_din(raw[0], Path(args.meta), out, max_len=args.max_len,
+                                   seed=args.seed, policy=policy, row_group_size=args.row_group_size)
     else:  # argparse restricts choices
         raise AssertionError(args.format)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from interformer_rec.data.inspect import format_report, inspect_data, report_json
+
+    schema = load_config(args.config, args.set).data.schema if args.config else None
+    report = inspect_data(args.data, schema)
+    print(report_json(report) if args.json else format_report(report))
+    return 1 if args.strict and report["problems"] else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -72,12 +116,47 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", help="output directory (default: the directory of data.train)")
     g.set_defaults(func=cmd_generate)
 
-    c = sub.add_parser("convert", help="convert a public raw data set to Parquet")
-    c.add_argument("format", choices=["movielens"])
-    c.add_argument("--raw", required=True, help="directory of the raw files")
-    c.add_argument("--out", required=True, help="output directory for train/valid/test.parquet")
-    c.add_argument("--max-len", type=int, default=50, help="history length kept per row")
+    c = sub.add_parser(
+        "convert", help="convert a public raw data set to Parquet",
+        description="movielens: --raw is the ml-100k directory (train/valid/test by time). "
+        "criteo, taobao (DMR's Alimama lines), taobao_fuxictr (FuxiCTR's CSV), amazon "
+        "(DIN form): each --raw file becomes OUT/<stem>.parquet, or, with --valid-frac/"
+        "--test-frac and one file, OUT/train|valid|test.parquet split by position. "
+        "amazon_reviews: --raw reviews JSON lines and --meta metadata -> DIN-form "
+        "train/test with sampled negatives. Malformed lines are skipped and listed in "
+        "OUT/bad_rows.txt; above --max-bad-rows / --max-bad-fraction the job fails and "
+        "writes nothing.",
+    )
+    c.add_argument("format", choices=CONVERT_FORMATS)
+    c.add_argument("--raw", required=True, nargs="+", help="raw file(s) (movielens: the directory)")
+    c.add_argument("--out", required=True, help="output directory")
+    c.add_argument("--max-len", type=int, default=50,
+                   help="history length kept per row (movielens, amazon_reviews)")
+    c.add_argument("--meta", help="amazon_reviews: the item metadata file")
+    c.add_argument("--seed", type=int, default=0, help="amazon_reviews: negative sampling seed")
+    c.add_argument("--max-bad-rows", type=int, default=None,
+                   help="fail when more malformed lines than this (default: no count cap)")
+    c.add_argument("--max-bad-fraction", type=float, default=0.001,
+                   help="fail when more than this fraction of lines is malformed (default 0.001)")
+    c.add_argument("--row-group-size", type=int, default=65536, help="rows per Parquet row group")
+    c.add_argument("--valid-frac", type=float, default=0.0, help="split off this fraction for valid")
+    c.add_argument("--test-frac", type=float, default=0.0, help="... and this (the last lines) for test")
+    c.add_argument("--min-fields", type=int, default=40,
+                   help="criteo: fewest tab-separated fields accepted; 15 reads files whose "
+                   "trailing empty fields were stripped (default 40: exact)")
     c.set_defaults(func=cmd_convert)
+
+    i = sub.add_parser(
+        "inspect", help="data-quality report of Parquet data (null rates, distinct counts, "
+        "sequence lengths, label rate), streaming",
+    )
+    i.add_argument("data", nargs="+", help="Parquet file(s) or directories")
+    i.add_argument("--config", help="YAML config: adds label rates and schema checks")
+    i.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable)")
+    i.add_argument("--json", action="store_true", help="print the report as JSON")
+    i.add_argument("--strict", action="store_true", help="exit 1 if any problem is found")
+    i.set_defaults(func=cmd_inspect)
 
     t = sub.add_parser("train", help="train a model and report validation/test metrics")
     with_config(t)

@@ -1,0 +1,383 @@
+"""Amazon (Electronics) in DIN's form -> Parquet in the project's schema.
+
+DIN form (``convert_amazon_din``)
+---------------------------------
+One example per line, ``history_items;history_cats;target_item;target_cat;label``: the
+user's reviewed items and their categories (space-separated, oldest first, so the most
+recent is last), the target item and its category, and the label (1: the user's next
+item, 0: a sampled negative). Ids are DIN's remapped ids, checked against the table
+sizes (``num_items``, ``num_cats``; DIN's Electronics sizes by default).
+
+Written: ``label`` (int8), ``item_id``, ``cat_id`` (int64, the targets, sharing the
+``item`` / ``cat`` tables with the history), ``hist_item_ids``, ``hist_cat_ids``
+(``list<int64>``), and ``log_hist_len`` (float32 ``log(1 + history length)``: the
+form has no dense feature, and the untruncated length is one). An empty history is
+allowed (both lists empty). Bad rows: not exactly 5 fields, a malformed or
+out-of-range id, lists of unequal lengths, a missing target, a label not in {0, 1}.
+
+From raw reviews (``build_amazon_din``)
+---------------------------------------
+What DIN's scripts do from the McAuley review dumps, with our ids: ``reviews`` is the
+JSON-lines review file (``reviewerID``, ``asin``, ``unixReviewTime`` per line; e.g.
+``reviews_Electronics_5.json``), ``meta`` the item metadata (``asin``, ``categories``,
+one JSON or Python-literal dict per line; the item's category is the last entry of its
+first category path). A streaming pass over each file builds the vocabularies (ids from
+1 in sorted order of the raw strings; 0 is padding/unknown, e.g. an item without
+metadata) and keeps ``(user, item, time)`` as int arrays (24 bytes per review: bounded
+by the review count, not the text size). Per user, in time order, each review ``i >= 1``
+gives a positive example (history = the previous at most ``max_len`` items, target =
+the item) and a negative (same history, target = an item drawn uniformly from the items
+the user never reviewed, from ``seed``). As in DIN, each user's last review goes to
+``test.parquet``, the others to ``train.parquet``. Malformed lines of either file fall
+under the bad-row policy.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pyarrow as pa
+
+from interformer_rec.config import Schema, SequenceFeature, SparseFeature, TableConfig
+from interformer_rec.data.convert import (
+    AtomicParquetWriter,
+    BadRowPolicy,
+    BadRows,
+    Block,
+    ConversionError,
+    Parsed,
+    PathLike,
+    Reasons,
+    TextFormat,
+    convert_text,
+    list_array,
+    parse_int,
+    parse_int_lists,
+    parse_label,
+    read_blocks,
+    split,
+    token,
+)
+from interformer_rec.data.reader import Jagged, gather
+
+log = logging.getLogger(__name__)
+
+# DIN's Amazon Electronics vocabulary sizes (item_count, cate_count in its scripts)
+DIN_NUM_ITEMS = 63001
+DIN_NUM_CATS = 801
+
+ARROW_SCHEMA = pa.schema(
+    [
+        ("label", pa.int8()),
+        ("log_hist_len", pa.float32()),
+        ("item_id", pa.int64()),
+        ("cat_id", pa.int64()),
+        ("hist_item_ids", pa.list_(pa.int64())),
+        ("hist_cat_ids", pa.list_(pa.int64())),
+    ]
+)
+
+
+def amazon_schema(
+    num_items: int = DIN_NUM_ITEMS, num_cats: int = DIN_NUM_CATS, max_len: int = 50,
+    group_key: Optional[str] = None,
+) -> Schema:
+    """The schema of the Amazon files (``configs/amazon.yaml``)."""
+    return Schema(
+        labels=["label"],
+        dense=["log_hist_len"],
+        sparse=[SparseFeature("item_id", "item"), SparseFeature("cat_id", "cat")]
+        + ([SparseFeature(group_key, "user")] if group_key else []),
+        sequence=[
+            SequenceFeature("hist_item_ids", "item", max_len),
+            SequenceFeature("hist_cat_ids", "cat", max_len),
+        ],
+        tables=[TableConfig("item", num_items), TableConfig("cat", num_cats)]
+        + ([TableConfig("user", 1 << 20)] if group_key else []),
+        group_key=group_key,
+        id_policy="reject",
+    )
+
+
+class DINFormat(TextFormat):
+    """``history_items;history_cats;target_item;target_cat;label`` lines."""
+
+    name = "amazon_din"
+    schema = ARROW_SCHEMA
+    label = "label"
+
+    def __init__(self, num_items: int = DIN_NUM_ITEMS, num_cats: int = DIN_NUM_CATS) -> None:
+        self.num_items = num_items
+        self.num_cats = num_cats
+
+    def parse(self, block: Block) -> Parsed:
+        buf, n = block.buf, len(block)
+        f = split(buf, block.starts, block.ends, b";")
+        r = Reasons(n)
+        r.add(f.counts != 5, lambda i: f"{f.counts[i]} ';'-separated fields, expected 5")
+        s, e = f.grid(5)
+        items, items_bad, items_first = parse_int_lists(buf, s[:, 0], e[:, 0], b" ")
+        cats, cats_bad, cats_first = parse_int_lists(buf, s[:, 1], e[:, 1], b" ")
+        r.add(items_bad, lambda i: f"history item {items_first[i] + 1} is not an integer id ({token(buf, s[i, 0], e[i, 0])})")
+        r.add(cats_bad, lambda i: f"history category {cats_first[i] + 1} is not an integer id ({token(buf, s[i, 1], e[i, 1])})")
+        r.add(items.lengths != cats.lengths,
+              lambda i: f"history has {items.lengths[i]} items but {cats.lengths[i]} categories")
+        item, item_ok, _ = parse_int(buf, s[:, 2], e[:, 2])
+        cat, cat_ok, _ = parse_int(buf, s[:, 3], e[:, 3])
+        y, y_ok = parse_label(buf, s[:, 4], e[:, 4])
+        r.add(~item_ok, lambda i: f"target item {token(buf, s[i, 2], e[i, 2])} is not an integer id")
+        r.add(~cat_ok, lambda i: f"target category {token(buf, s[i, 3], e[i, 3])} is not an integer id")
+        r.add(~y_ok, lambda i: f"label {token(buf, s[i, 4], e[i, 4])} is not 0 or 1")
+        row_items = np.repeat(np.arange(n), items.lengths)
+        row_cats = np.repeat(np.arange(n), cats.lengths)
+        for name, vals, rows, size in (
+            ("history item", items.values, row_items, self.num_items),
+            ("history category", cats.values, row_cats, self.num_cats),
+        ):
+            out = (vals < 0) | (vals >= size)
+            bad = np.bincount(rows[out], minlength=n) > 0
+            first = np.full(n, -1, np.int64)
+            pos = np.flatnonzero(out)[::-1]
+            first[rows[pos]] = vals[pos]
+            r.add(bad, lambda i, name=name, first=first, size=size: f"{name} id {first[i]} outside [0, {size})")
+        r.add(item_ok & ((item < 0) | (item >= self.num_items)),
+              lambda i: f"target item id {item[i]} outside [0, {self.num_items})")
+        r.add(cat_ok & ((cat < 0) | (cat >= self.num_cats)),
+              lambda i: f"target category id {cat[i]} outside [0, {self.num_cats})")
+        keep = np.flatnonzero(~r.bad)
+        h_items, h_cats = items.take(keep), cats.take(keep)
+        table = pa.table(
+            {
+                "label": pa.array(y[keep].astype(np.int8)),
+                "log_hist_len": pa.array(np.log1p(h_items.lengths).astype(np.float32)),
+                "item_id": pa.array(item[keep]),
+                "cat_id": pa.array(cat[keep]),
+                "hist_item_ids": list_array(h_items),
+                "hist_cat_ids": list_array(h_cats),
+            },
+            schema=ARROW_SCHEMA,
+        )
+        return Parsed(table, r.bad, r.reasons)
+
+
+def convert_amazon_din(
+    inputs: Union[PathLike, Sequence[PathLike]],
+    out_dir: PathLike,
+    *,
+    num_items: int = DIN_NUM_ITEMS,
+    num_cats: int = DIN_NUM_CATS,
+    policy: Optional[BadRowPolicy] = None,
+    **kw: Any,
+) -> Dict[str, Any]:
+    """Convert DIN-form Amazon file(s) (see the module docstring); keywords as in
+    :func:`~interformer_rec.data.convert.convert_text`."""
+    return convert_text(DINFormat(num_items, num_cats), inputs, out_dir, policy=policy, **kw)
+
+
+# --------------------------------------------------------------------------- raw reviews
+
+
+def _json_lines(path: Path, bad: BadRows, block_bytes: int) -> Any:
+    """``(line number, dict)`` of each line of ``path`` (JSON, or a Python literal as in
+    the McAuley ``meta_*.json`` dumps); other lines are bad rows."""
+    for block in read_blocks(path, block_bytes):
+        for i in range(len(block)):
+            line = int(block.line0 + i)
+            if block.too_long[i]:
+                bad.add(path, line, "line too long")
+                continue
+            raw = block.buf[block.starts[i] : block.ends[i]].tobytes()
+            if not raw.strip():
+                bad.add(path, line, "empty line")
+                continue
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                try:
+                    obj = ast.literal_eval(raw.decode("utf-8"))
+                except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
+                    bad.add(path, line, f"not a JSON object: {token(block.buf, block.starts[i], block.ends[i])}")
+                    continue
+            if not isinstance(obj, dict):
+                bad.add(path, line, "not a JSON object")
+                continue
+            yield line, obj
+
+
+def _vocab(values: List[str]) -> Tuple[Dict[str, int], np.ndarray]:
+    """Ids from 1 in sorted order of the distinct strings; ``[n]`` ids of ``values``."""
+    uniq = sorted(set(values))
+    ids = {v: i + 1 for i, v in enumerate(uniq)}
+    return ids, np.fromiter((ids[v] for v in values), np.int64, len(values))
+
+
+def _negatives(user: np.ndarray, item: np.ndarray, num_items: int, rng: np.random.Generator) -> np.ndarray:
+    """For each review, an item in ``[1, num_items]`` the same user never reviewed."""
+    reviewed = np.unique(user * (num_items + 1) + item)
+    neg = rng.integers(1, num_items + 1, len(user))
+    todo = np.arange(len(user))
+    for _ in range(1000):
+        key = user[todo] * (num_items + 1) + neg[todo]
+        pos = np.searchsorted(reviewed, key)
+        clash = reviewed[np.minimum(pos, len(reviewed) - 1)] == key
+        todo = todo[clash]
+        if not len(todo):
+            return neg
+        neg[todo] = rng.integers(1, num_items + 1, len(todo))
+    raise ConversionError("negative sampling: a user reviewed (nearly) every item")
+
+
+def build_amazon_din(
+    reviews: PathLike,
+    meta: PathLike,
+    out_dir: PathLike,
+    *,
+    max_len: int = 100,
+    seed: int = 0,
+    policy: Optional[BadRowPolicy] = None,
+    row_group_size: int = 65536,
+    block_bytes: int = 1 << 22,
+) -> Dict[str, Any]:
+    """Build ``train.parquet`` / ``test.parquet`` in DIN's form from raw review and
+    metadata dumps, with negative sampling (see the module docstring). Besides the
+    DIN-form columns the files carry ``user_id`` (int64, ids from 1) for gAUC.
+
+    Returns:
+        ``{"outputs": {split: {"path", "rows", "positive_rate"}}, "num_users",
+        "num_items", "num_cats", "bad_rows", "seconds"}``; the schema's tables need
+        ``num_items + 1`` and ``num_cats + 1`` rows.
+    """
+    t0 = time.perf_counter()
+    policy = policy or BadRowPolicy()
+    reviews, meta, out_dir = Path(reviews), Path(meta), Path(out_dir)
+    for p in (reviews, meta):
+        if not p.is_file():
+            raise ConversionError(f"{p}: no such file")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = out_dir / "bad_rows.txt"
+    report.unlink(missing_ok=True)
+    bad = BadRows(policy, report)
+    writers: Dict[str, AtomicParquetWriter] = {}
+    try:
+        users: List[str] = []
+        asins: List[str] = []
+        times: List[int] = []
+        lines = 0
+        for line, obj in _json_lines(reviews, bad, block_bytes):
+            lines += 1
+            u, a, t = obj.get("reviewerID"), obj.get("asin"), obj.get("unixReviewTime")
+            if not isinstance(u, str) or not isinstance(a, str) or not u or not a:
+                bad.add(reviews, line, "reviewerID / asin missing or not a string")
+            elif isinstance(t, bool) or not isinstance(t, int):
+                bad.add(reviews, line, f"unixReviewTime {t!r} is not an integer")
+            else:
+                users.append(u)
+                asins.append(a)
+                times.append(t)
+        lines_reviews = lines + bad.count
+        cat_of_asin: Dict[str, str] = {}
+        wanted = set(asins)
+        meta_lines = 0
+        for line, obj in _json_lines(meta, bad, block_bytes):
+            meta_lines += 1
+            a, cats = obj.get("asin"), obj.get("categories")
+            if not isinstance(a, str):
+                bad.add(meta, line, "asin missing or not a string")
+                continue
+            if a not in wanted:
+                continue
+            if (not isinstance(cats, list) or not cats or not isinstance(cats[0], list)
+                    or not cats[0] or not isinstance(cats[0][-1], str)):
+                bad.add(meta, line, f"categories {cats!r} is not a non-empty list of category paths")
+                continue
+            cat_of_asin[a] = cats[0][-1]
+        bad.check(lines_reviews + meta_lines)
+        if not users:
+            raise ConversionError(f"{reviews}: no valid reviews")
+
+        user_ids, user = _vocab(users)
+        item_ids, item = _vocab(asins)
+        cat_ids, _ = _vocab(list(cat_of_asin.values()))
+        del users
+        cat_of_item = np.zeros(len(item_ids) + 1, np.int64)
+        for a, i in item_ids.items():
+            cat_of_item[i] = cat_ids.get(cat_of_asin.get(a, ""), 0)
+        ts = np.asarray(times, np.int64)
+        del times, asins
+
+        order = np.lexsort((np.arange(len(user)), ts, user))  # by user, then time, then file order
+        u, it = user[order], item[order]
+        first = np.r_[True, u[1:] != u[:-1]]
+        pos = np.arange(len(u))
+        group_start = np.maximum.accumulate(np.where(first, pos, 0))
+        k = pos - group_start  # index of the review within its user
+        last = np.r_[u[1:] != u[:-1], True]
+        example = k >= 1
+        rng = np.random.default_rng(seed)
+        neg = _negatives(u, it, len(item_ids), rng)
+        length = np.minimum(k, max_len)
+
+        def rows(sel: np.ndarray) -> pa.Table:
+            idx = np.flatnonzero(sel)
+            lens = length[idx]
+            hist = Jagged(lens, gather(it, idx - lens, lens))
+            hcat = Jagged(lens, cat_of_item[hist.values])
+            both = np.r_[idx, idx]
+            target = np.r_[it[idx], neg[idx]]
+            label = np.r_[np.ones(len(idx), np.int8), np.zeros(len(idx), np.int8)]
+            # interleave positive and negative of one review
+            inter = np.arange(2 * len(idx)).reshape(2, -1).T.ravel()
+            pick = np.r_[np.arange(len(idx)), np.arange(len(idx))][inter]
+            return pa.table(
+                {
+                    "label": pa.array(label[inter]),
+                    "log_hist_len": pa.array(np.log1p(k[both][inter]).astype(np.float32)),
+                    "item_id": pa.array(target[inter]),
+                    "cat_id": pa.array(cat_of_item[target[inter]]),
+                    "hist_item_ids": list_array(hist.take(pick)),
+                    "hist_cat_ids": list_array(hcat.take(pick)),
+                    "user_id": pa.array(u[both][inter]),
+                }
+            )
+
+        schema = ARROW_SCHEMA.append(pa.field("user_id", pa.int64()))
+        summary: Dict[str, Any] = {}
+        for name, sel in (("train", example & ~last), ("test", example & last)):
+            w = writers[name] = AtomicParquetWriter(out_dir / f"{name}.parquet", schema)
+            positives = 0
+            idx = np.flatnonzero(sel)
+            for lo in range(0, len(idx), max(row_group_size // 2, 1)):
+                part = np.zeros(len(sel), bool)
+                part[idx[lo : lo + max(row_group_size // 2, 1)]] = True
+                table = rows(part)
+                positives += int(np.sum(table.column("label").to_numpy()))
+                w.write(table)
+            summary[name] = {
+                "path": str(w.path), "rows": w.rows,
+                "positive_rate": round(positives / w.rows, 4) if w.rows else None,
+            }
+        for w in writers.values():
+            w.commit()
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    finally:
+        bad.close()
+    return {
+        "format": "amazon_reviews",
+        "outputs": summary,
+        "num_users": len(user_ids),
+        "num_items": len(item_ids),
+        "num_cats": len(cat_ids),
+        "bad_rows": bad.count,
+        "bad_rows_report": str(report) if bad.count else None,
+        "first_bad_rows": bad.first,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }

@@ -1,0 +1,186 @@
+"""Streaming: every row exactly once per epoch across ranks x DataLoader workers; resume
+with workers; bounded memory of conversion and reading."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from torch.utils.data import DataLoader
+
+from interformer_rec.config import Schema, SequenceFeature, SparseFeature, TableConfig
+from interformer_rec.data.reader import ParquetBatchReader
+
+SCHEMA = Schema(
+    labels=["y"],
+    dense=["d"],
+    sparse=[SparseFeature("item", "item")],
+    sequence=[SequenceFeature("hist", "item", 4)],
+    tables=[TableConfig("item", 50)],
+    group_key="rid",  # the row id travels in Batch.groups
+)
+
+
+def write_rows(path: Path, start: int, n: int, row_group_size: int) -> None:
+    rid = np.arange(start, start + n)
+    lengths = rid % 5
+    hist = [list((r + np.arange(k)) % 50) for r, k in zip(rid, lengths)]
+    table = pa.table(
+        {
+            "y": pa.array(rid % 2, pa.int8()),
+            "d": pa.array(rid.astype(np.float32)),
+            "item": pa.array(rid % 50),
+            "hist": pa.array(hist, pa.list_(pa.int64())),
+            "rid": pa.array(rid),
+        }
+    )
+    pq.write_table(table, path, row_group_size=row_group_size)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Two files, 1003 rows (ids 0..1002), ragged row groups."""
+    d = tmp_path_factory.mktemp("stream")
+    write_rows(d / "a.parquet", 0, 611, row_group_size=97)
+    write_rows(d / "b.parquet", 611, 392, row_group_size=50)
+    return d
+
+
+def rows_of(batches) -> List[List[int]]:
+    return [b.groups.tolist() for b in batches]
+
+
+def check_batch_consistency(batch) -> None:
+    """The row id is carried consistently by every column of the row."""
+    rid = batch.groups.numpy()
+    assert (batch.dense[:, 0].numpy() == rid).all()
+    assert (batch.sequence["item"].values().numpy() == rid % 50).all()
+    assert (batch.sequence["hist"].lengths().numpy() == np.minimum(rid % 5, 4)).all()
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_every_row_once_across_2_ranks_x_2_workers(data: Path, shuffle: bool) -> None:
+    seen: Counter = Counter()
+    steps = []
+    for epoch in (0, 1):
+        epoch_rows: Counter = Counter()
+        orders = []
+        for rank in (0, 1):
+            reader = ParquetBatchReader(
+                data, SCHEMA, 16, rank=rank, world_size=2, shuffle=shuffle, seed=5,
+                shuffle_window=150,
+            )
+            reader.set_epoch(epoch)
+            loader = DataLoader(reader, batch_size=None, num_workers=2)
+            batches = list(loader)
+            for b in batches:
+                check_batch_consistency(b)
+            assert len(batches) == len(reader), "len(reader) counts the batches of all workers"
+            steps.append(len(batches))
+            rows = [r for b in rows_of(batches) for r in b]
+            epoch_rows.update(rows)
+            orders.append(rows)
+        # 1003 rows = 31 global batches of 32 + 11 rows split 6/5: nothing dropped
+        assert sorted(epoch_rows) == list(range(1003))
+        assert set(epoch_rows.values()) == {1}, "no row twice within an epoch"
+        seen.update(epoch_rows)
+        if shuffle and epoch == 1:
+            assert orders != prev_orders, "a new epoch reshuffles"
+        prev_orders = orders
+    assert len(set(steps)) == 1, "every rank runs the same number of steps"
+    assert set(seen.values()) == {2}
+
+
+def test_workers_yield_the_same_batches_as_one_process(data: Path) -> None:
+    """Workers change only the order in which whole batches arrive, not the batches."""
+    for rank in (0, 1):
+        kw = dict(rank=rank, world_size=2, shuffle=True, seed=1, shuffle_window=200)
+        single = rows_of(ParquetBatchReader(data, SCHEMA, 10, **kw))
+        multi = rows_of(DataLoader(ParquetBatchReader(data, SCHEMA, 10, **kw), batch_size=None, num_workers=3))
+        assert sorted(map(tuple, multi)) == sorted(map(tuple, single))
+
+
+def test_worker_ranges_partition_the_epoch(data: Path) -> None:
+    reader = ParquetBatchReader(data, SCHEMA, 7)
+    total = len(reader)
+    for n in (1, 2, 3, 5):
+        ranges = [reader.worker_range(w, n) for w in range(n)]
+        assert ranges[0][0] == 0 and ranges[-1][1] == total
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])), "contiguous, disjoint"
+        sizes = [hi - lo for lo, hi in ranges]
+        assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_with_start_batch_sees_the_rest_exactly_once(data: Path, num_workers: int) -> None:
+    """Consume k batches of an epoch, 'crash', resume with start_batch=k: the two runs
+    together see every row of every rank exactly once."""
+    k = 13
+    for rank in (0, 1):
+        kw = dict(rank=rank, world_size=2, shuffle=True, seed=9, shuffle_window=120)
+        loader = DataLoader(ParquetBatchReader(data, SCHEMA, 8, **kw), batch_size=None, num_workers=num_workers)
+        full = rows_of(loader)
+        first = full[:k]
+        resumed_reader = ParquetBatchReader(data, SCHEMA, 8, start_batch=k, **kw)
+        rest = rows_of(DataLoader(resumed_reader, batch_size=None, num_workers=num_workers))
+        assert len(rest) == len(resumed_reader) == len(full) - k
+        assert sorted(map(tuple, first + rest)) == sorted(map(tuple, full))
+        if num_workers == 0:
+            assert rest == full[k:], "without workers the resumed run continues the stream"
+
+
+# --------------------------------------------------------------------------- memory
+
+_MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys
+    from pathlib import Path
+    from interformer_rec.data.criteo import convert_criteo, criteo_schema
+    from interformer_rec.data.reader import ParquetBatchReader
+    raw, out = Path(sys.argv[1]), Path(sys.argv[2])
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    convert_criteo(raw, out, row_group_size=2048, block_bytes=1 << 18)
+    conv = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    n = 0
+    for b in ParquetBatchReader(out / "raw.parquet", criteo_schema(1000), 256, shuffle=True,
+                                shuffle_window=4096):
+        n += b.batch_size
+    read = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(base, conv, read, n)
+    """
+)
+
+
+def test_conversion_and_reading_memory_is_bounded(tmp_path: Path) -> None:
+    """A small proxy of benchmarks/data.py's larger-than-budget run: converting and
+    reading a ~60 MB raw file grows peak RSS by far less than the file's size (the
+    budget here: half of it)."""
+    rng = np.random.default_rng(0)
+    n = 250_000
+    ints = rng.integers(0, 1000, (n, 13)).astype(str)
+    cats = np.char.mod("%08x", rng.integers(0, 2**32, (n, 26)))
+    labels = rng.integers(0, 2, n).astype(str)
+    lines = ["\t".join([y, *i, *c]) for y, i, c in zip(labels, ints, cats)]
+    raw = tmp_path / "raw.txt"
+    raw.write_text("\n".join(lines) + "\n")
+    del lines, ints, cats
+    size_kb = raw.stat().st_size / 1024
+    res = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, str(raw), str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert res.returncode == 0, res.stderr
+    base, conv, read, rows = map(int, res.stdout.split())
+    assert rows == n
+    budget = size_kb / 2
+    assert conv - base < budget, f"conversion grew RSS by {conv - base} kB (file {size_kb:.0f} kB)"
+    assert read - base < budget, f"reading grew RSS by {read - base} kB (file {size_kb:.0f} kB)"
