@@ -100,6 +100,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run ``benchmarks/<name>.py`` of this checkout with the remaining arguments."""
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{args.name}.py"
+    if not script.exists():
+        raise FileNotFoundError(f"{script}: benchmarks ship with the source checkout")
+    sys.argv = [str(script), *args.args]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="interformer-rec", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -161,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model and report validation/test metrics")
     with_config(t)
     t.set_defaults(func=cmd_train)
+
+    b = sub.add_parser("bench", help="run a benchmark from benchmarks/ (quality, throughput, ...)")
+    b.add_argument("name", help="benchmark name: quality, throughput, scaling, serving, data")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+    b.set_defaults(func=cmd_bench)
 
     from interformer_rec.export.cli import register as register_serving
 

@@ -1,0 +1,193 @@
+"""Quality benchmark: InterFormer (dot / dcn / projection / dhen) against TorchRec's DLRM
+baselines and BST, trained by the same trainer on the same features and splits.
+
+For every data set, model and seed it runs ``interformer-rec train`` (one process per
+run, ``--jobs`` at a time) and collects the test metrics of the best validation epoch.
+Every model gets the same tuning budget: the same ``--grid`` of overrides is tried on the
+first seed and the setting with the best validation AUC is then run on every seed.
+
+    python benchmarks/quality.py --datasets synthetic movielens --seeds 0 1 2
+    interformer-rec bench quality --datasets movielens --seeds 0 1 2 --jobs 2
+
+Writes ``results/quality.json``, ``results/quality.md`` and ``results/quality.png``.
+Data must exist first (``interformer-rec generate`` / ``convert movielens``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = [
+    "interformer:dot",
+    "interformer:dcn",
+    "interformer:projection",
+    "interformer:dhen",
+    "dlrm",
+    "dlrm_dcn",
+    "dlrm_projection",
+    "bst",
+]
+METRICS = ("auc", "gauc", "logloss", "ne")
+
+
+def config_for(dataset: str, model: str) -> Tuple[Path, List[str]]:
+    """The config file and overrides that select ``model`` on ``dataset``."""
+    name, _, interaction = model.partition(":")
+    if name == "interformer":
+        return ROOT / "configs" / f"{dataset}.yaml", [f"model.interformer.interaction={interaction}"]
+    return ROOT / "configs" / f"{dataset}_{name}.yaml", []
+
+
+def run_one(dataset: str, model: str, seed: int, overrides: Sequence[str], out: Path, threads: int) -> Dict[str, Any]:
+    """Train one model in a subprocess; return its metrics.json (plus the overrides)."""
+    config, extra = config_for(dataset, model)
+    run_dir = out / "runs" / dataset / model.replace(":", "_") / f"seed{seed}" / "_".join(
+        o.split("=")[-1] for o in overrides
+    ).replace("/", "-")
+    metrics = run_dir / "metrics.json"
+    if not metrics.exists():
+        cmd = [sys.executable, "-m", "interformer_rec.cli", "train", "--config", str(config)]
+        for o in [*extra, f"train.seed={seed}", f"train.out_dir={run_dir}", "train.progress=false", *overrides]:
+            cmd += ["--set", o]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "log.txt", "w") as log:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{dataset}/{model}/seed{seed} failed: see {run_dir / 'log.txt'}")
+    result = json.loads(metrics.read_text())
+    result["overrides"] = list(overrides)
+    return result
+
+
+def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"seeds": len(runs), "overrides": runs[0]["overrides"]}
+    for k in METRICS:
+        vals = [r["test"][k] for r in runs]
+        out[k] = {"mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "values": vals}
+    out["num_parameters"] = runs[0]["num_parameters"]
+    out["train_seconds"] = statistics.mean(r["train_seconds"] for r in runs)
+    if "oracle_auc" in runs[0]:
+        out["oracle_auc"] = runs[0]["oracle_auc"]
+    return out
+
+
+def markdown(results: Dict[str, Dict[str, Any]]) -> str:
+    lines = []
+    for dataset, models in results.items():
+        lines += [f"### {dataset}", ""]
+        oracle = next((m.get("oracle_auc") for m in models.values() if "oracle_auc" in m), None)
+        if oracle:
+            lines += [f"Oracle AUC (true click probability): **{oracle:.4f}**", ""]
+        lines += [
+            "| model | test AUC | test gAUC | logloss | NE | params | train s | tuned |"
+            + (" gap closed |" if oracle else ""),
+            "|---|---|---|---|---|---|---|---|" + ("---|" if oracle else ""),
+        ]
+        for name, m in sorted(models.items(), key=lambda kv: -kv[1]["auc"]["mean"]):
+            row = (
+                f"| {name} | {m['auc']['mean']:.4f} ± {m['auc']['std']:.4f} "
+                f"| {m['gauc']['mean']:.4f} ± {m['gauc']['std']:.4f} "
+                f"| {m['logloss']['mean']:.4f} ± {m['logloss']['std']:.4f} "
+                f"| {m['ne']['mean']:.4f} ± {m['ne']['std']:.4f} "
+                f"| {m['num_parameters']:,} | {m['train_seconds']:.0f} | {' '.join(m['overrides']) or '-'} |"
+            )
+            if oracle:
+                row += f" {(m['auc']['mean'] - 0.5) / (oracle - 0.5):.1%} |"
+            lines.append(row)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: Dict[str, Dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 4.5), squeeze=False)
+    for ax, (dataset, models) in zip(axes[0], results.items()):
+        names = sorted(models, key=lambda n: -models[n]["auc"]["mean"])
+        means = [models[n]["auc"]["mean"] for n in names]
+        stds = [models[n]["auc"]["std"] for n in names]
+        colors = ["tab:blue" if n.startswith("interformer") else "tab:gray" for n in names]
+        ax.barh(names, means, xerr=stds, color=colors, capsize=3)
+        oracle = next((m.get("oracle_auc") for m in models.values() if "oracle_auc" in m), None)
+        if oracle:
+            ax.axvline(oracle, color="tab:red", linestyle="--", label=f"oracle {oracle:.3f}")
+            ax.legend(loc="lower right")
+        lo = min(m - s for m, s in zip(means, stds))
+        ax.set_xlim(max(0.5, lo - 0.02), max(means + [oracle or 0]) + 0.01)
+        ax.invert_yaxis()
+        ax.set_title(f"{dataset}: test AUC (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=["synthetic", "movielens"])
+    p.add_argument("--models", nargs="+", default=MODELS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument(
+        "--grid", nargs="*", default=[],
+        help="KEY=V1,V2 overrides tried on the first seed for every model, e.g. train.dense_optimizer.lr=0.001,0.003",
+    )
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    p.add_argument("--out", type=Path, default=ROOT / "results")
+    args = p.parse_args(argv)
+
+    keys = [g.split("=", 1)[0] for g in args.grid]
+    grid = [[f"{k}={v}" for k, v in zip(keys, vs)] for vs in itertools.product(*(g.split("=", 1)[1].split(",") for g in args.grid))]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    start = time.perf_counter()
+
+    def run(task: Tuple[str, str, int, Tuple[str, ...]]) -> Dict[str, Any]:
+        d, m, s, o = task
+        r = run_one(d, m, s, o, args.out, threads)
+        print(f"{d:<10} {m:<24} seed {s} {' '.join(o):<40} test AUC {r['test']['auc']:.4f}", flush=True)
+        return r
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        chosen: Dict[Tuple[str, str], Tuple[str, ...]] = {}
+        if len(grid) > 1:  # tune on the first seed: best validation AUC
+            tasks = [(d, m, args.seeds[0], tuple(g)) for d in args.datasets for m in args.models for g in grid]
+            best: Dict[Tuple[str, str], Tuple[float, Tuple[str, ...]]] = {}
+            for (d, m, _, o), r in zip(tasks, pool.map(run, tasks)):
+                if (d, m) not in best or r["valid"]["auc"] > best[(d, m)][0]:
+                    best[(d, m)] = (r["valid"]["auc"], o)
+            chosen = {k: o for k, (_, o) in best.items()}
+        else:
+            chosen = {(d, m): tuple(grid[0]) for d in args.datasets for m in args.models}
+        tasks = [(d, m, s, chosen[(d, m)]) for d in args.datasets for m in args.models for s in args.seeds]
+        runs = list(pool.map(run, tasks))
+
+    results: Dict[str, Dict[str, Any]] = {}
+    for d in args.datasets:
+        for m in args.models:
+            rs = [r for t, r in zip(tasks, runs) if t[0] == d and t[1] == m]
+            results.setdefault(d, {})[m] = summarize(rs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"seeds": args.seeds, "grid": args.grid, "wall_seconds": time.perf_counter() - start, "cpu_count": os.cpu_count()}
+    (args.out / "quality.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    md = markdown(results)
+    (args.out / "quality.md").write_text(md)
+    plot(results, args.out / "quality.png")
+    print(md)
+    print(f"wrote {args.out / 'quality.json'}, quality.md, quality.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
