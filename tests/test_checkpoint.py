@@ -1,0 +1,144 @@
+"""Checkpoint atomicity and pointers, the reader's resume position, and the torchx
+components (one process, no process group; the multi-rank cases are in
+tests/test_distributed.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from interformer_rec.train import checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 1))
+
+
+def _save(root: Path, name: str, seed: int, step: int, pointers=("latest",)) -> nn.Module:
+    m = _model(seed)
+    checkpoint.save_checkpoint(root, name, m, None, {"global_step": step}, pointers=pointers, files={"plan.txt": "p"})
+    return m
+
+
+def _same(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_pointers_prune_and_load(tmp_path: Path) -> None:
+    m1 = _save(tmp_path, "epoch_0000", 1, 10, ("latest", "best"))
+    m2 = _save(tmp_path, "epoch_0001", 2, 20)
+    assert checkpoint.resolve(tmp_path, "latest").name == "epoch_0001"
+    assert checkpoint.resolve(tmp_path, "best").name == "epoch_0000"
+    assert (tmp_path / "epoch_0001" / "plan.txt").read_text() == "p"
+    _save(tmp_path, "epoch_0002", 3, 30)  # epoch_0001 is named by no pointer any more
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["epoch_0000", "epoch_0002"]
+    fresh = _model(9)
+    assert checkpoint.load_checkpoint(checkpoint.resolve(tmp_path, "best"), fresh)["global_step"] == 10
+    assert _same(fresh, m1) and not _same(fresh, m2)
+
+
+def test_a_write_killed_before_its_commit_is_never_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = _save(tmp_path, "step_00000004", 1, 4)
+
+    real = checkpoint._write_durably
+
+    def crash(path: Path, text: str) -> None:
+        if path.name == checkpoint.META:
+            raise KeyboardInterrupt("killed")  # the process dies before the commit marker
+        real(path, text)
+
+    monkeypatch.setattr(checkpoint, "_write_durably", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _save(tmp_path, "step_00000006", 2, 6)
+    monkeypatch.undo()
+    assert (tmp_path / "step_00000006.tmp").is_dir()  # tensors written, no meta.json
+    assert checkpoint.resolve(tmp_path, "latest").name == "step_00000004"
+    assert checkpoint.latest_complete(tmp_path).name == "step_00000004"
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        checkpoint.load_checkpoint(tmp_path / "step_00000006.tmp", _model(0))
+    fresh = _model(9)
+    checkpoint.load_checkpoint(checkpoint.latest_complete(tmp_path), fresh)
+    assert _same(fresh, good)
+    _save(tmp_path, "step_00000008", 3, 8)  # the next save clears the leftover
+    assert not (tmp_path / "step_00000006.tmp").exists()
+
+
+def test_resume_falls_back_to_newest_complete_checkpoint(tmp_path: Path) -> None:
+    assert checkpoint.latest_complete(tmp_path / "none") is None
+    _save(tmp_path, "step_00000002", 1, 2)
+    _save(tmp_path, "step_00000004", 2, 4, ("latest", "best"))
+    (tmp_path / "latest").write_text("step_00000006\n")  # renamed dir lost, pointer updated
+    with pytest.raises(FileNotFoundError, match="missing or incomplete"):
+        checkpoint.resolve(tmp_path, "latest")
+    assert checkpoint.latest_complete(tmp_path).name == "step_00000004"
+
+
+def test_reader_resume_position_is_the_same_rows_on_any_world_size() -> None:
+    """start_batch=k on 1 rank with batch 2B gives, batch by batch, the union of what
+    2 ranks with batch B give with start_batch=k."""
+    from interformer_rec.config import SyntheticConfig, load_config
+    from interformer_rec.data.reader import ParquetBatchReader
+    from interformer_rec.data.synthetic import generate
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(SyntheticConfig(num_users=50, num_items=40, rows={"train": 700}, row_group_size=128), Path(tmp))
+        schema = load_config("configs/synthetic.yaml").data.schema
+        path = Path(tmp) / "train.parquet"
+        kw = dict(shuffle=True, seed=5, drop_last=True, shuffle_window=256)
+
+        def rd(batch: int, rank: int, world: int, start: int) -> ParquetBatchReader:
+            r = ParquetBatchReader(path, schema, batch, rank=rank, world_size=world, start_batch=start, **kw)
+            r.set_epoch(3)
+            return r
+
+        full = list(rd(64, 0, 1, 0))
+        for k in (0, 4, len(full)):
+            one = list(rd(64, 0, 1, k))
+            r0, r1 = list(rd(32, 0, 2, k)), list(rd(32, 1, 2, k))
+            assert len(one) == len(r0) == len(r1) == len(rd(64, 0, 1, k)) == len(full) - k
+            for a, b, c, f in zip(one, r0, r1, full[k:]):
+                assert torch.equal(a.labels, torch.cat([b.labels, c.labels]))
+                assert torch.equal(a.dense, f.dense)
+
+
+def test_torchx_components_build_and_parse() -> None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from launchers import components
+    finally:
+        sys.path.remove(str(ROOT))
+    app = components.train("train.epochs=1", config="c.yaml", nnodes=2, nproc_per_node=4, gpu=4)
+    role = app.roles[0]
+    cmd = " ".join(role.args)
+    assert role.num_replicas == 2 and role.resource.gpu == 4
+    assert "--nnodes 2 --nproc_per_node 4" in cmd
+    assert "-m interformer_rec.cli train --config c.yaml --set train.epochs=1 --set train.resume=true" in cmd
+    ev = " ".join(components.evaluate(config="c.yaml", checkpoint="ck", split="valid").roles[0].args)
+    assert "-m interformer_rec.train.evaluate --config c.yaml --split valid --checkpoint ck" in ev
+    bench = " ".join(components.benchmark(nproc_per_node=2).roles[0].args)
+    assert "benchmarks/scaling.py --worker" in bench
+    with pytest.raises(ValueError, match="dotted.key=value"):
+        components.train("oops")
+    # torchx's own CLI parses the component file (a dry run: nothing is launched)
+    torchx = Path(sys.executable).parent / "torchx"
+    out = subprocess.run(
+        [str(torchx), "run", "--dryrun", "--workspace", "", "--scheduler", "local_cwd",
+         "launchers/components.py:train", "--nproc_per_node", "2", "--config", "configs/synthetic.yaml",
+         "--", "train.epochs=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PATH": f"{torchx.parent}:{os.environ.get('PATH', '')}"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "--nproc_per_node 2" in out.stdout and "train.epochs=1" in out.stdout
