@@ -1,0 +1,226 @@
+"""Speed benchmark: training and inference samples/s of InterFormer and the baselines at
+equal embedding configuration, over batch sizes and sequence lengths, measured in one
+run side by side; plus the achieved FLOP/s of the InterFormer training step against the
+measured matrix-multiply FLOP/s of the same machine.
+
+    python benchmarks/throughput.py                      # defaults below
+    python benchmarks/throughput.py --batch-sizes 256 --seq-lens 16 50 128 256 512
+
+Each step is the model's own compute (unsharded model, every sequence full length, the
+worst case): forward + backward + Adam for training, forward under ``no_grad`` in eval
+mode for inference. Timings are medians over ``--steps`` steps after ``--warmup``.
+Writes ``results/throughput.json``, ``.md`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Sequence
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from interformer_rec.config import ModelConfig, Schema, SyntheticConfig
+from interformer_rec.data.batch import Batch
+from interformer_rec.data.synthetic import synthetic_schema
+from interformer_rec.models import build_model, num_parameters
+from interformer_rec.train.trainer import RankingTrain
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ["interformer:dhen", "interformer:dot", "dlrm", "dlrm_dcn", "dlrm_projection", "bst"]
+DLRMS = ("dlrm", "dlrm_dcn", "dlrm_projection")
+
+
+def make_batch(schema: Schema, batch_size: int, seq_len: int, device: torch.device, seed: int = 0) -> Batch:
+    """A batch of ``batch_size`` rows whose sequences are all ``seq_len`` steps long."""
+    g = torch.Generator().manual_seed(seed)
+    B = batch_size
+
+    def kjt(keys: List[str], tables: List[str], lengths: List[int]) -> KeyedJaggedTensor:
+        vals, lens = [], []
+        for t, n in zip(tables, lengths):
+            size = schema.table(t).num_embeddings
+            vals.append(torch.randint(0, size, (B * n,), generator=g))
+            lens.append(torch.full((B,), n, dtype=torch.int32))
+        return KeyedJaggedTensor.from_lengths_sync(keys, torch.cat(vals), torch.cat(lens))
+
+    pooled = schema.pooled_features
+    sparse = kjt([f.name for f in pooled], [f.table for f in pooled], [1] * len(pooled))
+    targets, seqs = schema.target_features, schema.sequence
+    sequence = kjt(
+        [f.name for f in targets] + [s.name for s in seqs],
+        [f.table for f in targets] + [s.table for s in seqs],
+        [1] * len(targets) + [seq_len] * len(seqs),
+    )
+    return Batch(
+        dense=torch.randn(B, len(schema.dense), generator=g),
+        sparse=sparse,
+        sequence=sequence,
+        labels=torch.randint(0, 2, (B, 1), generator=g).float(),
+        groups=torch.zeros(B, dtype=torch.long),
+    ).to(device)
+
+
+def model_config(name: str, dim: int) -> ModelConfig:
+    base, _, interaction = name.partition(":")
+    cfg = ModelConfig(name=base, embedding_dim=dim)  # type: ignore[arg-type]
+    if interaction:
+        cfg.interformer.interaction = interaction  # type: ignore[assignment]
+    return cfg
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_seconds(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        sync(device)
+        t = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def matmul_flops(device: torch.device, n: int = 2048, steps: int = 10) -> float:
+    """Measured float32 matrix-multiply FLOP/s of this machine (n x n x n)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n**3 / median_seconds(lambda: torch.mm(a, b), 2, steps, device)
+
+
+def bench_model(name: str, schema: Schema, dim: int, B: int, T: int, device: torch.device, warmup: int, steps: int) -> Dict[str, Any]:
+    torch.manual_seed(0)
+    model = RankingTrain(build_model(schema, model_config(name, dim))).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batch = make_batch(schema, B, T, device)
+
+    def train_step() -> None:
+        loss, _ = model(batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    model.train()
+    train_s = median_seconds(train_step, warmup, steps, device)
+    with FlopCounterMode(display=False) as fc:
+        loss, _ = model(batch)
+        loss.backward()
+    opt.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad():
+        infer_s = median_seconds(lambda: model(batch), warmup, steps, device)
+    return {
+        "model": name,
+        "batch_size": B,
+        "seq_len": T,
+        "num_parameters": num_parameters(model),
+        "train_ms": train_s * 1e3,
+        "train_samples_per_s": B / train_s,
+        "infer_ms": infer_s * 1e3,
+        "infer_samples_per_s": B / infer_s,
+        "train_gflop_per_step": fc.get_total_flops() / 1e9,
+        "train_flop_per_s": fc.get_total_flops() / train_s,
+    }
+
+
+def markdown(rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> str:
+    lines = [
+        f"Device: {meta['device']}; torch {meta['torch']}; {meta['threads']} threads; "
+        f"matmul peak (fp32 {meta['matmul_n']}³): {meta['matmul_gflops']:.1f} GFLOP/s",
+        "",
+        "| model | B | T | train samples/s | × fastest DLRM | infer samples/s | × fastest DLRM | GFLOP/step | GFLOP/s (% of matmul) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['batch_size']} | {r['seq_len']} | {r['train_samples_per_s']:,.0f} "
+            f"| {r['train_vs_fastest_dlrm']:.2f} | {r['infer_samples_per_s']:,.0f} | {r['infer_vs_fastest_dlrm']:.2f} "
+            f"| {r['train_gflop_per_step']:.3f} | {r['train_flop_per_s'] / 1e9:.1f} ({r['train_flop_per_s'] / meta['matmul_flop_per_s']:.0%}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: List[Dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({r["batch_size"] for r in rows})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.5), squeeze=False)
+    for ax, B in zip(axes[0], sizes):
+        for name in dict.fromkeys(r["model"] for r in rows):
+            pts = sorted((r["seq_len"], r["train_ms"]) for r in rows if r["model"] == name and r["batch_size"] == B)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name,
+                    linewidth=2.5 if name.startswith("interformer") else 1.2)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length T")
+        ax.set_ylabel("training step (ms, median)")
+        ax.set_title(f"cost vs sequence length, batch {B}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=MODELS)
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[256, 1024])
+    p.add_argument("--seq-lens", nargs="+", type=int, default=[16, 50, 128, 256, 512])
+    p.add_argument("--dim", type=int, default=16, help="embedding dimension of every table")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", type=Path, default=ROOT / "results")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+
+    rows = []
+    for B in args.batch_sizes:
+        for T in args.seq_lens:
+            schema = synthetic_schema(SyntheticConfig(max_len=T))
+            for name in args.models:
+                r = bench_model(name, schema, args.dim, B, T, device, args.warmup, args.steps)
+                print(f"B={B:<5} T={T:<4} {name:<18} train {r['train_samples_per_s']:>9,.0f}/s  infer {r['infer_samples_per_s']:>10,.0f}/s", flush=True)
+                rows.append(r)
+    for r in rows:
+        same = [q for q in rows if q["batch_size"] == r["batch_size"] and q["seq_len"] == r["seq_len"] and q["model"] in DLRMS]
+        if same:
+            r["train_vs_fastest_dlrm"] = r["train_samples_per_s"] / max(q["train_samples_per_s"] for q in same)
+            r["infer_vs_fastest_dlrm"] = r["infer_samples_per_s"] / max(q["infer_samples_per_s"] for q in same)
+    peak_n = 2048
+    peak = matmul_flops(device, peak_n)
+    meta = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "matmul_n": peak_n,
+        "matmul_flop_per_s": peak,
+        "matmul_gflops": peak / 1e9,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "throughput.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    md = markdown(rows, meta)
+    (args.out / "throughput.md").write_text(md)
+    plot(rows, args.out / "throughput.png")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
