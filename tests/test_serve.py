@@ -1,0 +1,236 @@
+"""HTTP scoring endpoint, on loopback and bounded in time: a valid ranking request,
+malformed requests (clear 4xx, never a crash), huge payloads, concurrent requests
+(micro-batched, same scores as alone), overload (503), draining on shutdown, and the
+``interformer-rec serve`` process stopping cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from export_helpers import exported
+from interformer_rec.export.predictor import Predictor
+from interformer_rec.export.server import BackgroundServer, MicroBatcher, Overloaded, ServerConfig
+
+TIMEOUT = 20  # seconds, every HTTP call
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return exported(tmp_path_factory, "interformer")
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir) -> Predictor:
+    return Predictor(model_dir)
+
+
+@pytest.fixture(scope="module")
+def server(predictor):
+    cfg = ServerConfig(port=0, max_body_bytes=64 << 10, max_candidates=64, max_wait_ms=20, max_pending=256)
+    with BackgroundServer(predictor, cfg) as s:
+        yield s
+
+
+def request_body(n: int = 5, seed: int = 0, history: int = 4) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "request_id": f"r{seed}",
+        "user": {
+            "dense_0": float(rng.normal()), "dense_1": float(rng.normal()), "user_id": int(rng.integers(50)),
+            "user_segment": 1, "user_interests": [1, 2], "context": int(rng.integers(3)),
+            "hist_item_ids": rng.integers(0, 40, history).tolist(), "hist_cat_ids": rng.integers(0, 5, history).tolist(),
+        },
+        "candidates": [{"item_id": int(i), "item_category": int(i) % 5} for i in rng.integers(0, 40, n)],
+    }
+
+
+def post(server, body, **kw) -> requests.Response:
+    if isinstance(body, (bytes, str)):
+        return requests.post(server.url + "/v1/score", data=body, timeout=TIMEOUT, **kw)
+    return requests.post(server.url + "/v1/score", json=body, timeout=TIMEOUT, **kw)
+
+
+def test_valid_request(server, predictor):
+    body = request_body(7)
+    r = post(server, body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["request_id"] == "r0" and out["model"] == "interformer" and out["num_candidates"] == 7
+    scores = out["scores"]["click"]
+    assert len(scores) == 7 and all(0.0 < p < 1.0 for p in scores)
+    # one user x candidates == the same rows given one by one
+    rows = [{**body["user"], **c} for c in body["candidates"]]
+    np.testing.assert_allclose(scores, predictor.predict_rows(rows)[:, 0], atol=1e-6)
+
+
+def test_empty_and_full_history(server):
+    for history in (0, 6, 30):  # 30 > max_len: the most recent 6 are kept
+        r = post(server, request_body(3, history=history))
+        assert r.status_code == 200, r.text
+
+
+def _with(body: dict, where: str, key: str, value) -> dict:
+    body = json.loads(json.dumps(body))
+    target = body["user"] if where == "user" else body["candidates"][0]
+    if value is KeyError:
+        del target[key]
+    else:
+        target[key] = value
+    return body
+
+
+@pytest.mark.parametrize(
+    "make,status,message",
+    [
+        (lambda b: b"{not json", 400, "not valid JSON"),
+        (lambda b: b"\xff\xfe", 400, "not valid JSON"),
+        (lambda b: b"[1, 2]", 400, "expected a JSON object, got array"),
+        (lambda b: {**b, "candidates": []}, 400, "candidates: expected a non-empty list"),
+        (lambda b: {**b, "candidates": "x"}, 400, "candidates: expected a non-empty list"),
+        (lambda b: {**b, "candidates": [1]}, 400, "candidates[0]: expected an object, got number"),
+        (lambda b: {**b, "extra": 1}, 400, "unknown key(s) ['extra']"),
+        (lambda b: {**b, "user": []}, 400, "user: expected an object"),
+        (lambda b: _with(b, "user", "context", KeyError), 400, "missing feature(s) ['context']"),
+        (lambda b: _with(b, "user", "colour", 3), 400, "user: unknown feature(s) ['colour']"),
+        (lambda b: _with(b, "cand", "user_id", 3), 400, "candidates[1]: features differ from candidates[0] in ['user_id']"),
+        (lambda b: {**b, "candidates": [{**c, "user_id": 1} for c in b["candidates"]]}, 400, "given both in user and in candidates"),
+        (lambda b: _with(b, "cand", "item_id", "7"), 400, "candidates[0].item_id: expected an integer id, got string"),
+        (lambda b: _with(b, "cand", "item_id", None), 400, "candidates[0].item_id: null"),
+        (lambda b: _with(b, "cand", "item_id", 40), 400, "candidates[0].item_id: id 40 outside [0, 40)"),
+        (lambda b: _with(b, "user", "dense_0", "high"), 400, "user.dense_0: expected a number, got string"),
+        (lambda b: _with(b, "user", "dense_0", None), 400, "user.dense_0: expected a number, got null"),
+        (lambda b: _with(b, "user", "user_id", 2**70), 400, "user.user_id: id"),
+        (lambda b: _with(b, "user", "hist_item_ids", [1, 2.5]), 400, "user.hist_item_ids[1]: expected an integer id"),
+        (lambda b: _with(b, "user", "hist_item_ids", [1]), 400, "user: parallel sequences have unequal lengths"),
+        (lambda b: {**b, "candidates": b["candidates"] * 20}, 413, "at most 64 per request"),
+        (lambda b: json.dumps({**b, "pad": "x" * (100 << 10)}).encode(), 413, "Maximum request body size"),
+    ],
+)
+def test_malformed_requests(server, make, status, message):
+    r = post(server, make(request_body()))
+    assert r.status_code == status, r.text
+    err = r.json()
+    assert err["status"] == status and message in err["error"], err
+
+
+def test_routes_health_metadata(server):
+    assert requests.get(server.url + "/v1/score", timeout=TIMEOUT).status_code == 405
+    r = requests.get(server.url + "/nope", timeout=TIMEOUT)
+    assert r.status_code == 404 and r.json()["status"] == 404
+    h = requests.get(server.url + "/healthz", timeout=TIMEOUT)
+    assert h.status_code == 200 and h.json()["status"] == "ok"
+    meta = requests.get(server.url + "/v1/metadata", timeout=TIMEOUT).json()
+    assert meta["tasks"] == ["click"] and "hist_item_ids" in meta["request"]["features"]
+    assert meta["limits"]["max_candidates"] == 64
+    assert post(server, request_body()).status_code == 200  # still serving after all the errors
+
+
+def test_concurrent_requests_are_batched_and_exact(server, predictor):
+    bodies = [request_body(n=1 + i % 9, seed=i) for i in range(48)]
+    before = requests.get(server.url + "/healthz", timeout=TIMEOUT).json()
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda b: post(server, b), bodies))
+    after = requests.get(server.url + "/healthz", timeout=TIMEOUT).json()
+    for body, r in zip(bodies, responses):
+        assert r.status_code == 200, r.text
+        assert r.json()["request_id"] == body["request_id"]
+        np.testing.assert_allclose(r.json()["scores"]["click"], predictor.predict_request(body)["scores"]["click"], atol=1e-6)
+    requests_done = after["requests"] - before["requests"]
+    batches = after["batches"] - before["batches"]
+    assert requests_done == 48 and batches < 48  # micro-batching merged concurrent requests
+    assert after["rows"] - before["rows"] == sum(len(b["candidates"]) for b in bodies)
+
+
+def test_overload_is_503_not_a_crash():
+    """A full queue answers Overloaded at once; queued requests still complete."""
+
+    def slow(enc):
+        time.sleep(0.05)
+        return np.zeros((len(enc), 1), np.float32)
+
+    async def run():
+        from interformer_rec.export.export import random_encoded
+        from interformer_rec.export.features import FeatureSpec
+        from interformer_rec.data.synthetic import synthetic_schema
+        from export_helpers import SYNTH
+
+        spec = FeatureSpec(synthetic_schema(SYNTH))
+        batcher = MicroBatcher(slow, max_rows=4, max_wait_s=0.001, max_pending=3)
+        batcher.start()
+        encs = [random_encoded(spec, 2, np.random.default_rng(i)) for i in range(12)]
+        results = await asyncio.gather(*(batcher.submit(e) for e in encs), return_exceptions=True)
+        await batcher.stop()
+        return results, batcher.stats
+
+    results, stats = asyncio.run(asyncio.wait_for(run(), TIMEOUT))
+    ok = [r for r in results if isinstance(r, np.ndarray)]
+    rejected = [r for r in results if isinstance(r, Overloaded)]
+    assert len(ok) + len(rejected) == 12 and ok and rejected
+    assert all(r.shape == (2, 1) for r in ok) and stats["rejected"] == len(rejected)
+
+
+def test_shutdown_drains_in_flight_requests(model_dir):
+    """stop() while a request is being scored: it still gets its answer, then the port closes."""
+    predictor = Predictor(model_dir)
+    real = predictor.predict_encoded
+    started = threading.Event()
+
+    def slow(enc):
+        started.set()
+        time.sleep(0.5)
+        return real(enc)
+
+    predictor.predict_encoded = slow  # type: ignore[method-assign]
+    server = BackgroundServer(predictor, ServerConfig(port=0, shutdown_timeout_s=10)).start()
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=post(server, request_body())))
+    t.start()
+    assert started.wait(TIMEOUT)
+    server.stop()
+    t.join(TIMEOUT)
+    assert result["r"].status_code == 200 and len(result["r"].json()["scores"]["click"]) == 5
+    with pytest.raises(requests.ConnectionError):
+        requests.get(server.url + "/healthz", timeout=2)
+
+
+def test_serve_cli_process_sigterm(model_dir):
+    """``interformer-rec serve --port 0``: prints its URL, serves, exits 0 on SIGTERM."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "interformer_rec.cli", "serve", "--model", str(model_dir), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        url = None
+        deadline = time.time() + 90
+        while time.time() < deadline and url is None:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("{") and json.loads(line).get("event") == "serving":
+                url = json.loads(line)["url"]
+        assert url, proc.stderr.read()[-3000:] if proc.poll() is not None else "no serving line"
+        r = requests.post(url + "/v1/score", json=request_body(), timeout=TIMEOUT)
+        assert r.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0
+        events = [json.loads(x)["event"] for x in out.splitlines() if x.startswith("{")]
+        assert events[-2:] == ["shutting_down", "stopped"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
