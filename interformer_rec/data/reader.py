@@ -67,7 +67,7 @@ restarts at worker 0, so their order within one round may differ).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Sequence, Tuple, Union
 
@@ -80,14 +80,18 @@ from torch.utils.data import IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from interformer_rec.config import Schema
+from interformer_rec.data.arrays import (  # noqa: F401 - re-exported, part of this module's API
+    DataError,
+    Jagged,
+    _offsets,
+    _row_of,
+    gather,
+    splitmix64,
+)
 from interformer_rec.data.batch import Batch
 
 PathLike = Union[str, Path]
 Paths = Union[PathLike, Sequence[PathLike]]
-
-
-class DataError(ValueError):
-    """Input data that breaks the schema or the bad-input policy of this module."""
 
 
 def _error(path: Path, msg: str, column: str | None = None, row: int | None = None) -> DataError:
@@ -207,67 +211,6 @@ def oracle_auc(paths: Paths, schema: Schema) -> float:
 # --------------------------------------------------------------------------- jagged rows
 
 
-def _offsets(lengths: np.ndarray) -> np.ndarray:
-    """``[n] -> [n + 1]`` exclusive cumulative sum."""
-    out = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=out[1:])
-    return out
-
-
-def gather(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenate the runs ``values[starts[i] : starts[i] + lengths[i]]`` over rows ``i``.
-
-    Args:
-        values: ``[V]`` flat ids.
-        starts: ``[n]`` first position of each row's run in ``values``.
-        lengths: ``[n]`` run lengths.
-    Returns:
-        ``[sum(lengths)]`` ids.
-    """
-    out_starts = _offsets(lengths)[:-1]
-    pos = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - out_starts, lengths)
-    return values[pos]
-
-
-def _row_of(lengths: np.ndarray, position: int) -> int:
-    """Row holding flat position ``position`` of a jagged column with ``lengths``."""
-    return int(np.searchsorted(np.cumsum(lengths), position, side="right"))
-
-
-@dataclass
-class Jagged:
-    """One jagged feature of ``n`` rows: ``lengths [n]`` int64, ``values [sum]`` int64;
-    ``offsets [n + 1]`` is derived."""
-
-    lengths: np.ndarray
-    values: np.ndarray
-    offsets: np.ndarray = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.offsets = _offsets(self.lengths)
-
-    def take(self, idx: np.ndarray) -> "Jagged":
-        """Rows ``idx`` (``[m]`` int64), in that order."""
-        lengths = self.lengths[idx]
-        return Jagged(lengths, gather(self.values, self.offsets[:-1][idx], lengths))
-
-    def slice(self, start: int, stop: int) -> "Jagged":
-        lo, hi = self.offsets[start], self.offsets[stop]
-        return Jagged(self.lengths[start:stop], self.values[lo:hi])
-
-    def tail(self, max_len: int) -> "Jagged":
-        """Keep the last ``max_len`` values of each row (the most recent steps)."""
-        keep = np.minimum(self.lengths, max_len)
-        starts = self.offsets[:-1] + self.lengths - keep
-        return Jagged(keep, gather(self.values, starts, keep))
-
-    @staticmethod
-    def concat(parts: Sequence["Jagged"]) -> "Jagged":
-        return Jagged(
-            np.concatenate([p.lengths for p in parts]), np.concatenate([p.values for p in parts])
-        )
-
-
 @dataclass
 class Rows:
     """Decoded rows, before batching: numpy counterparts of :class:`Batch`.
@@ -348,14 +291,6 @@ def _kjt(keys: List[str], features: List[Jagged], batch_size: int) -> KeyedJagge
 
 
 # --------------------------------------------------------------------------- decoding
-
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser of ``x`` viewed as uint64, vectorised: ``[N] -> [N]`` uint64."""
-    z = x.astype(np.int64).view(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 @dataclass
