@@ -14,7 +14,7 @@ import os
 import re
 from functools import partial
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional
 
 import numpy as np
 import pyarrow as pa

@@ -3,7 +3,6 @@ with workers; bounded memory of conversion and reading."""
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 import textwrap
@@ -71,6 +70,7 @@ def check_batch_consistency(batch) -> None:
 def test_every_row_once_across_2_ranks_x_2_workers(data: Path, shuffle: bool) -> None:
     seen: Counter = Counter()
     steps = []
+    prev_orders = None
     for epoch in (0, 1):
         epoch_rows: Counter = Counter()
         orders = []

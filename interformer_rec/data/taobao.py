@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -79,7 +79,7 @@ from interformer_rec.data.convert import (
     to_binary,
     token,
 )
-from interformer_rec.data.reader import Jagged
+from interformer_rec.data.arrays import Jagged
 
 SEQ_LEN = 50
 USER_COLUMNS = [
