@@ -96,13 +96,17 @@ def checkpoint(tmp_path_factory, name: str) -> Path:
 
 
 def exported(tmp_path_factory, name: str, quantize: Optional[str] = None) -> Path:
-    """The export directory of model ``name`` (compiled once per session)."""
+    """The export directory of model ``name``, written by ``interformer-rec export``
+    (compiled once per session)."""
     out = cache_dir(tmp_path_factory) / f"export_{name}_{quantize or 'float'}"
     if (out / "manifest.json").exists() and (out / "model.pt2").exists():
         return out
-    from interformer_rec.export.export import export
+    from interformer_rec.cli import main
 
-    export(checkpoint(tmp_path_factory, name), out, quantize=quantize, parity_rows=256)
+    run = checkpoint(tmp_path_factory, name)
+    args = ["export", "--checkpoint", str(run), "--out", str(out), "--parity-rows", "256"]
+    rc = main(args + (["--quantize", quantize] if quantize else []))
+    assert rc == 0, f"interformer-rec {' '.join(args)} exited {rc}"
     return out
 
 
