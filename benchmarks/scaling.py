@@ -23,6 +23,7 @@ compute at every world size; more ranks than cores is reported but oversubscribe
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -80,10 +81,13 @@ def worker(args: argparse.Namespace) -> None:
     trainer = Trainer(cfg, write_outputs=False)
     env = trainer.env
     reader = trainer.reader("train", train=True)
-    need = args.warmup + args.steps + args.profile_steps + 2
-    if len(reader) < need:
-        raise SystemExit(f"{cfg.data.train}: {len(reader)} global batches, need {need}")
-    it = iter(reader)
+
+    def batches():  # as many epochs as the steps need
+        for epoch in itertools.count():
+            reader.set_epoch(epoch)
+            yield from reader
+
+    it = batches()
     step = trainer.pipeline.progress
     for _ in range(args.warmup):
         step(it)

@@ -258,6 +258,9 @@ class TableSharding:
 class DistConfig:
     backend: Optional[Literal["gloo", "nccl"]] = None  # None: nccl on CUDA, else gloo
     tables: Dict[str, TableSharding] = field(default_factory=dict)
+    # offer row_wise / table_row_wise for EmbeddingBagCollection tables on CPU too:
+    # TorchRec's sharder offers them on CUDA only, but they run on gloo (tested)
+    cpu_row_wise: bool = False
 
 
 @dataclass

@@ -10,17 +10,21 @@ What the CPU backend can shard (torchrec 1.8, fbgemm-gpu-cpu 1.8, gloo), and why
 module                 works on CPU                          not on CPU
 =====================  ====================================  ==============================
 EmbeddingBagCollection table_wise, column_wise,              row_wise, table_row_wise,
-                       table_column_wise, data_parallel      grid_shard: TorchRec's EBC
-                                                             sharder offers them only for
-                                                             CUDA (``sharding_types``)
+                       table_column_wise, data_parallel;     grid_shard: TorchRec's EBC
+                       with ``dist.cpu_row_wise: true``      sharder offers them only for
+                       also row_wise, table_row_wise         CUDA (``sharding_types``)
 EmbeddingCollection    table_wise, row_wise, column_wise     data_parallel: fbgemm's CPU
                                                              dense lookup pools even with
                                                              ``PoolingMode.NONE``
 =====================  ====================================  ==============================
 
-:func:`check_sharding_config` refuses the right-hand column with a :class:`ConfigError`
-on every rank before planning (so no rank waits forever for a plan that failed on rank
-0), and an EmbeddingCollection table without an override is kept off data_parallel.
+The EBC row-wise gate is TorchRec's choice, not a limit of the CPU stack: gloo has
+reduce-scatter (the pooled row-wise output dist) in torch 2.13, and with the opt-in
+sharder (:class:`CPURowWiseEBCSharder`) row_wise and table_row_wise EBC tables train on
+gloo and match a 1-rank run (tests/test_distributed.py). :func:`check_sharding_config`
+refuses everything else in the right-hand column with a :class:`ConfigError` on every
+rank before planning (so no rank waits forever for a plan that failed on rank 0), and an
+EmbeddingCollection table without an override is kept off data_parallel.
 
 Gradient scale across world sizes: each rank's loss is the mean over its own ``B`` rows.
 DDP averages dense gradients over ranks, and TorchRec's output dists divide the
@@ -45,6 +49,7 @@ import torch.distributed as dist
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
@@ -200,6 +205,29 @@ UNSUPPORTED: Dict[Tuple[str, str, str], str] = {
 }
 
 
+class CPURowWiseEBCSharder(EmbeddingBagCollectionSharder):
+    """TorchRec's EBC sharder, also offering row_wise and table_row_wise on CPU
+    (``dist.cpu_row_wise``)."""
+
+    def sharding_types(self, compute_device_type: str) -> List[str]:
+        types = list(super().sharding_types(compute_device_type))
+        if compute_device_type == "cpu":
+            types += [ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value]
+        return types
+
+
+def make_sharders(cfg: DistConfig, device_type: str) -> List[ModuleSharder[nn.Module]]:
+    """TorchRec's default sharders; with ``cfg.cpu_row_wise`` on CPU, the EBC sharder is
+    :class:`CPURowWiseEBCSharder`. The planner and DMP must get the same list."""
+    sharders = get_default_sharders()
+    if cfg.cpu_row_wise and device_type == "cpu":
+        sharders = [
+            CPURowWiseEBCSharder() if type(s) is EmbeddingBagCollectionSharder else s  # noqa: E721
+            for s in sharders
+        ]
+    return sharders
+
+
 def embedding_tables(model: nn.Module) -> Dict[str, str]:
     """Table name -> ``"EmbeddingBagCollection"`` or ``"EmbeddingCollection"``, for every
     embedding module of ``model`` (unsharded)."""
@@ -232,7 +260,7 @@ def check_sharding_config(
     An EmbeddingCollection table without an override is limited to the types that work
     on ``device_type`` (on CPU: not data_parallel).
     """
-    sharders = sharders or get_default_sharders()
+    sharders = sharders or make_sharders(cfg, device_type)
     tables = embedding_tables(model)
     kernels = {k.value for k in EmbeddingComputeKernel}
     constraints: Dict[str, ParameterConstraints] = {}
@@ -250,8 +278,9 @@ def check_sharding_config(
                     f"dist.tables.{name}.sharding_types: {st!r} is not offered for an {kind} "
                     f"on {device_type} by TorchRec's sharder (offered: {offered})"
                     + (
-                        "; row-wise pooled sharding is CUDA-only in torchrec 1.8"
-                        if kind == EBC and device_type == "cpu" and "row" in st
+                        "; TorchRec offers row-wise pooled sharding on CUDA only: set "
+                        "dist.cpu_row_wise=true to use it on CPU (tested on gloo)"
+                        if kind == EBC and device_type == "cpu" and st in ("row_wise", "table_row_wise")
                         else ""
                     )
                 )
@@ -304,7 +333,7 @@ def plan_sharding(
     """Run TorchRec's planner on rank 0 and broadcast the plan (or its failure, so that
     every rank raises instead of waiting); per-table overrides from ``cfg.tables``
     become planner constraints, checked first by :func:`check_sharding_config`."""
-    sharders = get_default_sharders()
+    sharders = make_sharders(cfg, env.device.type)
     constraints = check_sharding_config(model, cfg, env.device.type, sharders)
     planner = EmbeddingShardingPlanner(
         topology=make_topology(env), batch_size=batch_size, constraints=constraints
@@ -417,7 +446,9 @@ def shard(
     are re-initialised by :func:`init_embedding_tables` (plan-independent values)."""
     apply_embedding_optimizer(model, embedding_opt, env.device)
     plan = plan or plan_sharding(model, dist_cfg, env, batch_size)
-    dmp = DistributedModelParallel(model, device=env.device, plan=plan)
+    dmp = DistributedModelParallel(
+        model, device=env.device, plan=plan, sharders=make_sharders(dist_cfg, env.device.type)
+    )
     if init_seed is not None:
         init_embedding_tables(dmp, init_seed)
     optims = [dmp.fused_optimizer]
