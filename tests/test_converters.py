@@ -613,3 +613,37 @@ def test_dmr_malformed_lines_are_never_silently_misparsed(tmp_path_factory, data
     sample = lines_of(DMR.read_bytes())
     picked = data.draw(st.lists(st.sampled_from(sample), min_size=1, max_size=4))
     _never_silently_wrong(tmp_path_factory, data, picked, convert_taobao_dmr, dmr_ref)
+
+
+def _spans(tokens: List[bytes], sep: bytes = b"|"):
+    data = sep.join(tokens) + sep
+    s, pos = [], 0
+    for t in tokens:
+        s.append(pos)
+        pos += len(t) + 1
+    s = np.array(s, np.int64)
+    return np.frombuffer(data, np.uint8), s, s + np.array([len(t) for t in tokens], np.int64)
+
+
+tokens = st.lists(
+    st.one_of(st.binary(max_size=24), st.from_regex(rb"\A-?[0-9]{1,20}\Z"),
+              st.from_regex(rb"\A[0-9a-fA-F]{6,10}\Z"), st.sampled_from([b"-", b"/", b":", b"0" * 8, b"9" * 18])),
+    max_size=40,
+).map(lambda ts: [t for t in ts if b"|" not in t])
+
+
+@settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 200)), deadline=None)
+@given(tokens)
+def test_parse_int_and_hex_match_a_regex_reference(ts) -> None:
+    """The vectorised (SWAR) number parsers against Python's int() behind a strict regex."""
+    from interformer_rec.data.convert import parse_hex, parse_int
+
+    buf, s, e = _spans(ts)
+    v, ok, empty = parse_int(buf, s, e)
+    assert ok.tolist() == [bool(INT.fullmatch(t)) for t in ts]
+    assert v[ok].tolist() == [int(t) for t in ts if INT.fullmatch(t)]
+    assert empty.tolist() == [t == b"" for t in ts]
+    v, ok, _ = parse_hex(buf, s, e, 8)
+    hexok = [bool(re.fullmatch(rb"[0-9a-fA-F]{8}", t)) for t in ts]
+    assert ok.tolist() == hexok
+    assert v[ok].tolist() == [int(t, 16) for t, h in zip(ts, hexok) if h]

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from torch.utils.data import DataLoader
 
 from interformer_rec.config import Schema, SequenceFeature, SparseFeature, TableConfig
@@ -80,7 +81,7 @@ def test_every_row_once_across_2_ranks_x_2_workers(data: Path, shuffle: bool) ->
                 shuffle_window=150,
             )
             reader.set_epoch(epoch)
-            loader = DataLoader(reader, batch_size=None, num_workers=2)
+            loader = reader.loader(num_workers=2)  # workers send numpy, tensors built here
             batches = list(loader)
             for b in batches:
                 check_batch_consistency(b)
@@ -107,6 +108,19 @@ def test_workers_yield_the_same_batches_as_one_process(data: Path) -> None:
         single = rows_of(ParquetBatchReader(data, SCHEMA, 10, **kw))
         multi = rows_of(DataLoader(ParquetBatchReader(data, SCHEMA, 10, **kw), batch_size=None, num_workers=3))
         assert sorted(map(tuple, multi)) == sorted(map(tuple, single))
+
+
+def test_loader_equals_a_dataloader_over_the_reader(data: Path) -> None:
+    """reader.loader(N): the batches and order of DataLoader(reader, num_workers=N)."""
+    reader = ParquetBatchReader(data, SCHEMA, 24, shuffle=True, seed=3, shuffle_window=100)
+    plain = list(DataLoader(reader, batch_size=None, num_workers=2))
+    packed = list(reader.loader(num_workers=2))
+    assert len(packed) == len(reader.loader(2)) == len(plain)
+    for a, b in zip(plain, packed):
+        assert a.dense.equal(b.dense) and a.labels.equal(b.labels) and a.groups.equal(b.groups)
+        for x, y in ((a.sparse, b.sparse), (a.sequence, b.sequence)):
+            assert x.keys() == y.keys() and x.values().equal(y.values()) and x.lengths().equal(y.lengths())
+            assert y.lengths().dtype == torch.int32 and y.values().dtype == torch.int64
 
 
 def test_worker_ranges_partition_the_epoch(data: Path) -> None:

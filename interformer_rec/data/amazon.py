@@ -242,7 +242,7 @@ def build_amazon_din(
     seed: int = 0,
     policy: Optional[BadRowPolicy] = None,
     row_group_size: int = 65536,
-    block_bytes: int = 1 << 22,
+    block_bytes: int = 1 << 20,
 ) -> Dict[str, Any]:
     """Build ``train.parquet`` / ``test.parquet`` in DIN's form from raw review and
     metadata dumps, with negative sampling (see the module docstring). Besides the

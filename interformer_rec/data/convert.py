@@ -231,7 +231,7 @@ def _line_spans(buf: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def read_blocks(
-    path: Path, block_bytes: int = 1 << 22, max_line_bytes: int = 1 << 24
+    path: Path, block_bytes: int = 1 << 20, max_line_bytes: int = 1 << 24
 ) -> Iterator[Block]:
     """The lines of ``path`` in blocks of about ``block_bytes`` (the last line may lack a
     newline). A line longer than ``max_line_bytes`` is returned as an empty span flagged
@@ -381,12 +381,38 @@ _MAX_DIGITS = 18  # always fits int64
 def _window(buf: np.ndarray, s: np.ndarray, e: np.ndarray, width: int, fill: int) -> np.ndarray:
     """``[m, width]`` uint8: the last ``width`` bytes of each span ``[s, e)``, left-filled
     with ``fill`` where the span is shorter."""
-    idx = e[:, None] - width + np.arange(width)
-    if not len(buf):
-        return np.full(idx.shape, fill, np.uint8)
-    out = buf.take(idx, mode="clip")
-    np.putmask(out, idx < s[:, None], np.uint8(fill))
+    m = len(s)
+    lead = width - (e - s)  # positions before the span start
+    if len(buf) >= width:
+        # every width-byte window of buf as a view; one row gather per span
+        win = np.lib.stride_tricks.as_strided(buf, shape=(len(buf) - width + 1, width), strides=(1, 1))
+        out = win[np.clip(e - width, 0, len(buf) - width)]
+        early = e < width  # spans ending before byte `width`: shift the view right
+        if early.any():
+            k = np.flatnonzero(early)
+            shift = (width - e[k])[:, None]
+            cols = np.arange(width) - shift
+            out[k] = np.where(cols >= 0, buf[np.clip(cols, 0, len(buf) - 1)], np.uint8(fill))
+    else:
+        cols = e[:, None] - width + np.arange(width)
+        out = np.where(cols >= 0, buf[np.clip(cols, 0, max(len(buf) - 1, 0))] if len(buf) else 0,
+                       np.uint8(fill)).astype(np.uint8)
+    if m and lead.max() > 0:
+        np.putmask(out, np.arange(width) < lead[:, None], np.uint8(fill))
     return out
+
+
+_CHUNK = 1 << 16  # spans parsed at once: bounds the transient [chunk, width] arrays
+
+
+def _chunked(fn: Callable[..., Tuple[np.ndarray, ...]], buf: np.ndarray, s: np.ndarray, e: np.ndarray,
+             *args: Any) -> Tuple[np.ndarray, ...]:
+    s = np.asarray(s, np.int64)
+    e = np.asarray(e, np.int64)
+    if len(s) <= _CHUNK:
+        return fn(buf, s, e, *args)
+    parts = [fn(buf, s[i : i + _CHUNK], e[i : i + _CHUNK], *args) for i in range(0, len(s), _CHUNK)]
+    return tuple(np.concatenate(p) for p in zip(*parts))
 
 
 def parse_int(buf: np.ndarray, s: np.ndarray, e: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -396,8 +422,29 @@ def parse_int(buf: np.ndarray, s: np.ndarray, e: np.ndarray) -> Tuple[np.ndarray
         ``values [m]`` int64 (0 where not ok), ``ok [m]`` bool (well formed),
         ``empty [m]`` bool (zero-length span; not ok).
     """
-    s = np.asarray(s, np.int64)
-    e = np.asarray(e, np.int64)
+    return _chunked(_parse_int, buf, s, e)  # type: ignore[return-value]
+
+
+_U = np.uint64
+_HIGH = _U(0x8080808080808080)
+_LOW7 = _U(0x7F7F7F7F7F7F7F7F)
+_ZEROS = _U(0x3030303030303030)
+
+
+def _bad_digit_words(w: np.ndarray) -> np.ndarray:
+    """Per uint64 word of 8 bytes ``b - '0'`` (``[m, k]``): some byte > 9 (SWAR)."""
+    return (((w & _LOW7) + _U(0x7676767676767676)) | w) & _HIGH != 0
+
+
+def _eight_digits(w: np.ndarray) -> np.ndarray:
+    """The value of 8 decimal digits per uint64 word (bytes ``b - '0'``, the first digit
+    in the lowest byte), as in simdjson's parse_eight_digits."""
+    w = (w * _U(10) + (w >> _U(8))) & _U(0x00FF00FF00FF00FF)
+    w = (w * _U(100) + (w >> _U(16))) & _U(0x0000FFFF0000FFFF)
+    return (w * _U(10000) + (w >> _U(32))) & _U(0xFFFFFFFF)
+
+
+def _parse_int(buf: np.ndarray, s: np.ndarray, e: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = e - s
     empty = n == 0
     if not len(s):
@@ -406,11 +453,16 @@ def parse_int(buf: np.ndarray, s: np.ndarray, e: np.ndarray) -> Tuple[np.ndarray
     neg = (n >= 2) & (first == ord("-"))
     s2 = s + neg
     digits_n = e - s2
-    width = int(min(max(int(digits_n.max()), 1), _MAX_DIGITS))
-    digits = _window(buf, s2, e, width, ord("0")) - np.uint8(ord("0"))  # wraps: non-digits > 9
-    ok = (digits <= 9).all(axis=1) & (digits_n >= 1) & (digits_n <= _MAX_DIGITS)
-    values = digits.astype(np.int64) @ _POW10[-width:]
-    values = np.where(ok, values, 0)
+    width = 8 * -(-int(min(max(int(digits_n.max()), 1), _MAX_DIGITS)) // 8)  # 8, 16 or 24
+    raw = _window(buf, s2, e, width, ord("0"))  # [m, width], left-filled with '0'
+    words = raw.view(np.uint64) - _ZEROS  # [m, width / 8]; bytes wrap for non-digits
+    bad = np.zeros(len(s), bool)
+    value = np.zeros(len(s), np.uint64)
+    for k in range(words.shape[1]):
+        bad |= _bad_digit_words(words[:, k])
+        value = value * _U(100_000_000) + _eight_digits(words[:, k])
+    ok = ~bad & (digits_n >= 1) & (digits_n <= _MAX_DIGITS)
+    values = np.where(ok, value.astype(np.int64), 0)
     return np.where(neg, -values, values), ok, empty
 
 
@@ -426,9 +478,27 @@ def parse_hex(
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hex ids of exactly ``width`` (<= 16) digits in spans ``[s, e)``, as int64 (the
     uint64 value's bits). Returns ``values``, ``ok``, ``empty`` as :func:`parse_int`."""
+    return _chunked(_parse_hex, buf, s, e, width)  # type: ignore[return-value]
+
+
+def _parse_hex(
+    buf: np.ndarray, s: np.ndarray, e: np.ndarray, width: int
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = e - s
     empty = n == 0
-    nib = _HEX[_window(buf, s, e, width, ord("0"))]
+    if len(buf) >= width:
+        win = np.lib.stride_tricks.as_strided(buf, shape=(len(buf) - width + 1, width), strides=(1, 1))
+        nib = _HEX[win[np.minimum(s, len(buf) - width)]]  # first `width` bytes from the start
+    else:
+        nib = _HEX[_window(buf, s, e, width, ord("0"))]
+    if width == 8:  # SWAR: one uint64 word per id
+        w = np.ascontiguousarray(nib).view(np.uint64)[:, 0]
+        ok = (n == width) & ((w & _HIGH) == 0)  # invalid bytes map to 255
+        w = np.where(ok, w, _U(0)).byteswap()  # first digit in the top byte
+        w = (w | (w >> _U(4))) & _U(0x00FF00FF00FF00FF)
+        w = (w | (w >> _U(8))) & _U(0x0000FFFF0000FFFF)
+        w = (w | (w >> _U(16))) & _U(0x00000000FFFFFFFF)
+        return w.view(np.int64), ok, empty
     ok = (n == width) & (nib < 16).all(axis=1)
     nib[~ok] = 0
     values = np.zeros(len(s), np.uint64)
@@ -627,7 +697,7 @@ def convert_text(
     *,
     policy: Optional[BadRowPolicy] = None,
     row_group_size: int = 65536,
-    block_bytes: int = 1 << 22,
+    block_bytes: int = 1 << 20,
     max_line_bytes: int = 1 << 24,
     valid_frac: float = 0.0,
     test_frac: float = 0.0,
