@@ -535,10 +535,13 @@ def parse_float(
 
 def equals(buf: np.ndarray, s: np.ndarray, e: np.ndarray, token: bytes) -> np.ndarray:
     """``[m]`` bool: span equals ``token``."""
-    if not token:
-        return e == s
-    w = _window(buf, s, e, len(token), 0)
-    return ((e - s) == len(token)) & (w == np.frombuffer(token, np.uint8)).all(axis=1)
+    match = (e - s) == len(token)
+    if not token or not match.any():
+        return match
+    idx = np.flatnonzero(match)  # only spans of the right length are compared
+    w = _window(buf, s[idx], e[idx], len(token), 0)
+    match[idx] = (w == np.frombuffer(token, np.uint8)).all(axis=1)
+    return match
 
 
 def parse_label(buf: np.ndarray, s: np.ndarray, e: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

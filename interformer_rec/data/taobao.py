@@ -183,9 +183,11 @@ class DMRFormat(TextFormat):
         good[:, int_cols] = ok
         price, p_ok, _ = parse_float(buf, s[:, _PRICE], e[:, _PRICE])
         good[:, _PRICE] = p_ok
-        missing = (e == s) | equals_grid(buf, s, e, b"NULL")
         optional = np.zeros(DMR_FIELDS, bool)
         optional[[250 + _SCALARS.index(c) for c in _OPTIONAL] + [_PRICE, _PID]] = True
+        missing = e == s
+        opt = np.flatnonzero(optional)
+        missing[:, opt] |= equals_grid(buf, s[:, opt], e[:, opt], b"NULL")  # NULL: optional fields only
         allowed_missing = missing & optional
         bad_field = ~good & ~allowed_missing
 
