@@ -28,7 +28,9 @@ the row (0-based within the file, whatever the row group).
   sequence column is mixed by splitmix64 (as a 64-bit unsigned integer) and taken modulo
   ``num_embeddings``, so collisions are by design and no id is silently wrapped.
 
-Every rank decodes and checks every row group, so a bad row stops all ranks alike.
+Every rank decodes and checks every row group that the epoch's global batches use (the
+whole global batch, not only its own slice), so a bad row stops all ranks alike, at the
+same step.
 
 Distribution
 ------------
@@ -615,19 +617,28 @@ class ParquetBatchReader(IterableDataset):
         starts = np.array([w.start for w in windows], np.int64)
         files: Dict[int, pq.ParquetFile] = {}
         cache: Dict[int, Rows] = {}  # decoded windows the next span may still need
-        for k in range(lo, hi):
-            a, z = self._span(k)
-            parts: List[Rows] = []
+        step = self.batch_size * self.world_size
+
+        def overlapping(a: int, z: int) -> Iterator[int]:
             i = max(int(np.searchsorted(starts, a, side="right")) - 1, 0)
             while i < len(windows) and windows[i].start < z:
-                win = windows[i]
-                end = win.start + win.num_rows
-                if end > a:
-                    if i not in cache:
-                        cache[i] = self._read_window(files, win)
-                    parts.append(cache[i].slice(max(a, win.start) - win.start, min(z, end) - win.start))
+                if windows[i].start + windows[i].num_rows > a:
+                    yield i
                 i += 1
-            for j in [j for j in cache if windows[j].start + windows[j].num_rows <= z]:
+
+        for k in range(lo, hi):
+            # decode every window of the whole global batch, not only this rank's slice,
+            # so that a bad row stops every rank at the same step
+            g0, g1 = k * step, min((k + 1) * step, self.num_rows)
+            for i in overlapping(g0, g1):
+                if i not in cache:
+                    cache[i] = self._read_window(files, windows[i])
+            a, z = self._span(k)
+            parts = []
+            for i in overlapping(a, z):
+                w = windows[i]
+                parts.append(cache[i].slice(max(a, w.start) - w.start, min(z, w.start + w.num_rows) - w.start))
+            for j in [j for j in cache if windows[j].start + windows[j].num_rows <= g1]:
                 del cache[j]
             yield Rows.concat(parts)
 
