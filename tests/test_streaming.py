@@ -198,3 +198,24 @@ def test_conversion_and_reading_memory_is_bounded(tmp_path: Path) -> None:
     budget = size_kb / 2
     assert conv - base < budget, f"conversion grew RSS by {conv - base} kB (file {size_kb:.0f} kB)"
     assert read - base < budget, f"reading grew RSS by {read - base} kB (file {size_kb:.0f} kB)"
+
+
+def test_a_bad_row_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
+    """Row groups (10 rows) smaller than a rank's slice (16): rank 1's rows never come
+    from row group 0, yet a bad row there stops rank 1 too, at the same step as rank 0."""
+    from interformer_rec.data.reader import DataError
+
+    write_rows(tmp_path / "x.parquet", 0, 100, row_group_size=10)
+    t = pq.read_table(tmp_path / "x.parquet")
+    d = t.column("d").to_numpy().copy()
+    d[3] = np.nan  # in row group 0: global batch 0, rank 0's slice
+    t = t.set_column(t.schema.get_field_index("d"), "d", pa.array(d))
+    pq.write_table(t, tmp_path / "x.parquet", row_group_size=10)
+    steps = []
+    for rank in (0, 1):
+        seen = 0
+        with pytest.raises(DataError, match=r"x.parquet, column 'd', row 3: value nan is not finite"):
+            for _ in ParquetBatchReader(tmp_path / "x.parquet", SCHEMA, 16, rank=rank, world_size=2):
+                seen += 1
+        steps.append(seen)
+    assert steps == [0, 0]
