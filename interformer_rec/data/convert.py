@@ -656,8 +656,13 @@ def _bounds(lines: int, valid_frac: float, test_frac: float) -> Dict[str, Tuple[
     return out
 
 
+ROW_GROUP_BYTES = 32 << 20  # Arrow bytes of buffered rows that close a row group
+
+
 class _Output:
-    """One output file: buffers parsed tables and writes row groups."""
+    """One output file: buffers parsed tables and writes row groups of
+    ``row_group_size`` rows, or fewer when they reach ``ROW_GROUP_BYTES`` (wide rows,
+    long lists), so the buffer stays bounded."""
 
     def __init__(self, path: Path, schema: pa.Schema, label: str, row_group_size: int) -> None:
         self.writer = AtomicParquetWriter(path, schema)
@@ -665,6 +670,7 @@ class _Output:
         self.label = label
         self.pending: List[pa.Table] = []
         self.pending_rows = 0
+        self.pending_bytes = 0
         self.positives = 0.0
 
     def add(self, table: pa.Table) -> None:
@@ -673,16 +679,21 @@ class _Output:
         self.positives += float(pc.sum(table.column(self.label)).as_py() or 0)
         self.pending.append(table)
         self.pending_rows += len(table)
-        while self.pending_rows >= self.row_group_size:
-            t = pa.concat_tables(self.pending)
-            self.writer.write(t.slice(0, self.row_group_size))
-            rest = t.slice(self.row_group_size)
-            self.pending, self.pending_rows = ([rest] if len(rest) else []), len(rest)
+        self.pending_bytes += table.nbytes
+        while self.pending_rows >= self.row_group_size or self.pending_bytes >= ROW_GROUP_BYTES:
+            t = pa.concat_tables(self.pending)  # zero-copy
+            per_row = max(self.pending_bytes / max(self.pending_rows, 1), 1.0)
+            n = max(1, min(self.row_group_size, int(ROW_GROUP_BYTES / per_row)))
+            self.writer.write(t.slice(0, n))
+            rest = t.slice(n)
+            self.pending = [rest] if len(rest) else []
+            self.pending_rows = len(rest)
+            self.pending_bytes = int(per_row * len(rest))
 
     def finish(self) -> None:
         if self.pending_rows:
-            self.writer.write(pa.concat_tables(self.pending).combine_chunks())
-        self.pending, self.pending_rows = [], 0
+            self.writer.write(pa.concat_tables(self.pending))
+        self.pending, self.pending_rows, self.pending_bytes = [], 0, 0
 
     def summary(self) -> Dict[str, Any]:
         rows = self.writer.rows
