@@ -3,6 +3,8 @@ with workers; bounded memory of conversion and reading."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -219,3 +221,71 @@ def test_a_bad_row_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
                 seen += 1
         steps.append(seen)
     assert steps == [0, 0]
+
+
+# --------------------------------------------------------------------------- reader property
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+DEFECTS = ["nan", "inf", "null_dense", "label_2", "null_label", "item_out", "item_neg", "null_item",
+           "hist_out", "null_in_hist"]
+
+
+@settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 60)), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_reader_never_returns_a_bad_row(tmp_path_factory, data) -> None:
+    """Random defects in random rows: the reader either fails with a DataError naming the
+    file and a defective row of the first defective row group, or (no defect) returns
+    every row exactly as written. Never a silently wrong batch."""
+    from interformer_rec.data.reader import DataError
+
+    n = data.draw(st.integers(1, 40))
+    rg = data.draw(st.integers(1, 16))
+    rid = np.arange(n)
+    y = [int(v) for v in rid % 2]
+    d: list = [float(v) for v in rid]
+    item: list = [int(v) for v in rid % 50]
+    hist: list = [list(map(int, (r + np.arange(r % 5)) % 50)) for r in rid]
+    bad = set()
+    for row, kind in data.draw(st.lists(st.tuples(st.integers(0, n - 1), st.sampled_from(DEFECTS)), max_size=3)):
+        bad.add(row)
+        if kind == "nan":
+            d[row] = float("nan")
+        elif kind == "inf":
+            d[row] = float("-inf")
+        elif kind == "null_dense":
+            d[row] = None
+        elif kind == "label_2":
+            y[row] = 2
+        elif kind == "null_label":
+            y[row] = None
+        elif kind == "item_out":
+            item[row] = 50
+        elif kind == "item_neg":
+            item[row] = -1
+        elif kind == "null_item":
+            item[row] = None
+        elif kind == "hist_out":
+            hist[row] = hist[row] + [99]
+        else:
+            hist[row] = hist[row] + [None]
+    path = tmp_path_factory.mktemp("prop") / "p.parquet"
+    pq.write_table(pa.table({"y": pa.array(y, pa.int64()), "d": pa.array(d, pa.float64()),
+                             "item": pa.array(item, pa.int64()), "hist": pa.array(hist, pa.list_(pa.int64())),
+                             "rid": pa.array(rid)}), path, row_group_size=rg)
+    reader = ParquetBatchReader(path, SCHEMA, data.draw(st.integers(1, 12)))
+    if bad:
+        with pytest.raises(DataError) as e:
+            list(reader)
+        msg = str(e.value)
+        assert str(path) in msg
+        row = int(re.search(r"row (\d+)", msg).group(1))
+        assert row in bad and row // rg == min(bad) // rg, msg
+    else:
+        batches = list(reader)
+        for b in batches:
+            check_batch_consistency(b)
+            assert (b.labels[:, 0].numpy() == b.groups.numpy() % 2).all()
+        assert [r for b in batches for r in b.groups.tolist()] == rid.tolist()
