@@ -105,7 +105,8 @@ def exported(tmp_path_factory, name: str, quantize: Optional[str] = None) -> Pat
 
     run = checkpoint(tmp_path_factory, name)
     args = ["export", "--checkpoint", str(run), "--out", str(out), "--parity-rows", "256"]
-    rc = main(args + (["--quantize", quantize] if quantize else []))
+    args += ["--quantize", quantize] if quantize else ["--kjt-program"]
+    rc = main(args)
     assert rc == 0, f"interformer-rec {' '.join(args)} exited {rc}"
     return out
 

@@ -30,6 +30,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             parity_rows=args.parity_rows,
             parity_tol=args.parity_tol,
             max_batch=args.max_batch,
+            kjt_program=args.kjt_program,
         )
     except ExportError as e:
         return _fail("export", e)
@@ -112,6 +113,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     e.add_argument("--parity-rows", type=int, default=2048, help="held-out rows compared")
     e.add_argument("--parity-tol", type=float, default=1e-5, help="max abs logit difference allowed")
     e.add_argument("--max-batch", type=int, default=65536, help="largest batch the package accepts")
+    e.add_argument(
+        "--kjt-program", action="store_true",
+        help="also save program_kjt.pt2: the torch.export-ed model with KJT inputs (needs torchrec to load)",
+    )
     e.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="score a Parquet file with an exported model")

@@ -21,6 +21,7 @@ The export directory::
     model.pt2       AOTInductor package
     schema.json     the feature schema and the input layout (FeatureSpec)
     manifest.json   versions, config hash, input spec, dynamic dims, parity, quantization
+    program_kjt.pt2 optional (``kjt_program=True``): the ExportedProgram with KJT inputs
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "interformer_rec.serving/1"
 PACKAGE, SCHEMA, MANIFEST = "model.pt2", "schema.json", "manifest.json"
+KJT_PROGRAM = "program_kjt.pt2"
 MAX_BATCH = 65536
 MAX_VALUES = 1 << 30
 Inputs = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
@@ -305,6 +307,40 @@ def export_program(
     return ep
 
 
+def export_kjt_program(model: nn.Module, spec: FeatureSpec, max_batch: int = MAX_BATCH) -> ExportedProgram:
+    """``torch.export`` (non-strict) of the model itself, with its KJT inputs
+    ``(dense, sparse: KJT, sequence: KJT)``, dynamic batch and value counts; for Python
+    users who have torchrec. ``torch.export.save`` it; load it with
+    :func:`load_kjt_program`. Limitation: tracing through the KJT inputs records a
+    guard ``batch != 1``, so this program takes batches of 2 or more rows (the
+    plain-tensor package has no such limit). Serving uses the
+    plain-tensor package instead (no torchrec needed)."""
+    dense, sv, sl, qv, ql = example_inputs(spec)
+    batch_size = dense.size(0)
+    sparse = KeyedJaggedTensor(keys=spec.pooled_keys, values=sv, lengths=sl.reshape(-1), stride=batch_size)
+    sequence = KeyedJaggedTensor(keys=spec.unpooled_keys, values=qv, lengths=ql.reshape(-1), stride=batch_size)
+    batch = Dim("batch", min=1, max=max_batch)
+
+    def kjt_dims(name: str, num_keys: int) -> List[Any]:
+        # KJT pytree leaves: values, weights, lengths, offsets, and three optional fields
+        values = {0: Dim(name, min=0, max=MAX_VALUES)} if num_keys else None
+        return [values, None, {0: num_keys * batch} if num_keys else None, None, None, None]
+
+    with torch.no_grad():
+        model(dense, sparse, sequence)
+    dims = ({0: batch}, kjt_dims("sparse_values", len(spec.pooled_keys)), kjt_dims("sequence_values", len(spec.unpooled_keys)))
+    ep = torch.export.export(model, (dense, sparse, sequence), dynamic_shapes=dims, strict=False)
+    return ep.run_decompositions(aten_decompositions())
+
+
+def load_kjt_program(path: Path | str) -> ExportedProgram:
+    """Load a ``program_kjt.pt2`` (torchrec's jagged types allowed in the unpickler)."""
+    from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedTensor
+
+    torch.serialization.add_safe_globals([KeyedJaggedTensor, JaggedTensor, KeyedTensor])
+    return torch.export.load(str(path))
+
+
 def required_libraries(ep: ExportedProgram) -> List[str]:
     """Python packages a process must import before loading the compiled package."""
     names = set()
@@ -428,6 +464,7 @@ def export(
     parity_rows: int = 2048,
     parity_tol: float = 1e-5,
     max_batch: int = MAX_BATCH,
+    kjt_program: bool = False,
 ) -> Dict[str, Any]:
     """Export the model of ``checkpoint`` into ``out_dir`` (``model.pt2``,
     ``schema.json``, ``manifest.json``) and check parity.
@@ -440,10 +477,14 @@ def export(
         parity_tol: max abs logit difference allowed between the package and the eager
             model it was exported from; more raises :class:`ExportError` (after writing
             the manifest, which records the figures).
+        kjt_program: also write ``program_kjt.pt2``, the ``torch.export``-ed model with
+            KJT inputs (see :func:`export_kjt_program`; float tables only).
 
     Returns:
         the manifest.
     """
+    if kjt_program and quantize:
+        raise ExportError("the KJT-input program is written for float tables only (drop --quantize or --kjt-program)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, cfg, meta, ckpt = load_model(checkpoint, pointer)
@@ -475,6 +516,8 @@ def export(
     package = compile_package(ep, out / PACKAGE)
     compile_s = time.perf_counter() - start
     spec.save(out / SCHEMA)
+    if kjt_program:
+        torch.export.save(export_kjt_program(serving.model, spec, max_batch), str(out / KJT_PROGRAM))
 
     runner = torch._inductor.aoti_load_package(str(package))
     cases = parity_cases(spec, heldout, large=parity_rows)
@@ -504,6 +547,7 @@ def export(
             "compile_seconds": round(compile_s, 2),
         },
         "schema": SCHEMA,
+        "kjt_program": KJT_PROGRAM if kjt_program else None,
         "inputs": input_spec(spec),
         "dynamic_dims": {"batch": [1, max_batch], "sparse_values": [0, MAX_VALUES], "sequence_values": [0, MAX_VALUES]},
         "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", len(spec.labels)], "tasks": spec.labels}],

@@ -32,7 +32,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -315,6 +315,8 @@ def _is_int(x: Any) -> bool:
 
 def _id_list(v: Any, kind: str, at: str) -> List[int]:
     """One row's ids of a feature of ``kind`` (pooled, target, sequence) from JSON/Python."""
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
     if v is None:
         if kind == "target":
             raise InputError(f"{at}: null, but a target feature needs exactly one id")
