@@ -8,8 +8,8 @@ of converting and reading a raw file larger than a memory budget.
 Raw inputs are made by resampling the lines of ``../shared/data/samples`` (formats whose
 sample is missing are skipped) and, for the memory run, a random Criteo-like file
 (40 fields per line, per-column vocabularies of 10..500k hashes). Every measurement runs
-in a fresh subprocess, so peak RSS (``ru_maxrss``) is that step's alone; "held" is peak
-RSS minus the RSS after the imports (what the data path itself keeps). Writes
+in a fresh subprocess, so peak RSS (``VmHWM`` of /proc/self/status) is that step's alone;
+"held" is peak RSS minus the RSS after the imports (what the data path itself keeps). Writes
 ``results/data.json`` and ``results/data.md``.
 """
 
@@ -104,29 +104,37 @@ def random_criteo(out: Path, target_bytes: int, seed: int = 0) -> Dict[str, int]
 
 # --------------------------------------------------------------------------- steps
 
-CONVERT = """
-import json, resource, sys, time
+# Peak RSS from /proc/self/status VmHWM (this process's address space since exec):
+# ru_maxrss would carry the parent's high-water mark across fork + exec.
+VM = """
+def _vm(key):
+    import re
+    return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
+"""
+
+CONVERT = VM + """
+import json, sys, time
 from pathlib import Path
 import interformer_rec.data.{module} as m
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = _vm("VmRSS")
 t = time.perf_counter()
 s = m.{fn}(Path(sys.argv[1]), Path(sys.argv[2]){extra})
 dt = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = _vm("VmHWM")
 print(json.dumps(dict(rows=s["lines"], bad_rows=s["bad_rows"], seconds=dt, rows_per_s=s["lines"] / dt,
-                      peak_rss_mb=peak / 1024, held_mb=(peak - base) / 1024,
+                      peak_rss_mb=peak, held_mb=peak - base,
                       torch_imported="torch" in sys.modules, outputs=s["outputs"])))
 """
 
-READ = """
-import json, resource, sys, time
+READ = VM + """
+import json, sys, time
 from pathlib import Path
 from interformer_rec.config import load_config
 from interformer_rec.data.reader import ParquetBatchReader
 import torch
 torch.set_num_threads(int(sys.argv[5]))
 cfg = load_config(sys.argv[2])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = _vm("VmRSS")
 reader = ParquetBatchReader(sys.argv[1], cfg.data.schema, int(sys.argv[3]), shuffle=True,
                             shuffle_window={window})
 workers = int(sys.argv[4])
@@ -136,9 +144,8 @@ rows = 0
 for b in it:
     rows += b.batch_size
 dt = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps(dict(rows=rows, seconds=dt, rows_per_s=rows / dt, peak_rss_mb=peak / 1024,
-                      held_mb=(peak - base) / 1024)))
+peak = _vm("VmHWM")
+print(json.dumps(dict(rows=rows, seconds=dt, rows_per_s=rows / dt, peak_rss_mb=peak, held_mb=peak - base)))
 """
 
 TRAIN = """

@@ -156,21 +156,27 @@ def test_resume_with_start_batch_sees_the_rest_exactly_once(data: Path, num_work
 
 # --------------------------------------------------------------------------- memory
 
+# Peak RSS from /proc/self/status VmHWM: ru_maxrss would carry pytest's high-water
+# mark into the child across fork + exec.
 _MEMORY_SCRIPT = textwrap.dedent(
     """
-    import resource, sys
+    import re, sys
     from pathlib import Path
     from interformer_rec.data.criteo import convert_criteo, criteo_schema
     from interformer_rec.data.reader import ParquetBatchReader
+
+    def vm(key):
+        return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+
     raw, out = Path(sys.argv[1]), Path(sys.argv[2])
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = vm("VmRSS")
     convert_criteo(raw, out, row_group_size=2048, block_bytes=1 << 18)
-    conv = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    conv = vm("VmHWM")
     n = 0
     for b in ParquetBatchReader(out / "raw.parquet", criteo_schema(1000), 256, shuffle=True,
                                 shuffle_window=4096):
         n += b.batch_size
-    read = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    read = vm("VmHWM")
     print(base, conv, read, n)
     """
 )
