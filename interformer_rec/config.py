@@ -334,6 +334,17 @@ def _build(tp: Any, value: Any, where: str) -> Any:
         unknown = set(value) - fields
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(fields)}")
+        # a partial mapping for a nested dataclass completes that field's own default
+        # (e.g. train.embedding_optimizer: {lr: 0.02} keeps the default name adagrad)
+        defaults = {
+            f.name: dataclasses.asdict(f.default_factory())
+            for f in dataclasses.fields(tp)
+            if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(hints[f.name])
+        }
+        value = {
+            k: _merge(defaults[k], v) if k in defaults and isinstance(v, dict) else v
+            for k, v in value.items()
+        }
         kwargs = {k: _build(hints[k], v, f"{where}.{k}" if where else k) for k, v in value.items()}
         try:
             return tp(**kwargs)

@@ -83,3 +83,12 @@ def test_baseline_config_trains_a_few_steps(name, tiny_data, tmp_path):
     assert result["history"][0]["steps"] == 4
     assert 0.0 < result["valid"]["auc"] < 1.0
     assert result["history"][0]["train_loss"] < 1.0
+
+
+def test_partial_nested_mapping_keeps_the_fields_default():
+    # TrainConfig's default embedding optimizer is adagrad; overriding only its lr must
+    # not fall back to OptimizerConfig's own default name
+    cfg = load_config(ROOT / "configs" / "synthetic.yaml", ["train.embedding_optimizer={lr: 0.02}"])
+    assert (cfg.train.embedding_optimizer.name, cfg.train.embedding_optimizer.lr) == ("adagrad", 0.02)
+    cfg = load_config(ROOT / "configs" / "movielens.yaml", ["train.embedding_optimizer.lr=0.02"])
+    assert cfg.train.embedding_optimizer.name == "adagrad"
