@@ -1,8 +1,8 @@
 """Sharded training on gloo: every CPU sharding type, 1-rank vs 2-rank equivalence,
-checkpoint resharding (2 -> 1 and 1 -> 2 ranks), kill-and-resume.
+checkpoint resharding (2 -> 1 and 1 -> 2 ranks), kill-and-resume (on 2 ranks and on 1).
 
 The runs are shared between assertions (one module-scoped fixture): three 2-rank spawns
-and one 1-rank run inside the test process. Every spawn has a deadline: a rank stuck in
+and two 1-rank runs inside the test process. Every spawn has a deadline: a rank stuck in
 a collective must fail the test, not hang it.
 
 Equivalence set-up: 1 rank with batch ``2B`` against 2 ranks with batch ``B`` (the
@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 import signal
 import socket
 import time
@@ -186,14 +187,15 @@ def _load(path: Path) -> Dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
-    """Four runs, shared by the tests below:
+    """Five runs, shared by the tests below:
 
     1. 2 ranks: fit under PLAN_A (checkpoint every 2 steps), PLAN_B and PLAN_C.
     2. 1 rank, batch 2B, in this process: fit the reference; evaluate A's checkpoint
        (2 -> 1 ranks).
     3. 2 ranks: evaluate the reference's checkpoint under PLAN_A (1 -> 2 ranks); fit
        PLAN_A again, SIGKILLed while writing its step-6 checkpoint.
-    4. 2 ranks: resume the killed run.
+    4. 1 rank, in this process: resume a copy of the killed run (another world size).
+    5. 2 ranks: resume the killed run.
     """
     tmp = tmp_path_factory.mktemp("dist")
     data = tmp / "data"
@@ -220,10 +222,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
         {"kind": "fit", "overrides": o("k", 2, PLAN_A, every), "result": tmp / "k_first.json", "kill_in_save": "step_00000006"},
     ], expect_kill=True)
     r["killed_dir_listing"] = sorted(p.name for p in (tmp / "k" / "checkpoints").iterdir())
+    shutil.copytree(tmp / "k", tmp / "k1")  # the same killed job, resumed on 1 rank below
+    r["times"]["1 rank (in process): resume the 2-rank job"] = _inline([
+        {"kind": "fit", "overrides": o("k1", 1, {}, every, "train.resume=true"), "result": tmp / "k1.json"},
+    ])
     r["times"]["2 ranks: resume"] = _spawn(2, [
         {"kind": "fit", "overrides": o("k", 2, PLAN_A, every, "train.resume=true"), "result": tmp / "k.json"},
     ])
-    for name in ("a", "b", "c", "ref", "a_on_1", "ref_on_2", "k"):
+    for name in ("a", "b", "c", "ref", "a_on_1", "ref_on_2", "k", "k1"):
         r[name] = _load(tmp / f"{name}.json")
     print("spawn times:", {k: round(v, 1) for k, v in r["times"].items()})
     return r
@@ -325,6 +331,13 @@ def test_killed_job_resumes_where_it_stopped(runs: Dict[str, Any]) -> None:
     assert k["step_losses"][0] == pytest.approx(a["step_losses"][0], abs=1e-6)
     assert k["valid"]["auc"] == pytest.approx(a["valid"]["auc"], abs=1e-6)
     assert not any(p.name.endswith(".tmp") for p in ckpts.iterdir())  # pruned by the next save
+    # the same checkpoint resumed on 1 rank with batch 2B (another plan): the rest of the
+    # epoch matches, as 1 rank matches 2 ranks
+    k1 = runs["k1"]
+    assert k1["world_size"] == 1 and k1["step_losses"][0][:4] == k["step_losses"][0][:4]
+    assert k1["step_losses"][0] == pytest.approx(a["step_losses"][0], abs=1e-5)
+    assert k1["valid"]["auc"] == pytest.approx(a["valid"]["auc"], abs=1e-4)
+    print(f"kill/resume on 1 rank: losses {k1['step_losses'][0]}, valid AUC {k1['valid']['auc']:.6f}")
     print(f"kill/resume: left {listing}; resumed losses {k['step_losses'][0]}; uninterrupted "
           f"{a['step_losses'][0]}; valid AUC {k['valid']['auc']:.6f} vs {a['valid']['auc']:.6f}")
 
