@@ -4,10 +4,10 @@ tests/test_distributed.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -89,8 +89,6 @@ def test_reader_resume_position_is_the_same_rows_on_any_world_size() -> None:
     from interformer_rec.config import SyntheticConfig, load_config
     from interformer_rec.data.reader import ParquetBatchReader
     from interformer_rec.data.synthetic import generate
-
-    import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         generate(SyntheticConfig(num_users=50, num_items=40, rows={"train": 700}, row_group_size=128), Path(tmp))
