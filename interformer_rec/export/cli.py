@@ -83,6 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         serve(args.model, cfg)
     except ModelDirError as e:
         return _fail("serve", e)
+    except OSError as e:  # e.g. the port is taken
+        return _fail("serve", f"cannot listen on {args.host}:{args.port} ({e})")
     return 0
 
 
