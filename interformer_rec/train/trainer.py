@@ -67,13 +67,14 @@ class RankingTrain(nn.Module):
         return loss, (loss.detach(), logits.detach(), batch.labels, batch.groups)
 
 
-def _mean_over_ranks(values: List[float]) -> List[float]:
-    """Element-wise mean of equal-length per-rank lists (one all-reduce)."""
+def _mean_over_ranks(values: List[float], device: torch.device) -> List[float]:
+    """Element-wise mean of equal-length per-rank lists (one all-reduce; ``device``:
+    where the backend reduces, CUDA for nccl)."""
     if not values or not dist.is_initialized() or dist.get_world_size() == 1:
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return (t / dist.get_world_size()).tolist()
+    return (t / dist.get_world_size()).cpu().tolist()
 
 
 def _rng_state() -> str:
@@ -191,7 +192,7 @@ class Trainer:
     def _epoch_losses(self) -> List[float]:
         """Mean-over-ranks loss of each step of this epoch so far (collective)."""
         done = self._epoch_stats.get("restored_losses", [])
-        return list(done) + _mean_over_ranks(self._local_losses)  # type: ignore[arg-type]
+        return list(done) + _mean_over_ranks(self._local_losses, self.env.device)  # type: ignore[arg-type]
 
     def _train_state(self, epoch_done: bool) -> Dict[str, Any]:
         """The training position, for meta.json (collective: gathers RNG states)."""
