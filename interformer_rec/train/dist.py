@@ -61,6 +61,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from interformer_rec.config import ConfigError, DistConfig, OptimizerConfig
+from interformer_rec.modules.embeddings import init_range
 
 logger = logging.getLogger(__name__)
 
@@ -392,12 +393,12 @@ def table_init_values(
     seed: int, table: str, num_rows: int, dim: int, rows: Tuple[int, int], cols: Tuple[int, int]
 ) -> torch.Tensor:
     """Initial values of rows ``[r0, r1)`` and columns ``[c0, c1)`` of ``table``
-    (``[num_rows, dim]``): uniform in ``±sqrt(1/num_rows)`` (TorchRec's default
-    init), drawn in blocks of :data:`INIT_BLOCK_ROWS` rows from a generator seeded by
+    (``[num_rows, dim]``): uniform in ``±init_range(dim)``, the range every model of
+    the project builds its tables with (``modules.embeddings.init_range``), drawn in blocks of :data:`INIT_BLOCK_ROWS` rows from a generator seeded by
     ``(seed, table, block)``, so a shard's values do not depend on how the table is
     sharded. Returns ``[r1 - r0, c1 - c0]`` float32."""
     (r0, r1), (c0, c1) = rows, cols
-    bound = (1.0 / num_rows) ** 0.5
+    bound = init_range(dim)
     parts = []
     for b in range(r0 // INIT_BLOCK_ROWS, (max(r1, r0 + 1) - 1) // INIT_BLOCK_ROWS + 1):
         lo = b * INIT_BLOCK_ROWS
