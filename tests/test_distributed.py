@@ -45,13 +45,13 @@ PLAN_A = {
     "item": {"sharding_types": ["row_wise"]},
     "category": {"sharding_types": ["column_wise"], "min_partition": 8},
 }
-PLAN_B = {
+PLAN_B = {  # (the planner puts A's two `category` column shards on one rank, B's `item` on two)
     "user": {"sharding_types": ["column_wise"], "min_partition": 8},
     "interest": {"sharding_types": ["table_column_wise"], "min_partition": 8},
     "segment": {"sharding_types": ["table_wise"]},
     "context": {"sharding_types": ["data_parallel"], "compute_kernels": ["dense"]},
-    "item": {"sharding_types": ["table_wise"]},
-    "category": {"sharding_types": ["row_wise"]},
+    "item": {"sharding_types": ["column_wise"], "min_partition": 8},
+    "category": {"sharding_types": ["table_wise"]},
 }
 # opt-in (dist.cpu_row_wise): row-wise pooled tables, which TorchRec offers on CUDA only
 PLAN_C = {
@@ -240,14 +240,22 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
 
 @pytest.mark.timeout(700)
 def test_every_cpu_sharding_type_is_planned_as_asked(runs: Dict[str, Any]) -> None:
-    seen = {}
+    seen, across = {}, set()
     for name, want in (("a", PLAN_A), ("b", PLAN_B), ("c", PLAN_C)):
         plan = runs[name]["plan"]
         for table, c in want.items():
-            assert plan[table]["sharding_type"] == c["sharding_types"][0], (name, table, plan[table])
-            seen.setdefault(plan[table]["module"].split(".")[-1], set()).add(plan[table]["sharding_type"])
-            if c["sharding_types"][0] in ("column_wise", "table_column_wise", "row_wise", "table_row_wise"):
-                assert len(plan[table]["shards"]) == 2, (table, plan[table])  # really split
+            p = plan[table]
+            assert p["sharding_type"] == c["sharding_types"][0], (name, table, p)
+            module = p["module"].split(".")[-1]
+            seen.setdefault(module, set()).add(p["sharding_type"])
+            if p["sharding_type"] != "table_wise" and p["sharding_type"] != "data_parallel":
+                assert len(p["shards"]) == 2, (table, p)  # really split
+                if len(set(p["ranks"])) == 2:
+                    across.add((module, p["sharding_type"]))
+    # every split type has run with its shards on both ranks
+    assert across == {(m, t) for m, ts in seen.items() for t in ts} - {
+        ("ebc", "table_wise"), ("ebc", "data_parallel"), ("ec", "table_wise")
+    }, across
     assert seen == {
         "ebc": {"table_wise", "column_wise", "table_column_wise", "data_parallel", "row_wise", "table_row_wise"},
         "ec": {"table_wise", "row_wise", "column_wise"},
