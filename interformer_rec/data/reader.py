@@ -35,9 +35,10 @@ same step.
 Distribution
 ------------
 The row stream is the files in sorted order, row groups in order. With ``shuffle`` the
-row groups are permuted (from ``(seed, epoch)``, see ``set_epoch``) and grouped into
-consecutive windows of at least ``shuffle_window`` rows, and the rows of window ``i``
-are permuted (from ``(seed, epoch, i)``). The stream does not depend on the rank, the
+row groups are permuted and grouped into consecutive windows of at least
+``shuffle_window`` rows, and the rows within each window are permuted, all from one
+generator seeded with ``(seed, epoch)`` (see ``set_epoch``) and drawn in stream order
+(the plan records its state at each window, so a worker can start anywhere). The stream does not depend on the rank, the
 world size or the number of DataLoader workers. It is cut into global
 batches of ``batch_size * world_size`` rows, and rank ``r`` takes rows
 ``[r * batch_size, (r + 1) * batch_size)`` of each, so one rank with batch ``2B`` sees
@@ -462,6 +463,7 @@ class _Window:
     groups: Tuple[int, ...]  # indices into ParquetBatchReader.row_groups, in stream order
     start: int  # first row in the stream
     num_rows: int
+    rng_state: Any = None  # the epoch generator's state before this window's permutation
 
 
 class ParquetBatchReader(IterableDataset):
@@ -549,10 +551,8 @@ class ParquetBatchReader(IterableDataset):
     def _plan(self) -> List[_Window]:
         """The epoch's windows, from the metadata alone (nothing is read)."""
         n = len(self.row_groups)
-        if not self.shuffle:
-            order = np.arange(n)
-        else:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
         windows: List[_Window] = []
         group: List[int] = []
         rows = start = 0
@@ -560,7 +560,11 @@ class ParquetBatchReader(IterableDataset):
             group.append(i)
             rows += self.row_groups[i].num_rows
             if not self.shuffle or rows >= self.shuffle_window or k == n - 1:
-                windows.append(_Window(len(windows), tuple(group), start, rows))
+                state = None
+                if self.shuffle:  # one generator for the epoch, drawn window after window
+                    state = rng.bit_generator.state
+                    rng.permutation(rows)  # advance past this window's permutation
+                windows.append(_Window(len(windows), tuple(group), start, rows, state))
                 start += rows
                 group, rows = [], 0
         return windows
@@ -568,7 +572,8 @@ class ParquetBatchReader(IterableDataset):
     def _read_window(self, files: Dict[int, pq.ParquetFile], w: _Window) -> Rows:
         rows = Rows.concat([self._read(files, self.row_groups[i]) for i in w.groups])
         if self.shuffle:
-            rng = np.random.default_rng([self.seed, self.epoch, w.index])
+            rng = np.random.default_rng()
+            rng.bit_generator.state = w.rng_state
             rows = rows.take(rng.permutation(len(rows)))
         return rows
 
