@@ -184,7 +184,7 @@ class Trainer:
                     return
                 bar.update(1)
                 if bar.n % 10 == 0:
-                    bar.set_postfix(loss=f"{out[0].item():.4f}")
+                    bar.set_postfix(loss=f"{out[0].item():.4f}", refresh=False)
                 yield out
 
     # ------------------------------------------------------------------ checkpoints
