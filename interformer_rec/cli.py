@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     _quiet()
     args = build_parser().parse_args(argv)
-    from interformer_rec.data.arrays import DataError  # torch-free: predict/serve stay light
+    from interformer_rec.arrays import DataError  # torch-free: predict/serve stay light
 
     try:
         return args.func(args)

@@ -64,7 +64,7 @@ from interformer_rec.data.convert import (
     split,
     token,
 )
-from interformer_rec.data.arrays import Jagged, gather
+from interformer_rec.arrays import Jagged, gather
 
 log = logging.getLogger(__name__)
 

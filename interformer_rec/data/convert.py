@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from interformer_rec.data.arrays import DataError, Jagged, gather
+from interformer_rec.arrays import DataError, Jagged, gather
 
 log = logging.getLogger(__name__)
 

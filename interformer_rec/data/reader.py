@@ -83,12 +83,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from interformer_rec.config import Schema
-from interformer_rec.data.arrays import (  # noqa: F401 - re-exported, part of this module's API
+from interformer_rec.arrays import (  # noqa: F401 - re-exported, part of this module's API
     DataError,
     Jagged,
     _offsets,
     _row_of,
     gather,
+    resolve_paths,
     splitmix64,
 )
 from interformer_rec.data.batch import Batch
@@ -107,24 +108,6 @@ def _error(path: Path, msg: str, column: str | None = None, row: int | None = No
 
 
 # --------------------------------------------------------------------------- files
-
-
-def resolve_paths(paths: Paths) -> List[Path]:
-    """Files of ``paths``: a Parquet file, a directory (its ``*.parquet``, sorted) or a
-    list of either, in the order given."""
-    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    files: List[Path] = []
-    for item in map(Path, items):
-        if item.is_dir():
-            found = sorted(item.glob("*.parquet"))
-            if not found:
-                raise DataError(f"{item}: directory holds no *.parquet files")
-            files += found
-        elif item.exists():
-            files.append(item)
-        else:
-            raise DataError(f"{item}: no such file or directory")
-    return files
 
 
 def _open(path: Path) -> pq.ParquetFile:

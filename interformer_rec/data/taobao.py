@@ -79,7 +79,7 @@ from interformer_rec.data.convert import (
     to_binary,
     token,
 )
-from interformer_rec.data.arrays import Jagged
+from interformer_rec.arrays import Jagged
 
 SEQ_LEN = 50
 USER_COLUMNS = [

@@ -37,6 +37,7 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 import torch
 
+from interformer_rec.arrays import Jagged, _row_of, splitmix64
 from interformer_rec.config import Schema, SequenceFeature, SparseFeature, TableConfig
 
 INPUT_NAMES = ("dense", "sparse_values", "sparse_lengths", "sequence_values", "sequence_lengths")
@@ -156,58 +157,6 @@ def request_format(spec: FeatureSpec) -> Dict[str, Any]:
         "id_policy": spec.id_policy,
         "id_ranges": {f.name: [0, f.num_embeddings] for f in spec.id_features.values()},
     }
-
-
-# --------------------------------------------------------------------------- jagged rows
-
-
-@dataclass
-class Jagged:
-    """One id feature over ``n`` rows: ``lengths [n]`` int64, ``values [sum]`` int64."""
-
-    lengths: np.ndarray
-    values: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def repeat(self, n: int) -> "Jagged":
-        """This one-row feature repeated ``n`` times."""
-        assert len(self.lengths) == 1
-        return Jagged(np.repeat(self.lengths, n), np.tile(self.values, n))
-
-    def tail(self, max_len: int) -> "Jagged":
-        """Keep the last ``max_len`` values of each row (the most recent steps)."""
-        if len(self.lengths) == 0 or self.lengths.max(initial=0) <= max_len:
-            return self
-        keep = np.minimum(self.lengths, max_len)
-        ends = np.cumsum(self.lengths)
-        starts = ends - keep
-        out_starts = np.cumsum(keep) - keep
-        pos = np.arange(int(keep.sum()), dtype=np.int64) + np.repeat(starts - out_starts, keep)
-        return Jagged(keep, self.values[pos])
-
-    @staticmethod
-    def concat(parts: Sequence["Jagged"]) -> "Jagged":
-        if len(parts) == 1:
-            return parts[0]
-        return Jagged(
-            np.concatenate([p.lengths for p in parts]), np.concatenate([p.values for p in parts])
-        )
-
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser of ``x`` viewed as uint64 (the reader's hashing trick):
-    ``[N] -> [N]`` uint64."""
-    with np.errstate(over="ignore"):
-        z = x.astype(np.int64).view(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
-def _row_of(lengths: np.ndarray, position: int) -> int:
-    return int(np.searchsorted(np.cumsum(lengths), position, side="right"))
 
 
 def apply_id_policy(j: Jagged, f: IdFeature, policy: str, where: Where) -> Jagged:

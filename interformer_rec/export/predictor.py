@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from interformer_rec.arrays import DataError, resolve_paths
 from interformer_rec.export.features import (
     Encoded,
     FeatureSpec,
@@ -225,16 +226,7 @@ class Predictor:
 
 
 def _parquet_files(paths: Sequence[Path | str] | Path | str) -> List[Path]:
-    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    files: List[Path] = []
-    for item in map(Path, items):
-        if item.is_dir():
-            found = sorted(item.glob("*.parquet"))
-            if not found:
-                raise InputError(f"{item}: directory holds no *.parquet files")
-            files += found
-        elif item.exists():
-            files.append(item)
-        else:
-            raise InputError(f"{item}: no such file or directory")
-    return files
+    try:
+        return resolve_paths(paths)
+    except DataError as e:
+        raise InputError(str(e)) from None

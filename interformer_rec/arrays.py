@@ -1,11 +1,13 @@
-"""Torch-free array helpers shared by the reader and the converters: jagged rows,
-run gathering, the splitmix64 id hash, and :class:`DataError`. (Kept apart from
-``reader.py`` so that conversion jobs do not import torch: about 300 MB of RSS.)"""
+"""Torch-free array helpers shared by the reader, the converters and the serving-side
+encoder: jagged rows, run gathering, the splitmix64 id hash, Parquet path resolution and
+:class:`DataError`. (Kept apart from ``data/reader.py`` so that conversion jobs and the
+predictor import neither torchrec nor the training stack: about 300 MB of RSS.)"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
+from typing import List, Sequence, Union
 
 import numpy as np
 
@@ -54,6 +56,11 @@ class Jagged:
     def __post_init__(self) -> None:
         self.offsets = _offsets(self.lengths)
 
+    def repeat(self, n: int) -> "Jagged":
+        """This one-row feature repeated ``n`` times."""
+        assert len(self.lengths) == 1
+        return Jagged(np.repeat(self.lengths, n), np.tile(self.values, n))
+
     def take(self, idx: np.ndarray) -> "Jagged":
         """Rows ``idx`` (``[m]`` int64), in that order."""
         lengths = self.lengths[idx]
@@ -82,3 +89,21 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
+
+
+def resolve_paths(paths: Union[str, Path, Sequence[Union[str, Path]]]) -> List[Path]:
+    """Files of ``paths``: a Parquet file, a directory (its ``*.parquet``, sorted) or a
+    list of either, in the order given."""
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    files: List[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found = sorted(item.glob("*.parquet"))
+            if not found:
+                raise DataError(f"{item}: directory holds no *.parquet files")
+            files += found
+        elif item.exists():
+            files.append(item)
+        else:
+            raise DataError(f"{item}: no such file or directory")
+    return files
