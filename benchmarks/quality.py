@@ -106,8 +106,30 @@ def markdown(results: Dict[str, Dict[str, Any]]) -> str:
             if oracle:
                 row += f" {(m['auc']['mean'] - 0.5) / (oracle - 0.5):.1%} |"
             lines.append(row)
-        lines.append("")
+        lines += ["", verdict(models), ""]
     return "\n".join(lines)
+
+
+def verdict(models: Dict[str, Dict[str, Any]]) -> str:
+    """Best InterFormer variant against the best DLRM variant (by mean test AUC): the
+    differences in AUC and gAUC points and whether the seed spreads (min..max) overlap."""
+    def best(prefix: Tuple[str, ...]) -> Tuple[str, Dict[str, Any]]:
+        return max(((n, m) for n, m in models.items() if n.startswith(prefix)), key=lambda nm: nm[1]["auc"]["mean"])
+
+    if not any(n.startswith("interformer") for n in models) or not any(n.startswith("dlrm") for n in models):
+        return ""
+    (fi, i), (fd, dl) = best(("interformer",)), best(("dlrm",))
+    parts = []
+    for k in ("auc", "gauc"):
+        diff = 100 * (i[k]["mean"] - dl[k]["mean"])
+        apart = min(i[k]["values"]) > max(dl[k]["values"]) or max(i[k]["values"]) < min(dl[k]["values"])
+        parts.append(f"{k} {diff:+.2f} points (seed spreads {'do not overlap' if apart else 'overlap'})")
+    line = f"Best InterFormer ({fi}) vs best DLRM ({fd}): " + "; ".join(parts) + "."
+    oracle = i.get("oracle_auc")
+    if oracle:
+        gap = lambda m: (m["auc"]["mean"] - 0.5) / (oracle - 0.5)  # noqa: E731
+        line += f" Gap to the oracle closed: {gap(i):.1%} vs {gap(dl):.1%}."
+    return line
 
 
 def plot(results: Dict[str, Dict[str, Any]], path: Path) -> None:

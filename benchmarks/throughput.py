@@ -36,6 +36,7 @@ from interformer_rec.train.trainer import RankingTrain
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["interformer:dhen", "interformer:dot", "dlrm", "dlrm_dcn", "dlrm_projection", "bst"]
+PROFILE_T = 50
 DLRMS = ("dlrm", "dlrm_dcn", "dlrm_projection")
 
 
@@ -104,7 +105,7 @@ def matmul_flops(device: torch.device, n: int = 2048, steps: int = 10) -> float:
 def bench_model(name: str, schema: Schema, dim: int, B: int, T: int, device: torch.device, warmup: int, steps: int) -> Dict[str, Any]:
     torch.manual_seed(0)
     model = RankingTrain(build_model(schema, model_config(name, dim))).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as the trainer's dense optimizer
     batch = make_batch(schema, B, T, device)
 
     def train_step() -> None:
@@ -150,7 +151,57 @@ def markdown(rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> str:
             f"| {r['train_vs_fastest_dlrm']:.2f} | {r['infer_samples_per_s']:,.0f} | {r['infer_vs_fastest_dlrm']:.2f} "
             f"| {r['train_gflop_per_step']:.3f} | {r['train_flop_per_s'] / 1e9:.1f} ({r['train_flop_per_s'] / meta['matmul_flop_per_s']:.0%}) |"
         )
+    lines += growth(rows)
     return "\n".join(lines) + "\n"
+
+
+def growth(rows: List[Dict[str, Any]]) -> List[str]:
+    """How the training step grows with ``T``: its time at each length over its time at
+    the smallest one (linear growth would follow the ``T`` ratio of the first row)."""
+    seq_lens = sorted({r["seq_len"] for r in rows})
+    if len(seq_lens) < 2:
+        return []
+    t0 = seq_lens[0]
+    lines = [
+        "",
+        f"Training step time relative to T={t0} (linear growth: " + ", ".join(f"{t / t0:.1f}" for t in seq_lens[1:]) + ")",
+        "",
+        "| model | B | " + " | ".join(f"T={t}" for t in seq_lens[1:]) + " |",
+        "|---|---|" + "---|" * (len(seq_lens) - 1),
+    ]
+    for B in sorted({r["batch_size"] for r in rows}):
+        for name in dict.fromkeys(r["model"] for r in rows):
+            ms = {r["seq_len"]: r["train_ms"] for r in rows if r["model"] == name and r["batch_size"] == B}
+            if t0 in ms:
+                lines.append(f"| {name} | {B} | " + " | ".join(f"{ms[t] / ms[t0]:.1f}×" if t in ms else "" for t in seq_lens[1:]) + " |")
+    return lines
+
+
+def profile_step(name: str, schema: Schema, dim: int, B: int, T: int, device: torch.device, path: Path) -> None:
+    """torch.profiler table of one model's training step (5 steps after 3 of warm-up),
+    operators sorted by their own time, written to ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = RankingTrain(build_model(schema, model_config(name, dim))).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    batch = make_batch(schema, B, T, device)
+
+    def train_step() -> None:
+        loss, _ = model(batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        train_step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(5):
+            train_step()
+            sync(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    path.write_text(f"{name}, B={B}, T={T}, 5 training steps\n" + prof.key_averages().table(sort_by=sort, row_limit=30))
 
 
 def plot(rows: List[Dict[str, Any]], path: Path) -> None:
@@ -187,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=ROOT / "results")
+    p.add_argument("--profile", action="store_true", help=f"also write results/profile_<model>.txt (torch.profiler, T={PROFILE_T})")
     args = p.parse_args(argv)
     device = torch.device(args.device)
 
@@ -218,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     md = markdown(rows, meta)
     (args.out / "throughput.md").write_text(md)
     plot(rows, args.out / "throughput.png")
+    if args.profile:
+        schema = synthetic_schema(SyntheticConfig(max_len=PROFILE_T))
+        for name in args.models:
+            profile_step(name, schema, args.dim, args.batch_sizes[0], PROFILE_T, device, args.out / f"profile_{name.replace(':', '_')}.txt")
     print(md)
     return 0
 

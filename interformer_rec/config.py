@@ -191,7 +191,8 @@ class InterFormerConfig:
     projection_branch1: List[int] = field(default_factory=lambda: [64, 64])
     projection_branch2: List[int] = field(default_factory=lambda: [64, 64])
     masknet_hidden: int = 64
-    pffn_hidden: int = 64
+    ffn_hidden: int = 0
+    attention_window: int = 64
     over_arch: List[int] = field(default_factory=lambda: [128, 64])
     dropout: float = 0.0
     rope: bool = True

@@ -34,7 +34,7 @@ def _cfg(interaction="dhen"):
         embedding_dim=D,
         interformer=InterFormerConfig(
             num_layers=2, num_heads=2, interaction=interaction, interaction_mlp=[16], dcn_low_rank=4,
-            projection_branch1=[16], projection_branch2=[16], masknet_hidden=16, pffn_hidden=16, over_arch=[16],
+            projection_branch1=[16], projection_branch2=[16], masknet_hidden=16, ffn_hidden=16, over_arch=[16],
         ),
     )
 

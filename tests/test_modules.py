@@ -171,6 +171,47 @@ def test_attention_ignores_padded_keys():
     torch.testing.assert_close(a[valid], b[valid], atol=1e-6, rtol=0)
 
 
+def _window_allowed(c, T, W):
+    """[c + T, c + T] bool: who may attend to whom under MultiHeadSelfAttention's local
+    rule, written out position by position."""
+    L = c + T
+    allowed = torch.zeros(L, L, dtype=torch.bool)
+    allowed[:c] = True
+    allowed[:, :c] = True
+    for i in range(T):
+        for j in range(T):
+            allowed[c + i, c + j] = j // W in (i // W, i // W - 1)
+    return allowed
+
+
+@pytest.mark.parametrize("T,W", [(7, 3), (9, 3), (12, 5)])
+def test_local_attention_matches_full_attention_under_the_window_mask(T, W):
+    torch.manual_seed(0)
+    mha = MultiHeadSelfAttention(D, H, rope=True, num_global=C, window=W)
+    valid = _valid(_lengths(T), T)
+    s = torch.randn(B, C + T, D)
+    out = mha(s, valid)
+    # reference: the same weights, full attention with the window rule folded into the mask
+    full = MultiHeadSelfAttention(D, H, rope=True)
+    full.load_state_dict(mha.state_dict())
+    mask = _window_allowed(C, T, W)[None] & valid[:, None, :]  # [B, L, L]
+    orig = full._attend
+    full._attend = lambda q, k, v, m: orig(q, k, v, mask[:, None])
+    torch.testing.assert_close(out[valid], full(s, valid)[valid], atol=1e-5, rtol=0)
+    # padded keys are ignored on the local path too
+    torch.testing.assert_close(mha(_garbage_padded(s, valid), valid)[valid], out[valid], atol=1e-5, rtol=0)
+
+
+def test_local_attention_is_full_attention_when_the_sequence_fits_the_window():
+    torch.manual_seed(0)
+    T = 6
+    local = MultiHeadSelfAttention(D, H, num_global=C, window=T)
+    full = MultiHeadSelfAttention(D, H)
+    full.load_state_dict(local.state_dict())
+    s, valid = torch.randn(B, C + T, D), _valid(_lengths(T), T)
+    torch.testing.assert_close(local(s, valid), full(s, valid))
+
+
 def test_sequence_arch_zeroes_padding_and_ignores_it():
     torch.manual_seed(0)
     T = 6
@@ -230,7 +271,7 @@ def _model_cfg():
         embedding_dim=D,
         interformer=InterFormerConfig(
             num_layers=2, num_heads=H, num_cls=C, num_pma=P, num_recent=K, interaction_mlp=[16],
-            dcn_low_rank=4, masknet_hidden=16, pffn_hidden=16, over_arch=[16],
+            dcn_low_rank=4, masknet_hidden=16, ffn_hidden=16, over_arch=[16],
         ),
     )
 

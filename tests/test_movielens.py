@@ -85,8 +85,9 @@ def test_history_matches_a_reference(converted, raw) -> None:
         u, when = t["user_id"][i], t["timestamp"][i]
         mine = raw[raw[:, 0] == u]
         mine = mine[np.argsort(mine[:, 3], kind="stable")]
-        want = mine[mine[:, 3] < when, 1][-MAX_LEN:].tolist()
-        assert t["hist_item_ids"][i] == want
+        earlier = mine[mine[:, 3] < when][-MAX_LEN:]
+        assert t["hist_item_ids"][i] == earlier[:, 1].tolist()
+        assert t["hist_ratings"][i] == earlier[:, 2].tolist(), "the stars of each history item"
 
 
 def test_schema_matches_config_and_reader_accepts_files(converted) -> None:

@@ -16,7 +16,8 @@ release to rating / 80), ``log_item_count`` (log #earlier ratings of the item / 
 1000); sparse ``user_id``, ``age_bucket``, ``gender``, ``occupation``, ``zip_prefix``,
 ``item_id`` and ``item_genre`` (targets, sharing the ``item`` and ``genre`` tables with
 the history), ``item_genres`` (multi-hot), ``release_year``; sequences
-``hist_item_ids``, ``hist_genre_ids``; and ``timestamp`` (unix seconds, not a feature).
+``hist_item_ids``, ``hist_genre_ids`` and ``hist_ratings`` (the stars, 1..5, the user
+gave each history item: known before the row's time, so no leakage); and ``timestamp`` (unix seconds, not a feature).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def movielens_schema(max_len: int = 50) -> Schema:
         sequence=[
             SequenceFeature("hist_item_ids", "item", max_len),
             SequenceFeature("hist_genre_ids", "genre", max_len),
+            SequenceFeature("hist_ratings", "rating", max_len),
         ],
         tables=[
             TableConfig("user", NUM_USERS),
@@ -74,6 +76,7 @@ def movielens_schema(max_len: int = 50) -> Schema:
             TableConfig("genre", NUM_GENRES),
             TableConfig("genre_set", NUM_GENRES),
             TableConfig("year", len(YEAR_EDGES) + 2),
+            TableConfig("rating", 6),
         ],
         group_key="user_id",
     )
@@ -158,12 +161,13 @@ def _earlier(key: np.ndarray, ts: np.ndarray) -> Tuple[np.ndarray, np.ndarray, n
 
 
 def _histories(r: Dict[str, np.ndarray], max_len: int) -> Tuple[Jagged, np.ndarray]:
-    """Each rating's history (item ids, most recent last, at most ``max_len``) in the
-    row order of ``r``, and its untruncated length ``[N]``."""
+    """Each rating's history as rows of ``r`` (the user's earlier ratings, most recent
+    last, at most ``max_len``) in the row order of ``r``, and its untruncated length
+    ``[N]``."""
     order, group_start, run_start = _earlier(r["user"], r["ts"])
     n_earlier = run_start - group_start
     length = np.minimum(n_earlier, max_len)
-    hist = Jagged(length, gather(r["item"][order], run_start - length, length))  # `order` rows
+    hist = Jagged(length, gather(order, run_start - length, length))  # `order` rows
     back = np.empty_like(order)
     back[order] = np.arange(len(order))
     return hist.take(back), n_earlier[back]
@@ -210,7 +214,8 @@ def convert_movielens(
     items, item_genres = _read_items(raw_dir)
     user, item, ts = r["user"], r["item"], r["ts"]
 
-    hist_items, n_history = _histories(r, max_len)
+    hist_rows, n_history = _histories(r, max_len)
+    hist_items = Jagged(hist_rows.lengths, item[hist_rows.values])
     order, group_start, run_start = _earlier(item, ts)
     n_item_earlier = np.empty_like(order)
     n_item_earlier[order] = run_start - group_start
@@ -234,6 +239,7 @@ def convert_movielens(
         "hist_genre_ids": _list_column(
             Jagged(hist_items.lengths, items["genre"][hist_items.values])
         ),
+        "hist_ratings": _list_column(Jagged(hist_rows.lengths, r["rating"][hist_rows.values])),
         "timestamp": pa.array(ts),
     }
     table = pa.table(cols)

@@ -51,7 +51,9 @@ class InterFormerLayer(nn.Module):
         c, p, k = cfg.num_cls, cfg.num_pma, cfg.num_recent
         self.cross_arch = CrossArch(num_tokens, c, p, k, dim, cfg.num_heads)
         self.interaction_arch = InteractionArch(num_tokens, c + p + k, dim, cfg)
-        self.sequence_arch = SequenceArch(c, dim, cfg.num_heads, cfg.pffn_hidden, cfg.rope, cfg.dropout)
+        self.sequence_arch = SequenceArch(
+            c, dim, cfg.num_heads, cfg.ffn_hidden, cfg.rope, cfg.dropout, window=cfg.attention_window
+        )
 
     def forward(self, x: Tensor, s: Tensor, valid: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
         """
@@ -66,6 +68,54 @@ class InterFormerLayer(nn.Module):
         """
         x_sum, s_sum = self.cross_arch(x, s, valid, lengths)
         return self.interaction_arch(x, s_sum), self.sequence_arch(s, x_sum, valid)
+
+
+class InterFormerArch(nn.Module):
+    """The dense part of InterFormer, everything after the embedding lookups: MaskNet,
+    the CLS tokens, ``L`` layers, the final Cross Arch and the over-arch.
+
+    One module (not a list of siblings of the embedding modules) so that TorchRec's
+    train pipeline treats it as a single leaf when it fx-traces the model.
+
+    Args:
+        num_tokens: ``n`` non-sequence tokens.
+        num_sequences: ``k`` parallel sequences (each step is ``k·d`` wide before MaskNet).
+        num_tasks: logits per example.
+        dim: ``d``.
+        cfg: InterFormer sizes.
+    """
+
+    def __init__(self, num_tokens: int, num_sequences: int, num_tasks: int, dim: int, cfg: InterFormerConfig) -> None:
+        super().__init__()
+        self.num_cls = cfg.num_cls
+        self.masknet = MaskNet(num_sequences * dim, cfg.masknet_hidden, dim)
+        self.cls_summary = NonSequenceSummary(num_tokens, cfg.num_cls, dim)
+        self.layers = nn.ModuleList([InterFormerLayer(num_tokens, dim, cfg) for _ in range(cfg.num_layers)])
+        self.final_cross_arch = CrossArch(num_tokens, cfg.num_cls, cfg.num_pma, cfg.num_recent, dim, cfg.num_heads)
+        summary_tokens = cfg.num_cls + (cfg.num_cls + cfg.num_pma + cfg.num_recent)
+        self.over_arch = MLP(summary_tokens * dim, [*cfg.over_arch, num_tasks], activation=nn.SiLU, activation_on_last=False)
+
+    def forward(self, x: Tensor, steps: Tensor, lengths: Tensor) -> Tensor:
+        """Everything after the lookups (the dense part of the model).
+
+        Args:
+            x: ``[B, n, d]`` non-sequence tokens ``X¹``.
+            steps: ``[B, T, k·d]`` per-step sequence embeddings, left-aligned.
+            lengths: ``[B]`` real steps per row (``<= T``); values at padded steps are
+                ignored.
+
+        Returns:
+            ``[B, tasks]`` logits.
+        """
+        T = steps.shape[1]
+        step_valid = torch.arange(T, device=steps.device).unsqueeze(0) < lengths.unsqueeze(1)
+        # CLS positions are always valid (pad, not a factory call: fx-traceable by the pipeline)
+        valid = F.pad(step_valid, (self.num_cls, 0), value=True)
+        s = torch.cat([self.cls_summary(x), self.masknet(steps, step_valid)], dim=1)  # S¹ [B, c + T, d]
+        for layer in self.layers:
+            x, s = layer(x, s, valid, lengths)
+        x_sum, s_sum = self.final_cross_arch(x, s, valid, lengths)
+        return self.over_arch(torch.cat([x_sum.flatten(1), s_sum.flatten(1)], dim=1))
 
 
 class InterFormer(nn.Module):
@@ -97,7 +147,6 @@ class InterFormer(nn.Module):
         self.target_names = [f.name for f in schema.target_features]
         self.sequence_names = [s.name for s in schema.sequence]
         self.max_len = schema.max_len
-        self.num_cls = ic.num_cls
         self.num_tokens = len(schema.dense) + len(self.pooled_names) + len(self.target_names)
         if self.num_tokens == 0:
             raise ValueError("InterFormer needs at least one dense, pooled or target feature")
@@ -105,14 +154,7 @@ class InterFormer(nn.Module):
         self.ebc = build_ebc(schema, d, embedding_device)
         self.ec = build_ec(schema, d, embedding_device)
         self.dense_tokens = DenseTokens(len(schema.dense), d) if schema.dense else None
-        self.masknet = MaskNet(len(self.sequence_names) * d, ic.masknet_hidden, d)
-        self.cls_summary = NonSequenceSummary(self.num_tokens, ic.num_cls, d)
-        self.layers = nn.ModuleList([InterFormerLayer(self.num_tokens, d, ic) for _ in range(ic.num_layers)])
-        self.final_cross_arch = CrossArch(self.num_tokens, ic.num_cls, ic.num_pma, ic.num_recent, d, ic.num_heads)
-        summary_tokens = ic.num_cls + (ic.num_cls + ic.num_pma + ic.num_recent)
-        self.over_arch = MLP(
-            summary_tokens * d, [*ic.over_arch, len(schema.labels)], activation=nn.SiLU, activation_on_last=False
-        )
+        self.arch = InterFormerArch(self.num_tokens, len(self.sequence_names), len(schema.labels), d, ic)
 
     def embed(self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Embedding lookups.
@@ -137,26 +179,8 @@ class InterFormer(nn.Module):
         return torch.cat(tokens, dim=1), steps, lengths
 
     def forward_embedded(self, x: Tensor, steps: Tensor, lengths: Tensor) -> Tensor:
-        """Everything after the lookups (the dense part of the model).
-
-        Args:
-            x: ``[B, n, d]`` non-sequence tokens ``X¹``.
-            steps: ``[B, T, k·d]`` per-step sequence embeddings, left-aligned.
-            lengths: ``[B]`` real steps per row (``<= T``); values at padded steps are
-                ignored.
-
-        Returns:
-            ``[B, tasks]`` logits.
-        """
-        T = steps.shape[1]
-        step_valid = torch.arange(T, device=steps.device).unsqueeze(0) < lengths.unsqueeze(1)
-        # CLS positions are always valid (pad, not a factory call: fx-traceable by the pipeline)
-        valid = F.pad(step_valid, (self.num_cls, 0), value=True)
-        s = torch.cat([self.cls_summary(x), self.masknet(steps, step_valid)], dim=1)  # S¹ [B, c + T, d]
-        for layer in self.layers:
-            x, s = layer(x, s, valid, lengths)
-        x_sum, s_sum = self.final_cross_arch(x, s, valid, lengths)
-        return self.over_arch(torch.cat([x_sum.flatten(1), s_sum.flatten(1)], dim=1))
+        """Everything after the lookups: :class:`InterFormerArch`."""
+        return self.arch(x, steps, lengths)
 
     def forward(self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor) -> Tensor:
         """

@@ -9,6 +9,8 @@ zeroed at the output of each block, so they can never leak into later layers.
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -46,66 +48,135 @@ class MaskNet(nn.Module):
         return torch.where(valid.unsqueeze(-1), out, torch.zeros_like(out))
 
 
-def rotary(x: Tensor, base: float = 10000.0) -> Tensor:
-    """Rotary position embedding (RoFormer, rotate-half layout) at positions ``0..T'-1``.
-
-    Args:
-        x: ``[B, h, T', dh]`` queries or keys, ``dh`` even.
-        base: frequency base.
+def rotary_angles(length: int, head_dim: int, device: torch.device, base: float = 10000.0) -> Tuple[Tensor, Tensor]:
+    """``cos`` and ``sin`` of the rotary angles at positions ``0..length-1``.
 
     Returns:
-        ``[B, h, T', dh]``.
+        two ``[length, head_dim / 2]`` tensors.
     """
-    T, dh = x.shape[-2], x.shape[-1]
-    half = dh // 2
-    inv_freq = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    angles = torch.arange(T, device=x.device, dtype=torch.float32).unsqueeze(1) * inv_freq  # [T', dh/2]
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x[..., :half], x[..., half:]
+    half = head_dim // 2
+    inv_freq = base ** (-torch.arange(half, device=device, dtype=torch.float32) / half)
+    angles = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1) * inv_freq
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary position embedding (RoFormer, rotate-half layout).
+
+    Args:
+        x: ``[..., T', dh]`` (any leading dims: queries and keys can be rotated at once).
+        cos, sin: ``[T', dh / 2]`` from :func:`rotary_angles`.
+
+    Returns:
+        ``[..., T', dh]``.
+    """
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def rotary(x: Tensor, base: float = 10000.0) -> Tensor:
+    """:func:`apply_rotary` at positions ``0..T'-1`` of ``x [..., T', dh]`` (``dh`` even)."""
+    cos, sin = rotary_angles(x.shape[-2], x.shape[-1], x.device, base)
+    return apply_rotary(x, cos, sin)
 
 
 class MultiHeadSelfAttention(nn.Module):
     """Multi-head self-attention on ``F.scaled_dot_product_attention`` with a key-padding
-    mask (``[B, 1, 1, T']``) and optional rotary position embeddings on ``q`` and ``k``.
+    mask and optional rotary position embeddings on ``q`` and ``k``.
+
+    With ``window > 0`` and more than ``window`` steps, attention is local with global
+    tokens (Longformer-style), so its cost is linear in the sequence length: the
+    ``num_global`` leading positions (the CLS tokens) attend to every position; the steps
+    are cut into blocks of ``window``, and a step attends to the global positions and to
+    the steps of its own and the previous block (``window`` to ``2·window - 1`` steps
+    back, up to ``window - 1`` ahead). With ``window = 0`` or at most ``window`` steps it
+    is full attention.
 
     Args:
         dim: ``d``.
         num_heads: ``h`` (``d`` divisible by ``h``; ``d/h`` even with RoPE).
         rope: apply rotary position embeddings.
         dropout: attention dropout (training only).
+        num_global: leading positions that attend to and are seen by every position.
+        window: block size of the local attention (0: full attention).
     """
 
-    def __init__(self, dim: int, num_heads: int, rope: bool = True, dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, rope: bool = True, dropout: float = 0.0, num_global: int = 0, window: int = 0
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"attention: dim {dim} not divisible by num_heads {num_heads}")
         if rope and (dim // num_heads) % 2:
             raise ValueError(f"attention: RoPE needs an even head dim, got {dim // num_heads}")
+        if window < 0:
+            raise ValueError(f"attention: window must be >= 0, got {window}")
         self.num_heads = num_heads
         self.rope = rope
         self.dropout = dropout
+        self.num_global = num_global
+        self.window = window
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
     def forward(self, s: Tensor, valid: Tensor) -> Tensor:
         """
         Args:
-            s: ``[B, T', d]``.
-            valid: ``[B, T']`` bool key-padding mask (at least one True per row).
+            s: ``[B, T', d]`` (``num_global`` leading positions, then the steps).
+            valid: ``[B, T']`` bool key-padding mask (at least one True per row; the
+                global positions always True when ``window > 0``).
 
         Returns:
             ``[B, T', d]`` (rows of padded queries are garbage: the caller zeroes them).
         """
-        B, T, d = s.shape
+        B, L, d = s.shape
         h = self.num_heads
-        q, k, v = self.qkv(s).view(B, T, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = self.qkv(s).view(B, L, 3, h, d // h).permute(2, 0, 3, 1, 4)  # [3, B, h, T', dh]
         if self.rope:
-            q, k = rotary(q), rotary(k)
-        o = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=valid[:, None, None, :], dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.out(o.transpose(1, 2).reshape(B, T, d))
+            cos, sin = rotary_angles(L, d // h, s.device)
+            qk = apply_rotary(qkv[:2], cos, sin)
+            q, k, v = qk[0], qk[1], qkv[2]
+        else:
+            q, k, v = qkv.unbind(0)
+        if self.window and L - self.num_global > self.window:
+            o = self._local(q, k, v, valid)
+        else:
+            o = self._attend(q, k, v, valid[:, None, None, :])
+        return self.out(o.transpose(1, 2).reshape(B, L, d))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+
+    def _local(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor) -> Tensor:
+        """Global + blocked local attention; ``q, k, v [B, h, c + T, dh]`` -> ``[B, h, c + T, dh]``."""
+        B, h, L, dh = q.shape
+        c, W = self.num_global, self.window
+        T = L - c
+        nb = -(-T // W)
+        pad = nb * W - T
+
+        def blocks(x: Tensor) -> Tensor:  # [B, h, T, dh] -> [B, h, nb, W, dh]
+            return F.pad(x, (0, 0, 0, pad)).view(B, h, nb, W, dh)
+
+        def window_keys(x: Tensor) -> Tensor:  # [B, h, c + T, dh] -> [B, h, nb, c + 2W, dh]
+            cur = blocks(x[:, :, c:])
+            prev = F.pad(cur, (0, 0, 0, 0, 1, 0))[:, :, :nb]
+            return torch.cat([x[:, :, :c].unsqueeze(2).expand(B, h, nb, c, dh), prev, cur], dim=3)
+
+        steps_valid = F.pad(valid[:, c:], (0, pad)).view(B, nb, W)
+        mask = torch.cat(
+            [valid[:, :c].unsqueeze(1).expand(B, nb, c), F.pad(steps_valid, (0, 0, 1, 0))[:, :nb], steps_valid], dim=2
+        )  # [B, nb, c + 2W]
+        K = c + 2 * W
+        local = self._attend(
+            blocks(q[:, :, c:]).reshape(B, h * nb, W, dh),
+            window_keys(k).reshape(B, h * nb, K, dh),
+            window_keys(v).reshape(B, h * nb, K, dh),
+            mask.unsqueeze(1).expand(B, h, nb, K).reshape(B, h * nb, 1, K),
+        ).view(B, h, nb * W, dh)[:, :, :T]
+        glob = self._attend(q[:, :, :c], k, v, valid[:, None, None, :])
+        return torch.cat([glob, local], dim=2)
 
 
 class PFFN(nn.Module):
@@ -137,46 +208,58 @@ class PFFN(nn.Module):
 
 
 class SequenceArch(nn.Module):
-    """Context-aware sequence block, ``S^{l+1} = MHA(PFFN(X_sum, S^l))`` with post-norm
-    residuals and a position-wise FFN as in a transformer block::
+    """Context-aware sequence block, ``S^{l+1} = MHA(PFFN(X_sum, S^l))``, with post-norm
+    residuals (and, if ``ffn_hidden > 0``, a position-wise FFN as in a transformer
+    block)::
 
         S = LN(S + PFFN(X_sum, S))
         S = LN(S + MHA(S))
-        S = LN(S + FFN(S))
+        S = LN(S + FFN(S))          # only with ffn_hidden > 0
         S = S ⊙ valid
 
     Args:
-        num_summary: ``m`` tokens of ``X_sum``.
+        num_cls: ``c``: the CLS positions at the front of ``S`` (global positions of the
+            attention) and the tokens of ``X_sum``.
         dim: ``d``.
         num_heads: attention heads.
-        ffn_hidden: hidden width of the position-wise FFN.
+        ffn_hidden: hidden width of the position-wise FFN (0: none, as in the paper).
         rope: rotary position embeddings in the attention.
         dropout: dropout on attention weights and on the residual branches.
+        window: local attention block size (0: full attention); see
+            :class:`MultiHeadSelfAttention`.
     """
 
     def __init__(
-        self, num_summary: int, dim: int, num_heads: int, ffn_hidden: int, rope: bool = True, dropout: float = 0.0
+        self,
+        num_cls: int,
+        dim: int,
+        num_heads: int,
+        ffn_hidden: int = 0,
+        rope: bool = True,
+        dropout: float = 0.0,
+        window: int = 0,
     ) -> None:
         super().__init__()
-        self.pffn = PFFN(num_summary, dim)
+        self.pffn = PFFN(num_cls, dim)
         self.norm1 = nn.LayerNorm(dim)
-        self.mha = MultiHeadSelfAttention(dim, num_heads, rope=rope, dropout=dropout)
+        self.mha = MultiHeadSelfAttention(dim, num_heads, rope=rope, dropout=dropout, num_global=num_cls, window=window)
         self.norm2 = nn.LayerNorm(dim)
-        self.ffn = MLP(dim, [ffn_hidden, dim], activation=nn.SiLU, activation_on_last=False)
-        self.norm3 = nn.LayerNorm(dim)
+        self.ffn = MLP(dim, [ffn_hidden, dim], activation=nn.SiLU, activation_on_last=False) if ffn_hidden else None
+        self.norm3 = nn.LayerNorm(dim) if ffn_hidden else None
         self.drop = nn.Dropout(dropout)
 
     def forward(self, s: Tensor, x_sum: Tensor, valid: Tensor) -> Tensor:
         """
         Args:
-            s: ``[B, T', d]`` sequence (CLS positions first).
-            x_sum: ``[B, m, d]`` non-sequence summary of the same layer.
-            valid: ``[B, T']`` bool.
+            s: ``[B, c + T, d]`` sequence (CLS positions first).
+            x_sum: ``[B, c, d]`` non-sequence summary of the same layer.
+            valid: ``[B, c + T]`` bool.
 
         Returns:
-            ``[B, T', d]``, zeros at invalid positions.
+            ``[B, c + T, d]``, zeros at invalid positions.
         """
         s = self.norm1(s + self.drop(self.pffn(s, x_sum)))
         s = self.norm2(s + self.drop(self.mha(s, valid)))
-        s = self.norm3(s + self.drop(self.ffn(s)))
+        if self.ffn is not None:
+            s = self.norm3(s + self.drop(self.ffn(s)))
         return torch.where(valid.unsqueeze(-1), s, torch.zeros_like(s))
