@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -102,7 +102,10 @@ def matmul_flops(device: torch.device, n: int = 2048, steps: int = 10) -> float:
     return 2 * n**3 / median_seconds(lambda: torch.mm(a, b), 2, steps, device)
 
 
-def bench_model(name: str, schema: Schema, dim: int, B: int, T: int, device: torch.device, warmup: int, steps: int) -> Dict[str, Any]:
+def training_step(
+    name: str, schema: Schema, dim: int, B: int, T: int, device: torch.device
+) -> Tuple[RankingTrain, Batch, torch.optim.Optimizer, Callable[[], None]]:
+    """The model, a batch, its optimizer and one training step (forward, backward, Adam)."""
     torch.manual_seed(0)
     model = RankingTrain(build_model(schema, model_config(name, dim))).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as the trainer's dense optimizer
@@ -114,6 +117,11 @@ def bench_model(name: str, schema: Schema, dim: int, B: int, T: int, device: tor
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return model, batch, opt, train_step
+
+
+def bench_model(name: str, schema: Schema, dim: int, B: int, T: int, device: torch.device, warmup: int, steps: int) -> Dict[str, Any]:
+    model, batch, opt, train_step = training_step(name, schema, dim, B, T, device)
     model.train()
     train_s = median_seconds(train_step, warmup, steps, device)
     with FlopCounterMode(display=False) as fc:
@@ -182,17 +190,7 @@ def profile_step(name: str, schema: Schema, dim: int, B: int, T: int, device: to
     operators sorted by their own time, written to ``path``."""
     from torch.profiler import ProfilerActivity, profile
 
-    torch.manual_seed(0)
-    model = RankingTrain(build_model(schema, model_config(name, dim))).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    batch = make_batch(schema, B, T, device)
-
-    def train_step() -> None:
-        loss, _ = model(batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    train_step = training_step(name, schema, dim, B, T, device)[3]
     for _ in range(3):
         train_step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
