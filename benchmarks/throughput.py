@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from interformer_rec.config import ModelConfig, Schema, SyntheticConfig
@@ -96,6 +96,24 @@ def median_seconds(step: Callable[[], None], warmup: int, steps: int, device: to
     return statistics.median(times)
 
 
+def _cpu_sdpa_flop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    return sdpa_flop_count(q.shape, k.shape, v.shape)
+
+
+def _cpu_sdpa_backward_flop(
+    grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, out_shape: Any = None, **kwargs: Any
+) -> int:
+    return sdpa_backward_flop_count(grad.shape, q.shape, k.shape, v.shape)
+
+
+_cpu_sdpa_flop._get_raw = _cpu_sdpa_backward_flop._get_raw = True  # type: ignore[attr-defined]
+# FlopCounterMode counts the CUDA attention kernels only; these are SDPA's CPU kernels
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flop,
+}
+
+
 def matmul_flops(device: torch.device, n: int = 2048, steps: int = 10) -> float:
     """Measured float32 matrix-multiply FLOP/s of this machine (n x n x n)."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
@@ -124,7 +142,7 @@ def bench_model(name: str, schema: Schema, dim: int, B: int, T: int, device: tor
     model, batch, opt, train_step = training_step(name, schema, dim, B, T, device)
     model.train()
     train_s = median_seconds(train_step, warmup, steps, device)
-    with FlopCounterMode(display=False) as fc:
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as fc:
         loss, _ = model(batch)
         loss.backward()
     opt.zero_grad(set_to_none=True)
