@@ -109,7 +109,7 @@ class InterFormerArch(nn.Module):
         """
         T = steps.shape[1]
         step_valid = torch.arange(T, device=steps.device).unsqueeze(0) < lengths.unsqueeze(1)
-        # CLS positions are always valid (pad, not a factory call: fx-traceable by the pipeline)
+        # CLS positions are always valid
         valid = F.pad(step_valid, (self.num_cls, 0), value=True)
         s = torch.cat([self.cls_summary(x), self.masknet(steps, step_valid)], dim=1)  # S¹ [B, c + T, d]
         for layer in self.layers:
