@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
-from torch import nn
+from torch import Tensor, nn
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
@@ -67,12 +67,15 @@ class RankingTrain(nn.Module):
         return loss, (loss.detach(), logits.detach(), batch.labels, batch.groups)
 
 
-def _mean_over_ranks(values: List[float], device: torch.device) -> List[float]:
-    """Element-wise mean of equal-length per-rank lists (one all-reduce; ``device``:
-    where the backend reduces, CUDA for nccl)."""
-    if not values or not dist.is_initialized() or dist.get_world_size() == 1:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+def _mean_over_ranks(values: List[Tensor], device: torch.device) -> List[float]:
+    """Element-wise mean of equal-length per-rank lists of scalar tensors (one stack, one
+    all-reduce, one copy to the host; ``device``: where the backend reduces, CUDA for
+    nccl)."""
+    if not values:
+        return []
+    t = torch.stack(values).to(device=device, dtype=torch.float64)
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return t.cpu().tolist()
     dist.all_reduce(t)
     return (t / dist.get_world_size()).cpu().tolist()
 
@@ -131,7 +134,8 @@ class Trainer:
         self.best: Optional[Dict[str, Any]] = None
         self.step_losses: List[List[float]] = []  # per epoch, the mean loss over ranks of each step
         self._epoch_stats: Dict[str, float] = {}
-        self._local_losses: List[float] = []
+        # this rank's per-step losses, kept on the device: no host sync per step
+        self._local_losses: List[Tensor] = []
         self._rows_per_step_done: Optional[int] = None
         self.writer = None
         if self.env.is_main:
@@ -192,7 +196,7 @@ class Trainer:
     def _epoch_losses(self) -> List[float]:
         """Mean-over-ranks loss of each step of this epoch so far (collective)."""
         done = self._epoch_stats.get("restored_losses", [])
-        return list(done) + _mean_over_ranks(self._local_losses, self.env.device)  # type: ignore[arg-type]
+        return list(done) + _mean_over_ranks(self._local_losses, self.env.device)
 
     def _train_state(self, epoch_done: bool) -> Dict[str, Any]:
         """The training position, for meta.json (collective: gathers RNG states)."""
@@ -299,11 +303,11 @@ class Trainer:
         for out in self._progress(it, steps, f"epoch {epoch}"):
             loss, _, labels, _ = out
             stats["rows"] += labels.size(0) * self.env.world_size
-            self._local_losses.append(loss.item())
+            self._local_losses.append(loss.detach())
             self.global_step += 1
             self.step_in_epoch += 1
             if self.writer and self.global_step % tc.log_every == 0:
-                self.writer.add_scalar("train/loss", self._local_losses[-1], self.global_step)
+                self.writer.add_scalar("train/loss", self._local_losses[-1].item(), self.global_step)
             if every and self.global_step % every == 0 and self.step_in_epoch < total:
                 stats["seconds"] += time.perf_counter() - start
                 start = time.perf_counter()
