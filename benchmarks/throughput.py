@@ -163,6 +163,29 @@ def bench_model(name: str, schema: Schema, dim: int, B: int, T: int, device: tor
     }
 
 
+def forward_flop_split(name: str, schema: Schema, dim: int, B: int, T: int, device: torch.device, min_share: float = 0.02) -> Dict[str, float]:
+    """Forward GFLOP of one step by module (the whole model first, then every submodule
+    holding at least ``min_share`` of it, in call order). Forward only: FlopCounterMode
+    charges backward FLOPs to whichever module is on its stack when autograd runs them,
+    so a per-module backward split would be wrong; backward costs about 2x forward."""
+    model, batch = training_step(name, schema, dim, B, T, device)[:2]
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as fc:
+        model(batch)
+    counts = {m: sum(c.values()) for m, c in fc.get_flop_counts().items() if m != "Global"}
+    total = max(counts.values())
+    return {m.removeprefix("RankingTrain.").removeprefix("model."): f / 1e9 for m, f in counts.items() if f >= min_share * total}
+
+
+def flop_split_markdown(splits: Dict[str, Dict[str, float]], B: int, T: int) -> List[str]:
+    lines = ["", f"Forward GFLOP per step by module (B={B}, T={T}; modules with at least 2 % of their model's)", ""]
+    for name, split in splits.items():
+        total = max(split.values())
+        lines += [f"**{name}** ({total:.3f} GFLOP forward)", "", "| module | GFLOP | share |", "|---|---|---|"]
+        lines += [f"| {'&nbsp;&nbsp;' * m.count('.')}{m} | {f:.4f} | {f / total:.0%} |" for m, f in split.items()]
+        lines.append("")
+    return lines
+
+
 def markdown(rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> str:
     lines = [
         f"Device: {meta['device']}; torch {meta['torch']}; {meta['threads']} threads; "
@@ -281,9 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "matmul_flop_per_s": peak,
         "matmul_gflops": peak / 1e9,
     }
+    split_schema = synthetic_schema(SyntheticConfig(max_len=PROFILE_T))
+    splits = {name: forward_flop_split(name, split_schema, args.dim, args.batch_sizes[0], PROFILE_T, device) for name in args.models}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "throughput.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    md = markdown(rows, meta)
+    (args.out / "throughput.json").write_text(json.dumps({"meta": meta, "rows": rows, "forward_flop_split": splits}, indent=2))
+    md = markdown(rows, meta) + "\n".join(flop_split_markdown(splits, args.batch_sizes[0], PROFILE_T))
     (args.out / "throughput.md").write_text(md)
     plot(rows, args.out / "throughput.png")
     if args.profile:

@@ -12,7 +12,16 @@ from interformer_rec.models.interformer import InterFormer
 from interformer_rec.modules.cross import LCE, PMA, CrossArch, SelfGating, SequenceSummary, gather_recent
 from interformer_rec.modules.embeddings import DenseTokens
 from interformer_rec.modules.interaction import InteractionArch, build_interaction
-from interformer_rec.modules.sequence import PFFN, MaskNet, MultiHeadSelfAttention, SequenceArch, rotary
+from interformer_rec.modules.sequence import (
+    PFFN,
+    MaskNet,
+    MultiHeadSelfAttention,
+    SequenceArch,
+    apply_rotary,
+    recency_positions,
+    rotary,
+    rotary_angles,
+)
 
 B, D, H = 4, 8, 2
 C, P, K = 2, 2, 3  # CLS, PMA seeds, recent
@@ -160,6 +169,39 @@ def test_rope_scores_depend_only_on_relative_position():
     assert not torch.allclose(scores[0, 1], scores[0, 3])
 
 
+def test_recency_positions_count_back_from_the_most_recent_step():
+    pos = recency_positions(torch.tensor([2, 4, 0]), num_cls=2, max_len=4)
+    assert pos.tolist() == [
+        [0, 1, 3, 2, 1, 0],  # 2 steps: the most recent (index 1) at c = 2, padded below c
+        [0, 1, 5, 4, 3, 2],
+        [0, 1, 1, 0, -1, -2],  # no steps: all padded
+    ]
+
+
+def test_recency_positions_make_the_cls_to_step_score_depend_on_age_not_length():
+    """Same query at CLS 0, same key at every step: under RoPE with recency positions the
+    CLS-to-step score of the step of age a is the same in histories of any length; with
+    left-aligned indices it is not (the most recent step moves with the length)."""
+    torch.manual_seed(0)
+    c, T = 2, 6
+    lengths = torch.tensor([2, 4, 6])
+    q, k = torch.randn(D), torch.randn(D)
+    x = torch.cat([q.expand(3, c, D), k.expand(3, T, D)], dim=1)  # [3, c + T, D]
+
+    def cls_scores(positions):
+        rx = apply_rotary(x, *rotary_angles(positions, D))
+        return (rx[:, c:] * rx[:, :1]).sum(-1)  # [3, T]: CLS 0 against every step
+
+    by_age = cls_scores(recency_positions(lengths, c, T))
+    for age in range(2):  # ages 0 and 1 exist in every row
+        at = [by_age[b, lengths[b] - 1 - age] for b in range(3)]
+        torch.testing.assert_close(at[0], at[1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(at[0], at[2], atol=1e-5, rtol=0)
+    by_index = cls_scores(torch.arange(c + T))
+    most_recent = [by_index[b, lengths[b] - 1] for b in range(3)]
+    assert not torch.allclose(most_recent[0], most_recent[2], atol=1e-3)
+
+
 def test_attention_ignores_padded_keys():
     torch.manual_seed(0)
     T = 6
@@ -167,8 +209,9 @@ def test_attention_ignores_padded_keys():
     lengths = _lengths(T)
     valid = _valid(lengths, T)
     s = torch.randn(B, C + T, D)
-    a, b = mha(s, valid), mha(_garbage_padded(s, valid), valid)
-    torch.testing.assert_close(a[valid], b[valid], atol=1e-6, rtol=0)
+    for pos in (None, recency_positions(lengths, C, T)):
+        a, b = mha(s, valid, pos), mha(_garbage_padded(s, valid), valid, pos)
+        torch.testing.assert_close(a[valid], b[valid], atol=1e-6, rtol=0)
 
 
 def _window_allowed(c, T, W):
@@ -188,18 +231,20 @@ def _window_allowed(c, T, W):
 def test_local_attention_matches_full_attention_under_the_window_mask(T, W):
     torch.manual_seed(0)
     mha = MultiHeadSelfAttention(D, H, rope=True, num_global=C, window=W)
-    valid = _valid(_lengths(T), T)
+    lengths = _lengths(T)
+    valid = _valid(lengths, T)
+    pos = recency_positions(lengths, C, T)
     s = torch.randn(B, C + T, D)
-    out = mha(s, valid)
+    out = mha(s, valid, pos)
     # reference: the same weights, full attention with the window rule folded into the mask
     full = MultiHeadSelfAttention(D, H, rope=True)
     full.load_state_dict(mha.state_dict())
     mask = _window_allowed(C, T, W)[None] & valid[:, None, :]  # [B, L, L]
     orig = full._attend
     full._attend = lambda q, k, v, m: orig(q, k, v, mask[:, None])
-    torch.testing.assert_close(out[valid], full(s, valid)[valid], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[valid], full(s, valid, pos)[valid], atol=1e-5, rtol=0)
     # padded keys are ignored on the local path too
-    torch.testing.assert_close(mha(_garbage_padded(s, valid), valid)[valid], out[valid], atol=1e-5, rtol=0)
+    torch.testing.assert_close(mha(_garbage_padded(s, valid), valid, pos)[valid], out[valid], atol=1e-5, rtol=0)
 
 
 def test_local_attention_is_full_attention_when_the_sequence_fits_the_window():
@@ -219,9 +264,10 @@ def test_sequence_arch_zeroes_padding_and_ignores_it():
     lengths = _lengths(T)
     valid = _valid(lengths, T)
     s, x_sum = torch.randn(B, C + T, D), torch.randn(B, C, D)
-    out = arch(s, x_sum, valid)
+    pos = recency_positions(lengths, C, T)
+    out = arch(s, x_sum, valid, pos)
     assert torch.all(out[~valid] == 0)
-    torch.testing.assert_close(arch(_garbage_padded(s, valid), x_sum, valid), out, atol=1e-6, rtol=0)
+    torch.testing.assert_close(arch(_garbage_padded(s, valid), x_sum, valid, pos), out, atol=1e-6, rtol=0)
 
 
 def test_pffn_depends_on_x_sum_and_trains_its_generator():

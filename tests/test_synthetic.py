@@ -9,7 +9,7 @@ import pytest
 
 from interformer_rec.config import SyntheticConfig, load_config
 from interformer_rec.data.reader import ParquetBatchReader
-from interformer_rec.data.synthetic import generate, make_world, synthetic_schema
+from interformer_rec.data.synthetic import TERMS, generate, make_world, synthetic_schema, table_logit_terms
 
 ROOT = Path(__file__).parents[1]
 SMALL = SyntheticConfig(
@@ -68,6 +68,20 @@ def test_true_prob_is_the_label_probability(default_data) -> None:
         m = bins == k
         se = np.sqrt(p[m].mean() * (1 - p[m].mean()) / m.sum())
         assert abs(y[m].mean() - p[m].mean()) < 4 * se + 1e-3, f"decile {k}"
+
+
+def test_logit_terms_rebuilt_from_the_files_add_up_to_true_prob(default_data) -> None:
+    """table_logit_terms (benchmarks/planted.py) recovers every row's planted logit from
+    the columns alone: the terms plus the intercept give the written true_prob."""
+    cfg, out, summary = default_data
+    t = pq.read_table(out / "test.parquet")
+    terms = table_logit_terms(t, cfg)
+    assert list(terms) == list(TERMS)
+    p = t.column("true_prob").to_numpy()
+    logit = sum(terms.values()) + summary["intercept"]
+    np.testing.assert_allclose(1 / (1 + np.exp(-logit)), p, atol=1e-3)  # the intercept is rounded to 1e-4
+    assert terms["item in history"].any() and not terms["item in history"].all()
+    assert np.ptp(terms["category match x recency"]) > 1.0
 
 
 def test_history_carries_planted_signal(default_data) -> None:

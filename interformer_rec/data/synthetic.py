@@ -36,6 +36,7 @@ from typing import Any, Dict
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from interformer_rec.config import (
@@ -152,6 +153,71 @@ def _preferred(world: World, user: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.clip(pos - row * n_cat, 0, n_cat - 1)
 
 
+TERMS = (
+    "segment x category",
+    "context x dense",
+    "item bias",
+    "item in history",
+    "category match x recency",
+    "dense_0 x dense_1",
+)
+
+
+def logit_terms(
+    world: World,
+    cfg: SyntheticConfig,
+    segment: np.ndarray,
+    ctx: np.ndarray,
+    dense: np.ndarray,
+    item: np.ndarray,
+    hist_item: np.ndarray,
+    hist_cat: np.ndarray,
+    valid: np.ndarray,
+) -> Dict[str, np.ndarray]:
+    """The planted click logit without ``b0``, term by term (keys :data:`TERMS`).
+
+    Args:
+        segment, ctx, item: ``[n]`` ids. dense: ``[n, num_dense]``.
+        hist_item, hist_cat: ``[n, T]`` left-aligned histories (most recent last).
+        valid: ``[n, T]`` bool, True at real steps.
+
+    Returns:
+        ``{term: [n] float}``; their sum is the logit less ``b0``.
+    """
+    T = valid.shape[1]
+    age = np.where(valid, valid.sum(1, keepdims=True) - 1 - np.arange(T), 0)  # 0 = most recent
+    item_cat = world.item_cat[item]
+    w = np.exp(-age / world.ctx_tau[ctx][:, None]) * valid
+    cat_match = np.tanh((w * (hist_cat == item_cat[:, None])).sum(1))
+    n = len(item)
+    return dict(zip(TERMS, (
+        world.seg_cat[segment, item_cat],
+        (world.ctx_dense[ctx] * dense).sum(1),
+        world.item_bias[item],
+        ITEM_MATCH_WEIGHT * ((hist_item == item[:, None]) & valid).any(1),
+        world.ctx_gain[ctx] * cat_match,
+        0.5 * dense[:, 0] * dense[:, 1] if cfg.num_dense >= 2 else np.zeros(n),
+    )))
+
+
+def table_logit_terms(table: pa.Table, cfg: SyntheticConfig) -> Dict[str, np.ndarray]:
+    """:func:`logit_terms` of the rows of a table :func:`generate` wrote for ``cfg``,
+    rebuilt from its columns (for diagnosing what a trained model has learned)."""
+    world = make_world(cfg)
+    col = lambda name: table.column(name).to_numpy()  # noqa: E731
+    lengths = pa.compute.list_value_length(table.column("hist_item_ids")).to_numpy(zero_copy_only=False)
+    valid = np.arange(cfg.max_len) < lengths[:, None]
+
+    def grid(name: str) -> np.ndarray:
+        out = np.zeros(valid.shape, dtype=np.int64)
+        out[valid] = pa.compute.list_flatten(table.column(name)).to_numpy()
+        return out
+
+    dense = np.stack([col(c) for c in dense_names(cfg)], axis=1).astype(np.float64)
+    return logit_terms(world, cfg, col("user_segment"), col("context"), dense, col("item_id"),
+                       grid("hist_item_ids"), grid("hist_cat_ids"), valid)
+
+
 def _impressions(
     world: World, cfg: SyntheticConfig, n: int, rng: np.random.Generator
 ) -> Dict[str, Any]:
@@ -181,18 +247,8 @@ def _impressions(
     item = np.where(has & (mode < 0.2), hist_item[rows, step], item)
     item_cat = world.item_cat[item]
 
-    in_history = ((hist_item == item[:, None]) & valid).any(1)
-    w = np.exp(-age / world.ctx_tau[ctx][:, None]) * valid
-    cat_match = np.tanh((w * (hist_cat == item_cat[:, None])).sum(1))
-    logit = (
-        world.seg_cat[world.user_seg[user], item_cat]
-        + (world.ctx_dense[ctx] * dense).sum(1)
-        + world.item_bias[item]
-        + ITEM_MATCH_WEIGHT * in_history
-        + world.ctx_gain[ctx] * cat_match
-    )
-    if cfg.num_dense >= 2:
-        logit = logit + 0.5 * dense[:, 0] * dense[:, 1]
+    terms = logit_terms(world, cfg, world.user_seg[user], ctx, dense, item, hist_item, hist_cat, valid)
+    logit = sum(terms.values())
     return dict(
         user=user, ctx=ctx, dense=dense, length=length, valid=valid,
         hist_item=hist_item, hist_cat=hist_cat, item=item, item_cat=item_cat, logit=logit,

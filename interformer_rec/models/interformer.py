@@ -28,7 +28,7 @@ from interformer_rec.config import InterFormerConfig, ModelConfig, Schema
 from interformer_rec.modules.cross import CrossArch, NonSequenceSummary
 from interformer_rec.modules.embeddings import DenseTokens, build_ebc, build_ec, pooled_tokens, unpooled_tokens
 from interformer_rec.modules.interaction import InteractionArch
-from interformer_rec.modules.sequence import MaskNet, SequenceArch
+from interformer_rec.modules.sequence import MaskNet, SequenceArch, recency_positions
 
 
 def num_parameters(model: nn.Module) -> int:
@@ -55,19 +55,20 @@ class InterFormerLayer(nn.Module):
             c, dim, cfg.num_heads, cfg.ffn_hidden, cfg.rope, cfg.dropout, window=cfg.attention_window
         )
 
-    def forward(self, x: Tensor, s: Tensor, valid: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, s: Tensor, valid: Tensor, lengths: Tensor, positions: Tensor) -> Tuple[Tensor, Tensor]:
         """
         Args:
             x: ``[B, n, d]`` non-sequence tokens ``X^l``.
             s: ``[B, c + T, d]`` sequence ``S^l`` (CLS first, zeros at padded steps).
             valid: ``[B, c + T]`` bool.
             lengths: ``[B]`` real steps per row.
+            positions: ``[B, c + T]`` rotary positions (:func:`recency_positions`).
 
         Returns:
             ``X^{l+1} [B, n, d]``, ``S^{l+1} [B, c + T, d]``.
         """
         x_sum, s_sum = self.cross_arch(x, s, valid, lengths)
-        return self.interaction_arch(x, s_sum), self.sequence_arch(s, x_sum, valid)
+        return self.interaction_arch(x, s_sum), self.sequence_arch(s, x_sum, valid, positions)
 
 
 class InterFormerArch(nn.Module):
@@ -111,9 +112,10 @@ class InterFormerArch(nn.Module):
         step_valid = torch.arange(T, device=steps.device).unsqueeze(0) < lengths.unsqueeze(1)
         # CLS positions are always valid
         valid = F.pad(step_valid, (self.num_cls, 0), value=True)
+        positions = recency_positions(lengths, self.num_cls, T)
         s = torch.cat([self.cls_summary(x), self.masknet(steps, step_valid)], dim=1)  # S¹ [B, c + T, d]
         for layer in self.layers:
-            x, s = layer(x, s, valid, lengths)
+            x, s = layer(x, s, valid, lengths, positions)
         x_sum, s_sum = self.final_cross_arch(x, s, valid, lengths)
         return self.over_arch(torch.cat([x_sum.flatten(1), s_sum.flatten(1)], dim=1))
 

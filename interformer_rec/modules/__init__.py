@@ -18,7 +18,7 @@ from interformer_rec.modules.interaction import (
     ProjectionInteraction,
     build_interaction,
 )
-from interformer_rec.modules.sequence import PFFN, MaskNet, MultiHeadSelfAttention, SequenceArch, rotary
+from interformer_rec.modules.sequence import PFFN, MaskNet, MultiHeadSelfAttention, SequenceArch, recency_positions, rotary
 
 __all__ = [
     "CrossArch",
@@ -41,5 +41,6 @@ __all__ = [
     "build_ec",
     "build_interaction",
     "gather_recent",
+    "recency_positions",
     "rotary",
 ]

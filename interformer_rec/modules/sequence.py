@@ -1,6 +1,7 @@
 """Sequence side of InterFormer: MaskNet (unifies the parallel sequences), rotary
-position embeddings, multi-head self-attention on SDPA, the personalized FFN whose
-weights are generated from the non-sequence summary, and the Sequence Arch block.
+position embeddings (positions counted back from the most recent step), multi-head
+self-attention on SDPA, the personalized FFN whose weights are generated from the
+non-sequence summary, and the Sequence Arch block.
 
 Sequences are ``[B, T', d]`` with a ``valid [B, T']`` boolean mask (True at CLS
 positions and real steps). Padded positions are masked out of every attention and
@@ -9,7 +10,7 @@ zeroed at the output of each block, so they can never leak into later layers.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,16 +49,40 @@ class MaskNet(nn.Module):
         return torch.where(valid.unsqueeze(-1), out, torch.zeros_like(out))
 
 
-def rotary_angles(length: int, head_dim: int, device: torch.device, base: float = 10000.0) -> Tuple[Tensor, Tensor]:
-    """``cos`` and ``sin`` of the rotary angles at positions ``0..length-1``.
+def rotary_angles(positions: Tensor, head_dim: int, base: float = 10000.0) -> Tuple[Tensor, Tensor]:
+    """``cos`` and ``sin`` of the rotary angles at ``positions``.
+
+    Args:
+        positions: ``[T']`` or ``[B, T']`` (any integer or float positions).
 
     Returns:
-        two ``[length, head_dim / 2]`` tensors.
+        two ``[..., T', head_dim / 2]`` tensors (leading dims as ``positions``).
     """
     half = head_dim // 2
-    inv_freq = base ** (-torch.arange(half, device=device, dtype=torch.float32) / half)
-    angles = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1) * inv_freq
+    inv_freq = base ** (-torch.arange(half, device=positions.device, dtype=torch.float32) / half)
+    angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq
     return angles.cos(), angles.sin()
+
+
+def recency_positions(lengths: Tensor, num_cls: int, max_len: int) -> Tensor:
+    """Positions of ``[CLS ; steps]`` for rotary embeddings that make recency visible:
+    the ``c`` CLS tokens sit at ``0..c-1`` and a real step at ``c + age``, where ``age``
+    is 0 for the most recent step. With RoPE the CLS-to-step offset is then the step's
+    age whatever the history length (left-aligned indices would give its distance from
+    the *oldest* step instead). Padded steps get positions below ``c``; they are masked.
+
+    Args:
+        lengths: ``[B]`` real steps per row.
+        num_cls: ``c``.
+        max_len: ``T``.
+
+    Returns:
+        ``[B, c + T]`` int64.
+    """
+    t = torch.arange(max_len, device=lengths.device)
+    steps = num_cls + lengths.to(torch.int64).unsqueeze(1) - 1 - t  # [B, T]
+    cls = torch.arange(num_cls, device=lengths.device).expand(lengths.shape[0], num_cls)
+    return torch.cat([cls, steps], dim=1)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -65,7 +90,8 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
     Args:
         x: ``[..., T', dh]`` (any leading dims: queries and keys can be rotated at once).
-        cos, sin: ``[T', dh / 2]`` from :func:`rotary_angles`.
+        cos, sin: ``[T', dh / 2]`` or ``[B, 1, T', dh / 2]`` from :func:`rotary_angles`
+            (broadcast against ``x``).
 
     Returns:
         ``[..., T', dh]``.
@@ -77,7 +103,7 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 def rotary(x: Tensor, base: float = 10000.0) -> Tensor:
     """:func:`apply_rotary` at positions ``0..T'-1`` of ``x [..., T', dh]`` (``dh`` even)."""
-    cos, sin = rotary_angles(x.shape[-2], x.shape[-1], x.device, base)
+    cos, sin = rotary_angles(torch.arange(x.shape[-2], device=x.device), x.shape[-1], base)
     return apply_rotary(x, cos, sin)
 
 
@@ -120,12 +146,14 @@ class MultiHeadSelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, s: Tensor, valid: Tensor) -> Tensor:
+    def forward(self, s: Tensor, valid: Tensor, positions: Optional[Tensor] = None) -> Tensor:
         """
         Args:
             s: ``[B, T', d]`` (``num_global`` leading positions, then the steps).
             valid: ``[B, T']`` bool key-padding mask (at least one True per row; the
                 global positions always True when ``window > 0``).
+            positions: ``[B, T']`` rotary positions (default ``0..T'-1``; see
+                :func:`recency_positions`).
 
         Returns:
             ``[B, T', d]`` (rows of padded queries are garbage: the caller zeroes them).
@@ -134,7 +162,10 @@ class MultiHeadSelfAttention(nn.Module):
         h = self.num_heads
         qkv = self.qkv(s).view(B, L, 3, h, d // h).permute(2, 0, 3, 1, 4)  # [3, B, h, T', dh]
         if self.rope:
-            cos, sin = rotary_angles(L, d // h, s.device)
+            if positions is None:
+                cos, sin = rotary_angles(torch.arange(L, device=s.device), d // h)
+            else:
+                cos, sin = (a.unsqueeze(1) for a in rotary_angles(positions, d // h))  # [B, 1, T', dh/2]
             qk = apply_rotary(qkv[:2], cos, sin)
             q, k, v = qk[0], qk[1], qkv[2]
         else:
@@ -248,18 +279,19 @@ class SequenceArch(nn.Module):
         self.norm3 = nn.LayerNorm(dim) if ffn_hidden else None
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, s: Tensor, x_sum: Tensor, valid: Tensor) -> Tensor:
+    def forward(self, s: Tensor, x_sum: Tensor, valid: Tensor, positions: Optional[Tensor] = None) -> Tensor:
         """
         Args:
             s: ``[B, c + T, d]`` sequence (CLS positions first).
             x_sum: ``[B, c, d]`` non-sequence summary of the same layer.
             valid: ``[B, c + T]`` bool.
+            positions: ``[B, c + T]`` rotary positions (:func:`recency_positions`).
 
         Returns:
             ``[B, c + T, d]``, zeros at invalid positions.
         """
         s = self.norm1(s + self.drop(self.pffn(s, x_sum)))
-        s = self.norm2(s + self.drop(self.mha(s, valid)))
+        s = self.norm2(s + self.drop(self.mha(s, valid, positions)))
         if self.ffn is not None:
             s = self.norm3(s + self.drop(self.ffn(s)))
         return torch.where(valid.unsqueeze(-1), s, torch.zeros_like(s))
