@@ -104,9 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"{path}: the rebuilt terms miss the written {ORACLE} by {gap:.2g} (generator changed?)")
         logits, labels = model_logits(model, cfg, path)
         name = cfg.model.name + (f":{cfg.model.interformer.interaction}" if cfg.model.name == "interformer" else "")
-        rows.append({"model": name, "run": str(run), "auc": auc_of(logits, labels), **regress(logits, terms)})
+        rows.append({"model": f"{name}, seed {cfg.train.seed}", "run": str(run), "auc": auc_of(logits, labels), **regress(logits, terms)})
         oracle = {"model": "oracle", "run": "", "auc": auc_of(terms["logit"], labels), **regress(terms["logit"], terms)}
-        print(f"{name:<24} test AUC {rows[-1]['auc']:.4f}  R² {rows[-1]['r2']:.3f}", flush=True)
+        print(f"{rows[-1]['model']:<32} test AUC {rows[-1]['auc']:.4f}  R² {rows[-1]['r2']:.3f}", flush=True)
     rows.append(oracle)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "planted.json").write_text(json.dumps(rows, indent=2))

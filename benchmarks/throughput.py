@@ -163,25 +163,35 @@ def bench_model(name: str, schema: Schema, dim: int, B: int, T: int, device: tor
     }
 
 
-def forward_flop_split(name: str, schema: Schema, dim: int, B: int, T: int, device: torch.device, min_share: float = 0.02) -> Dict[str, float]:
-    """Forward GFLOP of one step by module (the whole model first, then every submodule
-    holding at least ``min_share`` of it, in call order). Forward only: FlopCounterMode
-    charges backward FLOPs to whichever module is on its stack when autograd runs them,
-    so a per-module backward split would be wrong; backward costs about 2x forward."""
+def forward_flop_split(
+    name: str, schema: Schema, dim: int, B: int, T: int, device: torch.device, min_share: float = 0.02, max_depth: int = 5
+) -> Dict[str, float]:
+    """Forward GFLOP of one step by submodule of the model (paths relative to it, tree
+    order, at most ``max_depth`` levels, at least ``min_share`` of the whole; TorchRec's
+    ``_mlp`` / ``_linear`` wrappers are folded into their parent). Forward only:
+    FlopCounterMode charges backward FLOPs to whichever module is on its stack when
+    autograd runs them, so a per-module backward split would be wrong (backward costs
+    about 2x forward)."""
     model, batch = training_step(name, schema, dim, B, T, device)[:2]
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as fc:
         model(batch)
-    counts = {m: sum(c.values()) for m, c in fc.get_flop_counts().items() if m != "Global"}
-    total = max(counts.values())
-    return {m.removeprefix("RankingTrain.").removeprefix("model."): f / 1e9 for m, f in counts.items() if f >= min_share * total}
+    counts = {m: sum(c.values()) for m, c in fc.get_flop_counts().items()}
+    total = counts["RankingTrain.model"]
+    split = {"(whole model)": total / 1e9}
+    for m, f in sorted(counts.items()):
+        path = m.removeprefix("RankingTrain.model.")
+        if path == m or f < min_share * total or path.count(".") >= max_depth or "._" in path:
+            continue
+        split[path] = f / 1e9
+    return split
 
 
 def flop_split_markdown(splits: Dict[str, Dict[str, float]], B: int, T: int) -> List[str]:
     lines = ["", f"Forward GFLOP per step by module (B={B}, T={T}; modules with at least 2 % of their model's)", ""]
     for name, split in splits.items():
-        total = max(split.values())
-        lines += [f"**{name}** ({total:.3f} GFLOP forward)", "", "| module | GFLOP | share |", "|---|---|---|"]
-        lines += [f"| {'&nbsp;&nbsp;' * m.count('.')}{m} | {f:.4f} | {f / total:.0%} |" for m, f in split.items()]
+        total = split["(whole model)"]
+        lines += [f"**{name}**", "", "| module | GFLOP | share |", "|---|---|---|"]
+        lines += [f"| {m} | {f:.4f} | {f / total:.0%} |" for m, f in split.items()]
         lines.append("")
     return lines
 

@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("bench", help="run a benchmark from benchmarks/ (quality, throughput, ...)")
-    b.add_argument("name", help="benchmark name: quality, throughput, scaling, serving, data")
+    b.add_argument("name", help="benchmark name: quality, throughput, planted, scaling, serving, data")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     b.set_defaults(func=cmd_bench)
 
