@@ -115,5 +115,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(md)
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())
