@@ -5,6 +5,8 @@ For every data set, model and seed it runs ``interformer-rec train`` (one proces
 run, ``--jobs`` at a time) and collects the test metrics of the best validation epoch.
 Every model gets the same tuning budget: the same ``--grid`` of overrides is tried on the
 first seed and the setting with the best validation AUC is then run on every seed.
+A finished run is reused when the config it saved equals the one it would run with now
+(a changed model default or config file retrains it); code changes are not detected.
 
     python benchmarks/quality.py --datasets synthetic movielens --seeds 0 1 2
     interformer-rec bench quality --datasets movielens --seeds 0 1 2 --jobs 2
@@ -19,6 +21,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,6 +29,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
+
+import yaml
+
+from interformer_rec.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = [
@@ -56,9 +63,16 @@ def run_one(dataset: str, model: str, seed: int, overrides: Sequence[str], out: 
         o.split("=")[-1] for o in overrides
     ).replace("/", "-")
     metrics = run_dir / "metrics.json"
+    sets = [*extra, f"train.seed={seed}", f"train.out_dir={run_dir}", "train.progress=false", *overrides]
+    saved = run_dir / "config.yaml"
+    if metrics.exists() and (
+        not saved.exists() or yaml.safe_load(saved.read_text()) != load_config(config, sets).to_dict()
+    ):
+        print(f"{run_dir}: its config differs from the current one; retraining", flush=True)
+        shutil.rmtree(run_dir)
     if not metrics.exists():
         cmd = [sys.executable, "-m", "interformer_rec.cli", "train", "--config", str(config)]
-        for o in [*extra, f"train.seed={seed}", f"train.out_dir={run_dir}", "train.progress=false", *overrides]:
+        for o in sets:
             cmd += ["--set", o]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         run_dir.mkdir(parents=True, exist_ok=True)

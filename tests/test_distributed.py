@@ -69,12 +69,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+DROPOUT = "model.interformer.dropout=0.1"
+
+
 def _overrides(data: Path, out: Path, batch: int, tables: Dict[str, Any], *extra: str) -> List[str]:
     return [
         f"data.train={data}/train.parquet",
         f"data.valid={data}/valid.parquet",
         "data.test=null",
         "model.name=interformer",
+        # dropout masks are drawn per rank: runs on different world sizes agree only without it
+        "model.interformer.dropout=0.0",
         "train.epochs=1",
         f"train.batch_size={batch}",
         "train.eval_batch_size=256",
@@ -189,13 +194,17 @@ def _load(path: Path) -> Dict[str, Any]:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     """Five runs, shared by the tests below:
 
-    1. 2 ranks: fit under PLAN_A (checkpoint every 2 steps), PLAN_B and PLAN_C.
+    1. 2 ranks: fit under PLAN_A (checkpoint every 2 steps), PLAN_B and PLAN_C; PLAN_A
+       with dropout.
     2. 1 rank, batch 2B, in this process: fit the reference; evaluate A's checkpoint
        (2 -> 1 ranks).
     3. 2 ranks: evaluate the reference's checkpoint under PLAN_A (1 -> 2 ranks); fit
        PLAN_A again, SIGKILLed while writing its step-6 checkpoint.
     4. 1 rank, in this process: resume a copy of the killed run (another world size).
-    5. 2 ranks: resume the killed run.
+    5. 2 ranks: fit PLAN_A with dropout, SIGKILLed while writing its step-6 checkpoint.
+    6. 2 ranks: resume both killed runs.
+
+    Every run but the dropout ones sets dropout to 0 (see :func:`_overrides`).
     """
     tmp = tmp_path_factory.mktemp("dist")
     data = tmp / "data"
@@ -212,6 +221,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
         {"kind": "fit", "overrides": o("a", 2, PLAN_A, every), "result": tmp / "a.json"},
         {"kind": "fit", "overrides": o("b", 2, PLAN_B), "result": tmp / "b.json"},
         {"kind": "fit", "overrides": o("c", 2, PLAN_C, "dist.cpu_row_wise=true"), "result": tmp / "c.json"},
+        {"kind": "fit", "overrides": o("d", 2, PLAN_A, every, DROPOUT), "result": tmp / "d.json"},
     ])
     r["times"]["1 rank (in process): fit ref, eval A"] = _inline([
         {"kind": "fit", "overrides": o("ref", 1, {}), "result": tmp / "ref.json"},
@@ -226,10 +236,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     r["times"]["1 rank (in process): resume the 2-rank job"] = _inline([
         {"kind": "fit", "overrides": o("k1", 1, {}, every, "train.resume=true"), "result": tmp / "k1.json"},
     ])
-    r["times"]["2 ranks: resume"] = _spawn(2, [
+    r["times"]["2 ranks: fit killed, with dropout"] = _spawn(2, [
+        {"kind": "fit", "overrides": o("kd", 2, PLAN_A, every, DROPOUT), "result": tmp / "kd_first.json",
+         "kill_in_save": "step_00000006"},
+    ], expect_kill=True)
+    r["times"]["2 ranks: resume both"] = _spawn(2, [
         {"kind": "fit", "overrides": o("k", 2, PLAN_A, every, "train.resume=true"), "result": tmp / "k.json"},
+        {"kind": "fit", "overrides": o("kd", 2, PLAN_A, every, DROPOUT, "train.resume=true"), "result": tmp / "kd.json"},
     ])
-    for name in ("a", "b", "c", "ref", "a_on_1", "ref_on_2", "k", "k1"):
+    for name in ("a", "b", "c", "d", "ref", "a_on_1", "ref_on_2", "k", "k1", "kd"):
         r[name] = _load(tmp / f"{name}.json")
     print("spawn times:", {k: round(v, 1) for k, v in r["times"].items()})
     return r
@@ -348,6 +363,17 @@ def test_killed_job_resumes_where_it_stopped(runs: Dict[str, Any]) -> None:
     print(f"kill/resume on 1 rank: losses {k1['step_losses'][0]}, valid AUC {k1['valid']['auc']:.6f}")
     print(f"kill/resume: left {listing}; resumed losses {k['step_losses'][0]}; uninterrupted "
           f"{a['step_losses'][0]}; valid AUC {k['valid']['auc']:.6f} vs {a['valid']['auc']:.6f}")
+
+
+@pytest.mark.timeout(700)
+def test_killed_job_with_dropout_resumes_exactly(runs: Dict[str, Any]) -> None:
+    # the checkpoint restores every rank's RNG state, so the dropout masks after the
+    # resume are the ones the uninterrupted run drew
+    kd, d, a = runs["kd"], runs["d"], runs["a"]
+    assert kd["step_losses"][0][:4] == d["step_losses"][0][:4]
+    assert kd["step_losses"][0] == pytest.approx(d["step_losses"][0], abs=1e-6)
+    assert kd["valid"]["auc"] == pytest.approx(d["valid"]["auc"], abs=1e-6)
+    assert max(abs(x - y) for x, y in zip(d["step_losses"][0][1:], a["step_losses"][0][1:])) > 1e-4  # dropout acted
 
 
 # --------------------------------------------------------------------------- no spawn
