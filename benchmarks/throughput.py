@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -70,11 +71,23 @@ def make_batch(schema: Schema, batch_size: int, seq_len: int, device: torch.devi
     ).to(device)
 
 
-def model_config(name: str, dim: int) -> ModelConfig:
+def model_config(name: str, dim: int, sets: Sequence[str] = ()) -> ModelConfig:
+    """The default config of ``name`` (``interformer:<interaction>`` or a baseline) with
+    ``sets``: ``dotted.key=value`` below ``model`` (value parsed as YAML), e.g.
+    ``interformer.attention_dropout=0``."""
     base, _, interaction = name.partition(":")
     cfg = ModelConfig(name=base, embedding_dim=dim)  # type: ignore[arg-type]
     if interaction:
         cfg.interformer.interaction = interaction  # type: ignore[assignment]
+    for item in sets:
+        key, sep, val = item.partition("=")
+        *path, leaf = key.split(".")
+        node = cfg
+        for part in path:
+            node = getattr(node, part, None)
+        if not sep or node is None or not hasattr(node, leaf):
+            raise SystemExit(f"--set {item!r}: expected model.<dotted.key>=value naming a field of ModelConfig")
+        setattr(node, leaf, yaml.safe_load(val))
     return cfg
 
 
@@ -121,11 +134,11 @@ def matmul_flops(device: torch.device, n: int = 2048, steps: int = 10) -> float:
 
 
 def training_step(
-    name: str, schema: Schema, dim: int, B: int, T: int, device: torch.device
+    name: str, schema: Schema, dim: int, B: int, T: int, device: torch.device, sets: Sequence[str] = ()
 ) -> Tuple[RankingTrain, Batch, torch.optim.Optimizer, Callable[[], None]]:
     """The model, a batch, its optimizer and one training step (forward, backward, Adam)."""
     torch.manual_seed(0)
-    model = RankingTrain(build_model(schema, model_config(name, dim))).to(device)
+    model = RankingTrain(build_model(schema, model_config(name, dim, sets))).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as the trainer's dense optimizer
     batch = make_batch(schema, B, T, device)
 
@@ -138,8 +151,10 @@ def training_step(
     return model, batch, opt, train_step
 
 
-def bench_model(name: str, schema: Schema, dim: int, B: int, T: int, device: torch.device, warmup: int, steps: int) -> Dict[str, Any]:
-    model, batch, opt, train_step = training_step(name, schema, dim, B, T, device)
+def bench_model(
+    name: str, schema: Schema, dim: int, B: int, T: int, device: torch.device, warmup: int, steps: int, sets: Sequence[str] = ()
+) -> Dict[str, Any]:
+    model, batch, opt, train_step = training_step(name, schema, dim, B, T, device, sets)
     model.train()
     train_s = median_seconds(train_step, warmup, steps, device)
     with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as fc:
@@ -164,7 +179,15 @@ def bench_model(name: str, schema: Schema, dim: int, B: int, T: int, device: tor
 
 
 def forward_flop_split(
-    name: str, schema: Schema, dim: int, B: int, T: int, device: torch.device, min_share: float = 0.02, max_depth: int = 5
+    name: str,
+    schema: Schema,
+    dim: int,
+    B: int,
+    T: int,
+    device: torch.device,
+    min_share: float = 0.02,
+    max_depth: int = 5,
+    sets: Sequence[str] = (),
 ) -> Dict[str, float]:
     """Forward GFLOP of one step by submodule of the model (paths relative to it, tree
     order, at most ``max_depth`` levels, at least ``min_share`` of the whole; TorchRec's
@@ -172,7 +195,7 @@ def forward_flop_split(
     FlopCounterMode charges backward FLOPs to whichever module is on its stack when
     autograd runs them, so a per-module backward split would be wrong (backward costs
     about 2x forward)."""
-    model, batch = training_step(name, schema, dim, B, T, device)[:2]
+    model, batch = training_step(name, schema, dim, B, T, device, sets)[:2]
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as fc:
         model(batch)
     counts = {m: sum(c.values()) for m, c in fc.get_flop_counts().items()}
@@ -199,7 +222,8 @@ def flop_split_markdown(splits: Dict[str, Dict[str, float]], B: int, T: int) -> 
 def markdown(rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> str:
     lines = [
         f"Device: {meta['device']}; torch {meta['torch']}; {meta['threads']} threads; "
-        f"matmul peak (fp32 {meta['matmul_n']}³): {meta['matmul_gflops']:.1f} GFLOP/s",
+        f"matmul peak (fp32 {meta['matmul_n']}³): {meta['matmul_gflops']:.1f} GFLOP/s"
+        + (f"; model overrides: {', '.join(meta['model_overrides'])}" if meta.get("model_overrides") else ""),
         "",
         "| model | B | T | train samples/s | × fastest DLRM | infer samples/s | × fastest DLRM | GFLOP/step | GFLOP/s (% of matmul) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -236,12 +260,14 @@ def growth(rows: List[Dict[str, Any]]) -> List[str]:
     return lines
 
 
-def profile_step(name: str, schema: Schema, dim: int, B: int, T: int, device: torch.device, path: Path) -> None:
+def profile_step(
+    name: str, schema: Schema, dim: int, B: int, T: int, device: torch.device, path: Path, sets: Sequence[str] = ()
+) -> None:
     """torch.profiler table of one model's training step (5 steps after 3 of warm-up),
     operators sorted by their own time, written to ``path``."""
     from torch.profiler import ProfilerActivity, profile
 
-    train_step = training_step(name, schema, dim, B, T, device)[3]
+    train_step = training_step(name, schema, dim, B, T, device, sets)[3]
     for _ in range(3):
         train_step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -288,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=ROOT / "results")
     p.add_argument("--profile", action="store_true", help=f"also write results/profile_<model>.txt (torch.profiler, T={PROFILE_T})")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a model default below `model`, e.g. interformer.attention_dropout=0 (repeatable)",
+    )
     args = p.parse_args(argv)
     device = torch.device(args.device)
 
@@ -296,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for T in args.seq_lens:
             schema = synthetic_schema(SyntheticConfig(max_len=T))
             for name in args.models:
-                r = bench_model(name, schema, args.dim, B, T, device, args.warmup, args.steps)
+                r = bench_model(name, schema, args.dim, B, T, device, args.warmup, args.steps, args.set)
                 print(f"B={B:<5} T={T:<4} {name:<18} train {r['train_samples_per_s']:>9,.0f}/s  infer {r['infer_samples_per_s']:>10,.0f}/s", flush=True)
                 rows.append(r)
     for r in rows:
@@ -313,9 +343,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "matmul_n": peak_n,
         "matmul_flop_per_s": peak,
         "matmul_gflops": peak / 1e9,
+        "model_overrides": args.set,
     }
     split_schema = synthetic_schema(SyntheticConfig(max_len=PROFILE_T))
-    splits = {name: forward_flop_split(name, split_schema, args.dim, args.batch_sizes[0], PROFILE_T, device) for name in args.models}
+    splits = {
+        name: forward_flop_split(name, split_schema, args.dim, args.batch_sizes[0], PROFILE_T, device, sets=args.set)
+        for name in args.models
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "throughput.json").write_text(json.dumps({"meta": meta, "rows": rows, "forward_flop_split": splits}, indent=2))
     md = markdown(rows, meta) + "\n".join(flop_split_markdown(splits, args.batch_sizes[0], PROFILE_T))
@@ -324,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         schema = synthetic_schema(SyntheticConfig(max_len=PROFILE_T))
         for name in args.models:
-            profile_step(name, schema, args.dim, args.batch_sizes[0], PROFILE_T, device, args.out / f"profile_{name.replace(':', '_')}.txt")
+            path = args.out / f"profile_{name.replace(':', '_')}.txt"
+            profile_step(name, schema, args.dim, args.batch_sizes[0], PROFILE_T, device, path, args.set)
     print(md)
     return 0
 

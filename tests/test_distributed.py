@@ -69,7 +69,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-DROPOUT = "model.interformer.dropout=0.1"
+DROPOUT = ("model.interformer.dropout=0.1", "model.interformer.attention_dropout=0.1")
 
 
 def _overrides(data: Path, out: Path, batch: int, tables: Dict[str, Any], *extra: str) -> List[str]:
@@ -80,6 +80,7 @@ def _overrides(data: Path, out: Path, batch: int, tables: Dict[str, Any], *extra
         "model.name=interformer",
         # dropout masks are drawn per rank: runs on different world sizes agree only without it
         "model.interformer.dropout=0.0",
+        "model.interformer.attention_dropout=0.0",
         "train.epochs=1",
         f"train.batch_size={batch}",
         "train.eval_batch_size=256",
@@ -221,7 +222,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
         {"kind": "fit", "overrides": o("a", 2, PLAN_A, every), "result": tmp / "a.json"},
         {"kind": "fit", "overrides": o("b", 2, PLAN_B), "result": tmp / "b.json"},
         {"kind": "fit", "overrides": o("c", 2, PLAN_C, "dist.cpu_row_wise=true"), "result": tmp / "c.json"},
-        {"kind": "fit", "overrides": o("d", 2, PLAN_A, every, DROPOUT), "result": tmp / "d.json"},
+        {"kind": "fit", "overrides": o("d", 2, PLAN_A, every, *DROPOUT), "result": tmp / "d.json"},
     ])
     r["times"]["1 rank (in process): fit ref, eval A"] = _inline([
         {"kind": "fit", "overrides": o("ref", 1, {}), "result": tmp / "ref.json"},
@@ -237,12 +238,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
         {"kind": "fit", "overrides": o("k1", 1, {}, every, "train.resume=true"), "result": tmp / "k1.json"},
     ])
     r["times"]["2 ranks: fit killed, with dropout"] = _spawn(2, [
-        {"kind": "fit", "overrides": o("kd", 2, PLAN_A, every, DROPOUT), "result": tmp / "kd_first.json",
+        {"kind": "fit", "overrides": o("kd", 2, PLAN_A, every, *DROPOUT), "result": tmp / "kd_first.json",
          "kill_in_save": "step_00000006"},
     ], expect_kill=True)
     r["times"]["2 ranks: resume both"] = _spawn(2, [
         {"kind": "fit", "overrides": o("k", 2, PLAN_A, every, "train.resume=true"), "result": tmp / "k.json"},
-        {"kind": "fit", "overrides": o("kd", 2, PLAN_A, every, DROPOUT, "train.resume=true"), "result": tmp / "kd.json"},
+        {"kind": "fit", "overrides": o("kd", 2, PLAN_A, every, *DROPOUT, "train.resume=true"), "result": tmp / "kd.json"},
     ])
     for name in ("a", "b", "c", "d", "ref", "a_on_1", "ref_on_2", "k", "k1", "kd"):
         r[name] = _load(tmp / f"{name}.json")

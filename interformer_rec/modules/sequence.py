@@ -255,9 +255,10 @@ class SequenceArch(nn.Module):
         num_heads: attention heads.
         ffn_hidden: hidden width of the position-wise FFN (0: none, as in the paper).
         rope: rotary position embeddings in the attention.
-        dropout: dropout on attention weights and on the residual branches.
+        dropout: dropout on the residual branches.
         window: local attention block size (0: full attention); see
             :class:`MultiHeadSelfAttention`.
+        attention_dropout: dropout on the attention weights.
     """
 
     def __init__(
@@ -269,11 +270,14 @@ class SequenceArch(nn.Module):
         rope: bool = True,
         dropout: float = 0.0,
         window: int = 0,
+        attention_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.pffn = PFFN(num_cls, dim)
         self.norm1 = nn.LayerNorm(dim)
-        self.mha = MultiHeadSelfAttention(dim, num_heads, rope=rope, dropout=dropout, num_global=num_cls, window=window)
+        self.mha = MultiHeadSelfAttention(
+            dim, num_heads, rope=rope, dropout=attention_dropout, num_global=num_cls, window=window
+        )
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = MLP(dim, [ffn_hidden, dim], activation=nn.SiLU, activation_on_last=False) if ffn_hidden else None
         self.norm3 = nn.LayerNorm(dim) if ffn_hidden else None
