@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
-import yaml
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from interformer_rec.config import ModelConfig, Schema, SyntheticConfig
+from interformer_rec.config import ModelConfig, Schema, SyntheticConfig, with_overrides
 from interformer_rec.data.batch import Batch
 from interformer_rec.data.synthetic import synthetic_schema
 from interformer_rec.models import build_model, num_parameters
@@ -79,16 +78,7 @@ def model_config(name: str, dim: int, sets: Sequence[str] = ()) -> ModelConfig:
     cfg = ModelConfig(name=base, embedding_dim=dim)  # type: ignore[arg-type]
     if interaction:
         cfg.interformer.interaction = interaction  # type: ignore[assignment]
-    for item in sets:
-        key, sep, val = item.partition("=")
-        *path, leaf = key.split(".")
-        node = cfg
-        for part in path:
-            node = getattr(node, part, None)
-        if not sep or node is None or not hasattr(node, leaf):
-            raise SystemExit(f"--set {item!r}: expected model.<dotted.key>=value naming a field of ModelConfig")
-        setattr(node, leaf, yaml.safe_load(val))
-    return cfg
+    return with_overrides(cfg, sets, "model")
 
 
 def sync(device: torch.device) -> None:

@@ -14,9 +14,11 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Sequence, TypeVar
 
 import yaml
+
+_T = TypeVar("_T")
 
 
 class ConfigError(ValueError):
@@ -401,13 +403,9 @@ def _read_yaml(path: Path, seen: tuple = ()) -> Dict[str, Any]:
     return _merge(_read_yaml(path.parent / base, (*seen, path.resolve())), raw)
 
 
-def load_config(path: str | Path, overrides: Optional[List[str]] = None) -> Config:
-    """Load a YAML config. Relative data paths are resolved against the current working
-    directory. ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML),
-    e.g. ``train.epochs=1``."""
-    path = Path(path)
-    raw = _read_yaml(path)
-    for item in overrides or []:
+def _apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """Set ``dotted.key=value`` strings (value parsed as YAML) in the mapping ``raw``."""
+    for item in overrides:
         key, sep, val = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r}: expected dotted.key=value")
@@ -416,4 +414,18 @@ def load_config(path: str | Path, overrides: Optional[List[str]] = None) -> Conf
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = yaml.safe_load(val)
-    return config_from_dict(raw, str(path))
+    return raw
+
+
+def load_config(path: str | Path, overrides: Optional[List[str]] = None) -> Config:
+    """Load a YAML config. Relative data paths are resolved against the current working
+    directory. ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML),
+    e.g. ``train.epochs=1``."""
+    path = Path(path)
+    return config_from_dict(_apply_overrides(_read_yaml(path), overrides or []), str(path))
+
+
+def with_overrides(cfg: _T, overrides: Sequence[str], where: str = "") -> _T:
+    """A copy of the config dataclass ``cfg`` with ``dotted.key=value`` overrides below
+    it (e.g. ``interformer.dropout=0`` on a :class:`ModelConfig`), checked like a file."""
+    return _build(type(cfg), _apply_overrides(dataclasses.asdict(cfg), overrides), where)

@@ -193,7 +193,7 @@ def _load(path: Path) -> Dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
-    """Five runs, shared by the tests below:
+    """Runs shared by the tests below, in six spawns:
 
     1. 2 ranks: fit under PLAN_A (checkpoint every 2 steps), PLAN_B and PLAN_C; PLAN_A
        with dropout.

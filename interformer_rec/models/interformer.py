@@ -52,7 +52,13 @@ class InterFormerLayer(nn.Module):
         self.cross_arch = CrossArch(num_tokens, c, p, k, dim, cfg.num_heads)
         self.interaction_arch = InteractionArch(num_tokens, c + p + k, dim, cfg)
         self.sequence_arch = SequenceArch(
-            c, dim, cfg.num_heads, cfg.ffn_hidden, cfg.rope, cfg.dropout, window=cfg.attention_window,
+            c,
+            dim,
+            cfg.num_heads,
+            cfg.ffn_hidden,
+            cfg.rope,
+            dropout=cfg.dropout,
+            window=cfg.attention_window,
             attention_dropout=cfg.attention_dropout,
         )
 
