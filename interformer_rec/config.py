@@ -191,6 +191,7 @@ class InterFormerConfig:
     num_heads: int = 1
     num_cls: int = 4
     num_pma: int = 2
+    pma_context: bool = True  # target-aware PMA seeds, conditioned on X (paper: learned seeds only)
     num_recent: int = 2
     interaction: Interaction = "dhen"
     interaction_mlp: List[int] = field(default_factory=lambda: [64])

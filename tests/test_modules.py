@@ -134,6 +134,32 @@ def test_pma_ignores_padded_positions_and_equals_pma_on_truncated_sequence():
     assert not torch.allclose(pma(s2, valid)[3], out[3])
 
 
+def test_target_aware_pma_shifts_each_examples_seeds_by_its_tokens():
+    torch.manual_seed(0)
+    T, n = 6, 3
+    pma = PMA(P, D, H, context_tokens=n)
+    lengths = torch.tensor([0, 2, 4, 6])
+    valid = _valid(lengths, T)
+    s, x = torch.randn(B, C + T, D), torch.randn(B, n, D)
+    out = pma(s, valid, x)
+    assert out.shape == (B, P, D)
+    torch.testing.assert_close(pma(_garbage_padded(s, valid), valid, x), out, atol=1e-6, rtol=0)
+    plain = PMA(P, D, H)
+    plain.load_state_dict({k: v for k, v in pma.state_dict().items() if not k.startswith("context.")})
+    for b in range(B):
+        # the same as a plain PMA whose learned seeds are this example's shifted seeds
+        with torch.no_grad():
+            plain.seeds.copy_(pma.seeds + pma.context(x[b].flatten()).view(P, D))
+        torch.testing.assert_close(out[b : b + 1], plain(s[b : b + 1], valid[b : b + 1]), atol=1e-6, rtol=0)
+    x2 = x.clone()
+    x2[1] += 1.0
+    changed = pma(s, valid, x2)
+    assert not torch.allclose(changed[1], out[1])
+    torch.testing.assert_close(changed[[0, 2, 3]], out[[0, 2, 3]])
+    with pytest.raises(ValueError, match="non-sequence tokens"):
+        pma(s, valid)
+
+
 def test_sequence_summary_reads_cls_positions_and_recent_steps():
     T = 5
     summ = SequenceSummary(C, P, K, D, H)

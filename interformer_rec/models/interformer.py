@@ -49,7 +49,7 @@ class InterFormerLayer(nn.Module):
     def __init__(self, num_tokens: int, dim: int, cfg: InterFormerConfig) -> None:
         super().__init__()
         c, p, k = cfg.num_cls, cfg.num_pma, cfg.num_recent
-        self.cross_arch = CrossArch(num_tokens, c, p, k, dim, cfg.num_heads)
+        self.cross_arch = CrossArch(num_tokens, c, p, k, dim, cfg.num_heads, cfg.pma_context)
         self.interaction_arch = InteractionArch(num_tokens, c + p + k, dim, cfg)
         self.sequence_arch = SequenceArch(
             c,
@@ -99,7 +99,9 @@ class InterFormerArch(nn.Module):
         self.masknet = MaskNet(num_sequences * dim, cfg.masknet_hidden, dim)
         self.cls_summary = NonSequenceSummary(num_tokens, cfg.num_cls, dim)
         self.layers = nn.ModuleList([InterFormerLayer(num_tokens, dim, cfg) for _ in range(cfg.num_layers)])
-        self.final_cross_arch = CrossArch(num_tokens, cfg.num_cls, cfg.num_pma, cfg.num_recent, dim, cfg.num_heads)
+        self.final_cross_arch = CrossArch(
+            num_tokens, cfg.num_cls, cfg.num_pma, cfg.num_recent, dim, cfg.num_heads, cfg.pma_context
+        )
         summary_tokens = cfg.num_cls + (cfg.num_cls + cfg.num_pma + cfg.num_recent)
         self.over_arch = MLP(summary_tokens * dim, [*cfg.over_arch, num_tasks], activation=nn.SiLU, activation_on_last=False)
 
