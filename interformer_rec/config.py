@@ -193,6 +193,8 @@ class InterFormerConfig:
     num_pma: int = 2
     pma_context: bool = True  # target-aware PMA seeds, conditioned on X (paper: learned seeds only)
     num_recent: int = 2
+    # target-history match tokens in X (see models.interformer.match_tokens); not in the paper
+    match_tokens: bool = False
     interaction: Interaction = "dhen"
     interaction_mlp: List[int] = field(default_factory=lambda: [64])
     dcn_num_layers: int = 2

@@ -185,3 +185,27 @@ def test_learns_target_in_history():
     with torch.no_grad():
         acc = ((model.eval()(*val_inputs) > 0).float() == val_y).float().mean().item()
     assert acc > 0.85  # chance / majority class: ~0.56
+
+
+def test_match_tokens_sum_target_times_history_per_shared_table():
+    torch.manual_seed(0)
+    cfg = _cfg()
+    cfg.interformer.match_tokens = True
+    model = InterFormer(_schema(), cfg)
+    plain = InterFormer(_schema(), _cfg())
+    # pairs: (item_id, hist_item), (item_cat, hist_cat); 2 dense + 2 pooled + 2 target + 2 match
+    assert model.match_pairs == [(0, 0), (1, 1)]
+    assert model.num_tokens == plain.num_tokens + 2 == 8
+    lengths = torch.tensor([0, 1, 3, T])
+    dense, sparse, sequence = _batch(lengths)
+    x, steps, _ = model.embed(dense, sparse, sequence)
+    targets = x[:, 4:6]
+    jts = sequence.to_dict()
+    emb = {"item": model.ec.embeddings["item"].weight, "cat": model.ec.embeddings["cat"].weight}
+    for b, L in enumerate(lengths.tolist()):
+        hist_item = jts["hist_item"].to_dense()[b]
+        hist_cat = jts["hist_cat"].to_dense()[b]
+        torch.testing.assert_close(x[b, 6], (targets[b, 0] * emb["item"][hist_item]).sum(0) if L else torch.zeros(D))
+        torch.testing.assert_close(x[b, 7], (targets[b, 1] * emb["cat"][hist_cat]).sum(0) if L else torch.zeros(D))
+    out = model(dense, sparse, sequence)
+    assert out.shape == (4, 2) and torch.isfinite(out).all()

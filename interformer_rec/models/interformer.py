@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,26 @@ from interformer_rec.modules.sequence import MaskNet, SequenceArch, recency_posi
 def num_parameters(model: nn.Module) -> int:
     """Number of parameters (shared ones once); works on meta-device modules too."""
     return sum(p.numel() for p in model.parameters())
+
+
+def match_tokens(targets: Tensor, steps: Tensor, num_sequences: int, pairs: List[Tuple[int, int]]) -> Tensor:
+    """Target-history match tokens: for each pair ``(i, j)``, the sum over the real steps
+    of ``target_i ⊙ step_j`` (a target feature and a sequence of one table). Its sum over
+    ``d`` is the dot product of the target with the sum-pooled history, the term a DLRM's
+    dot interaction sees; an exact occurrence of the target adds ``target_i²``.
+
+    Args:
+        targets: ``[B, n_target, d]``.
+        steps: ``[B, T, k·d]`` (zeros at padded steps).
+        num_sequences: ``k``.
+        pairs: ``(target index, sequence index)`` pairs.
+
+    Returns:
+        ``[B, len(pairs), d]``.
+    """
+    B, T, _ = steps.shape
+    per_sequence = steps.view(B, T, num_sequences, -1)
+    return torch.stack([(targets[:, i, None] * per_sequence[:, :, j]).sum(1) for i, j in pairs], dim=1)
 
 
 class InterFormerLayer(nn.Module):
@@ -143,7 +163,7 @@ class InterFormer(nn.Module):
     Attributes:
         ebc: ``EmbeddingBagCollection`` of the pooled features (``None`` if there are none).
         ec: ``EmbeddingCollection`` of the target features and the sequences.
-        num_tokens: ``n`` = dense + pooled + target features.
+        num_tokens: ``n`` = dense + pooled + target features (+ match tokens).
     """
 
     def __init__(self, schema: Schema, cfg: ModelConfig, embedding_device: Optional[torch.device] = None) -> None:
@@ -158,7 +178,13 @@ class InterFormer(nn.Module):
         self.target_names = [f.name for f in schema.target_features]
         self.sequence_names = [s.name for s in schema.sequence]
         self.max_len = schema.max_len
-        self.num_tokens = len(schema.dense) + len(self.pooled_names) + len(self.target_names)
+        # one match token per (target feature, sequence) pair that share a table
+        self.match_pairs = (
+            [(i, j) for i, f in enumerate(schema.target_features) for j, q in enumerate(schema.sequence) if q.table == f.table]
+            if ic.match_tokens
+            else []
+        )
+        self.num_tokens = len(schema.dense) + len(self.pooled_names) + len(self.target_names) + len(self.match_pairs)
         if self.num_tokens == 0:
             raise ValueError("InterFormer needs at least one dense, pooled or target feature")
 
@@ -176,7 +202,7 @@ class InterFormer(nn.Module):
             sequence: target features then sequences (keys ``schema.unpooled_keys``).
 
         Returns:
-            ``X¹ [B, n, d]`` (dense, pooled, target tokens in that order),
+            ``X¹ [B, n, d]`` (dense, pooled, target, match tokens in that order),
             ``steps [B, T, k·d]`` (zeros at padded steps), ``lengths [B]``.
         """
         tokens = []
@@ -187,6 +213,8 @@ class InterFormer(nn.Module):
         targets, steps, lengths = unpooled_tokens(self.ec(sequence), self.target_names, self.sequence_names, self.max_len)
         if targets is not None:
             tokens.append(targets)
+        if self.match_pairs:
+            tokens.append(match_tokens(targets, steps, len(self.sequence_names), self.match_pairs))
         return torch.cat(tokens, dim=1), steps, lengths
 
     def forward_embedded(self, x: Tensor, steps: Tensor, lengths: Tensor) -> Tensor:
