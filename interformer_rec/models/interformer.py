@@ -52,8 +52,9 @@ def match_tokens(targets: Tensor, steps: Tensor, num_sequences: int, pairs: List
         ``[B, len(pairs), d]``.
     """
     B, T, _ = steps.shape
-    per_sequence = steps.view(B, T, num_sequences, -1)
-    return torch.stack([(targets[:, i, None] * per_sequence[:, :, j]).sum(1) for i, j in pairs], dim=1)
+    target_idx, sequence_idx = (list(idx) for idx in zip(*pairs))
+    per_sequence = steps.view(B, T, num_sequences, -1)[:, :, sequence_idx]  # [B, T, P, d]
+    return (targets[:, target_idx].unsqueeze(1) * per_sequence).sum(1)
 
 
 class InterFormerLayer(nn.Module):
