@@ -38,12 +38,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from planted import model_logits
+from planted import metrics_of, model_logits
 
 from interformer_rec.config import load_config
 from interformer_rec.data.movielens import NUM_ITEMS, NUM_USERS
 from interformer_rec.export.export import load_model
-from interformer_rec.train.metrics import compute_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = ["item_prior", "user_pos", "user_genre_pos", "recent5_stars", "log_item_count", "log_history", "item_cf"]
@@ -52,6 +51,7 @@ NESTED = {
     "+ user_genre_pos, recent5_stars": ["item_prior", "user_pos", "log_item_count", "log_history", "user_genre_pos", "recent5_stars"],
     "+ item_cf (all)": FEATURES,
 }
+TRAIN_COLUMNS = ["user_id", "item_id", "label"]  # all that item_similarity and features read of it
 SMOOTH = 10.0  # pseudo-rows at the global rate for the item prior (and 2 for the per-user rates)
 
 
@@ -115,8 +115,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> Callable[[np
 
 
 def metrics(logits: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> Dict[str, float]:
-    t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float64)).unsqueeze(1)  # noqa: E731
-    m = compute_metrics(t(logits), t(labels), torch.from_numpy(np.asarray(groups, dtype=np.int64)))
+    m = metrics_of(logits, labels, groups)
     return {"auc": m["auc"], "gauc": m["gauc"]}
 
 
@@ -170,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for split, path in paths.items():
         if not path.exists():
             raise SystemExit(f"{path}: missing {split} split; run `interformer-rec convert movielens` first")
-    split = {k: pq.read_table(v).to_pydict() for k, v in paths.items()}
+    # the training split is only needed for its item statistics, not its histories
+    split = {k: pq.read_table(v, columns=TRAIN_COLUMNS if k == "train" else None).to_pydict() for k, v in paths.items()}
     sim = item_similarity(split["train"])
     x = {k: features(split[k], split["train"], sim) for k in ("valid", "test")}
     y = {k: np.asarray(split[k]["label"], dtype=np.float64) for k in ("valid", "test")}

@@ -22,7 +22,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -57,9 +57,15 @@ def model_logits(model: torch.nn.Module, cfg: Config, path: Path) -> tuple[np.nd
     return np.concatenate(logits), np.concatenate(labels)
 
 
-def auc_of(logits: np.ndarray, labels: np.ndarray) -> float:
+def metrics_of(logits: np.ndarray, labels: np.ndarray, groups: Optional[np.ndarray] = None) -> Dict[str, float]:
+    """:func:`compute_metrics` of ``[N]`` logits and labels (``groups [N]`` for gAUC)."""
     t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float64)).unsqueeze(1)  # noqa: E731
-    return compute_metrics(t(logits), t(labels), torch.zeros(len(labels), dtype=torch.long))["auc"]
+    g = np.zeros(len(labels), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    return compute_metrics(t(logits), t(labels), torch.from_numpy(g))
+
+
+def auc_of(logits: np.ndarray, labels: np.ndarray) -> float:
+    return metrics_of(logits, labels)["auc"]
 
 
 def regress(y: np.ndarray, terms: Dict[str, np.ndarray]) -> Dict[str, Any]:
