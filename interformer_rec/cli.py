@@ -49,7 +49,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
         if len(raw) != 1:
             raise ConfigError("convert movielens: --raw takes one directory")
-        summary = convert_movielens(raw[0], out, max_len=args.max_len)
+        summary = convert_movielens(raw[0], out, max_len=args.max_len, corating_dim=args.corating_dim)
     elif args.format == "criteo":
         from interformer_rec.data.criteo import convert_criteo
 
@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="output directory")
     c.add_argument("--max-len", type=int, default=50,
                    help="history length kept per row (movielens, amazon_reviews)")
+    c.add_argument("--corating-dim", type=int, default=16,
+                   help="movielens: width of the co-rating item embeddings written (= model.embedding_dim)")
     c.add_argument("--meta", help="amazon_reviews: the item metadata file")
     c.add_argument("--seed", type=int, default=0, help="amazon_reviews: negative sampling seed")
     c.add_argument("--max-bad-rows", type=int, default=None,

@@ -35,6 +35,10 @@ class TableConfig:
 
     name: str
     num_embeddings: int
+    # initial values instead of the random init: a float ``.npy`` of shape
+    # ``[num_embeddings, model.embedding_dim]`` (e.g. co-rating item embeddings,
+    # interformer_rec.data.corating); the table is trained from there like any other
+    init: Optional[str] = None
 
 
 @dataclass
@@ -187,7 +191,9 @@ class InterFormerConfig:
     0.8157 ± 0.0109 without dropout and 0.8200 ± 0.0031 with 0.1 on the attention weights
     too, which costs a third of the CPU training throughput (README, "Speed").
     Target-aware PMA seeds (``pma_context``) then raised it to 0.8231 ± 0.0011. Match
-    tokens pay off only at d = 32 (README, "Quality"), so they are off."""
+    tokens pay off only at d = 32 (README, "Quality"), so they are off. Similarity
+    tokens need item embeddings whose cosines mean something (co-rating ``init``), so
+    they are off here and on in ``configs/movielens.yaml``."""
 
     num_layers: int = 1
     num_heads: int = 1
@@ -197,6 +203,9 @@ class InterFormerConfig:
     num_recent: int = 2
     # target-history match tokens in X (see models.interformer.match_tokens); not in the paper
     match_tokens: bool = False
+    # target-history similarity tokens in X (see models.interformer.SimilarityTokens);
+    # not in the paper
+    similarity_tokens: bool = False
     interaction: Interaction = "dhen"
     interaction_mlp: List[int] = field(default_factory=lambda: [64])
     dcn_num_layers: int = 2

@@ -8,7 +8,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from interformer_rec.config import InterFormerConfig, ModelConfig, Schema, SequenceFeature, SparseFeature, TableConfig
-from interformer_rec.models.interformer import InterFormer, num_parameters
+from interformer_rec.models.interformer import InterFormer, SimilarityTokens, num_parameters
 
 T = 8
 D = 8
@@ -209,3 +209,40 @@ def test_match_tokens_sum_target_times_history_per_shared_table():
         torch.testing.assert_close(x[b, 7], (targets[b, 1] * emb["cat"][hist_cat]).sum(0) if L else torch.zeros(D))
     out = model(dense, sparse, sequence)
     assert out.shape == (4, 2) and torch.isfinite(out).all()
+
+
+def test_similarity_tokens_average_steps_by_signed_cosine():
+    # by hand: target [1, 0]; history items [1, 0], [1, 1], [-1, 0] have cosines 1, 1/√2, -1
+    sim = SimilarityTokens([(0, 0)], num_sequences=2, dim=2)
+    with torch.no_grad():  # V(step) = the second sequence's embedding (the "rating")
+        sim.values[0].weight.copy_(torch.tensor([[0.0, 0, 1, 0], [0, 0, 0, 1]]))
+        sim.values[0].bias.zero_()
+    items = torch.tensor([[1.0, 0], [1, 1], [-1, 0]])
+    ratings = torch.tensor([[2.0, 0], [0, 3], [5, 1]])
+    steps = torch.cat([items, ratings], dim=1).unsqueeze(0)  # [1, 3, 4]
+    targets = torch.tensor([[[1.0, 0]]])
+    cos = torch.tensor([1.0, 2**-0.5, -1.0])
+    want = (cos / (cos.abs().sum() + 1e-3)) @ ratings
+    torch.testing.assert_close(sim(targets, steps), want.view(1, 1, 2))
+    # padded steps (zeros) get weight 0: the token does not change
+    padded = torch.cat([steps, torch.zeros(1, 2, 4)], dim=1)
+    torch.testing.assert_close(sim(targets, padded), want.view(1, 1, 2))
+
+
+def test_similarity_tokens_join_x_per_shared_table():
+    torch.manual_seed(0)
+    cfg = _cfg()
+    cfg.interformer.similarity_tokens = True
+    model = InterFormer(_schema(), cfg)
+    # (item_id, hist_item), (item_cat, hist_cat): 2 dense + 2 pooled + 2 target + 2 similarity
+    assert model.similarity.pairs == [(0, 0), (1, 1)]
+    assert model.num_tokens == InterFormer(_schema(), _cfg()).num_tokens + 2 == 8
+    lengths = torch.tensor([0, 1, 3, T])
+    dense, sparse, sequence = _batch(lengths)
+    x, steps, _ = model.embed(dense, sparse, sequence)
+    torch.testing.assert_close(x[:, 6:8], model.similarity(x[:, 4:6], steps))
+    assert torch.equal(x[0, 6:8], torch.zeros(2, D))  # no history: no similarity
+    out = model(dense, sparse, sequence)
+    out.sum().backward()
+    assert out.shape == (4, 2) and torch.isfinite(out).all()
+    assert model.similarity.values[0].weight.grad.abs().sum() > 0

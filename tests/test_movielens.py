@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from interformer_rec.config import load_config
-from interformer_rec.data.movielens import convert_movielens, movielens_schema
+from interformer_rec.data.corating import corating_embeddings
+from interformer_rec.data.movielens import NUM_ITEMS, NUM_USERS, convert_movielens, movielens_schema
 from interformer_rec.data.reader import ParquetBatchReader
 
 ROOT = Path(__file__).parents[1]
@@ -93,10 +94,22 @@ def test_history_matches_a_reference(converted, raw) -> None:
 def test_schema_matches_config_and_reader_accepts_files(converted) -> None:
     out, _, _ = converted
     cfg = load_config(ROOT / "configs" / "movielens.yaml")
-    assert cfg.data.schema == movielens_schema(MAX_LEN)
+    assert cfg.data.schema == movielens_schema(MAX_LEN, corating="data/movielens/item_corating16.npy")
     reader = ParquetBatchReader(out / "valid.parquet", cfg.data.schema, 4096)
     batches = list(reader)
     rows = pq.ParquetFile(out / "valid.parquet").metadata.num_rows
     assert sum(b.batch_size for b in batches) == rows
     genres = batches[0].sparse["item_genres"].lengths()
     assert genres.min() >= 1 and genres.max() > 1
+
+
+def test_corating_embeddings_come_from_the_training_split_only(converted) -> None:
+    out, summary, tables = converted
+    e = np.load(summary["corating"])
+    assert summary["corating"] == str(out / "item_corating16.npy") and e.shape == (NUM_ITEMS, 16)
+    train = tables["train"]
+    want = corating_embeddings(train["user_id"], train["item_id"], train["label"], NUM_USERS, NUM_ITEMS, 16)
+    np.testing.assert_allclose(e, want, atol=1e-6)
+    # items first rated after the training period have zero rows
+    unseen = sorted(set(tables["test"]["item_id"]) - set(train["item_id"]))
+    assert unseen and not e[unseen].any()

@@ -4,14 +4,17 @@ checkpoints, TensorBoard; and the history really carries signal InterFormer uses
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from interformer_rec.cli import main
-from interformer_rec.config import SyntheticConfig, load_config
+from interformer_rec.config import ConfigError, SyntheticConfig, load_config
 from interformer_rec.data.synthetic import generate
 from interformer_rec.train import checkpoint
+from interformer_rec.train.dist import table_init_values, table_weights
 from interformer_rec.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,3 +120,34 @@ def test_interformer_uses_the_history(small_data, tmp_path):
     print("with history", with_h["test"], "without", without["test"])
     assert with_h["test"]["auc"] > without["test"]["auc"] + 0.01
     assert with_h["test"]["logloss"] < without["test"]["logloss"]
+
+
+def test_a_table_starts_from_its_init_file(small_data, tmp_path):
+    cfg = _config(small_data, tmp_path / "run")
+    table = cfg.data.schema.tables[0]
+    w = np.random.default_rng(0).standard_normal((table.num_embeddings, 8)).astype(np.float32)
+    np.save(tmp_path / "init.npy", w)
+    table.init = str(tmp_path / "init.npy")
+    weights = {name: v for name, _, v in table_weights(Trainer(cfg).dmp)}
+
+    def full(name):  # one rank: the whole table is in its one shard
+        v = weights[name]
+        return v.local_shards()[0].tensor if hasattr(v, "local_shards") else v
+
+    assert torch.equal(full(table.name), torch.from_numpy(w))
+    other = cfg.data.schema.tables[1]  # the others keep the seeded random init
+    n = other.num_embeddings
+    assert torch.equal(full(other.name), table_init_values(cfg.train.seed, other.name, n, 8, (0, n), (0, 8)))
+
+    np.save(tmp_path / "narrow.npy", w[:, :4])
+    table.init = str(tmp_path / "narrow.npy")
+    with pytest.raises(ConfigError, match=rf"narrow.npy: table '{table.name}' needs a float array of shape \({table.num_embeddings}, 8\)"):
+        Trainer(cfg)
+    w[3, 1] = np.nan
+    np.save(tmp_path / "nan.npy", w)
+    table.init = str(tmp_path / "nan.npy")
+    with pytest.raises(ConfigError, match="nan.npy: .* non-finite value in row 3"):
+        Trainer(cfg)
+    table.init = str(tmp_path / "missing.npy")
+    with pytest.raises(FileNotFoundError, match="missing.npy does not exist"):
+        Trainer(cfg)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +32,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from interformer_rec.config import Schema, SequenceFeature, SparseFeature, TableConfig
+from interformer_rec.data.corating import corating_embeddings
 from interformer_rec.data.reader import Jagged, gather
 
 NUM_USERS = 944  # ids 1..943
@@ -45,8 +46,9 @@ LOG_SCALE = np.log(1000.0)
 DENSE = ["hour_of_day", "day_of_week", "log_history", "item_age", "log_item_count"]
 
 
-def movielens_schema(max_len: int = 50) -> Schema:
-    """The schema of the files :func:`convert_movielens` writes (MovieLens-100K sizes)."""
+def movielens_schema(max_len: int = 50, corating: Optional[str] = None) -> Schema:
+    """The schema of the files :func:`convert_movielens` writes (MovieLens-100K sizes);
+    ``corating``: the ``init`` file of the ``item`` table (co-rating embeddings)."""
     return Schema(
         labels=["label"],
         dense=list(DENSE),
@@ -72,7 +74,7 @@ def movielens_schema(max_len: int = 50) -> Schema:
             TableConfig("gender", 2),
             TableConfig("occupation", 21),
             TableConfig("zip", NUM_ZIP),
-            TableConfig("item", NUM_ITEMS),
+            TableConfig("item", NUM_ITEMS, init=corating),
             TableConfig("genre", NUM_GENRES),
             TableConfig("genre_set", NUM_GENRES),
             TableConfig("year", len(YEAR_EDGES) + 2),
@@ -193,13 +195,17 @@ def convert_movielens(
     max_len: int = 50,
     valid_frac: float = 0.1,
     test_frac: float = 0.1,
+    corating_dim: int = 16,
 ) -> Dict[str, Any]:
     """Convert MovieLens-100K in ``raw_dir`` to ``{train,valid,test}.parquet`` in
-    ``out_dir`` (see the module docstring for the columns and the split).
+    ``out_dir`` (see the module docstring for the columns and the split), and write
+    ``item_corating{corating_dim}.npy``: co-rating item embeddings of the training split
+    (:func:`interformer_rec.data.corating.corating_embeddings`), the ``init`` of the
+    ``item`` table in ``configs/movielens.yaml``.
 
     Returns:
-        ``{"out_dir", "max_len", "split_times", "splits": {split: {"path", "rows",
-        "positive_rate", "first", "last"}}}`` (``first``/``last``: ISO times, UTC).
+        ``{"out_dir", "max_len", "split_times", "corating", "splits": {split: {"path",
+        "rows", "positive_rate", "first", "last"}}}`` (``first``/``last``: ISO times, UTC).
     """
     if not (valid_frac > 0 and test_frac > 0 and valid_frac + test_frac < 1):
         raise ValueError(f"need 0 < valid_frac, test_frac, sum < 1: {valid_frac}, {test_frac}")
@@ -265,9 +271,16 @@ def convert_movielens(
             "first": iso(sorted_ts[lo]) if hi > lo else None,
             "last": iso(sorted_ts[hi - 1]) if hi > lo else None,
         }
+    train_rows = time_order[: cuts[0]]
+    corating = out_dir / f"item_corating{corating_dim}.npy"
+    np.save(
+        corating,
+        corating_embeddings(user[train_rows], item[train_rows], r["rating"][train_rows] >= 4, NUM_USERS, NUM_ITEMS, corating_dim),
+    )
     return {
         "out_dir": str(out_dir),
         "max_len": max_len,
         "split_times": [iso(t1), iso(t2)],
+        "corating": str(corating),
         "splits": splits,
     }

@@ -57,6 +57,49 @@ def match_tokens(targets: Tensor, steps: Tensor, num_sequences: int, pairs: List
     return (targets[:, target_idx].unsqueeze(1) * per_sequence).sum(1)
 
 
+class SimilarityTokens(nn.Module):
+    """Target-history similarity tokens: for each pair ``(i, j)`` of a target feature and
+    a sequence of the same table, the history's steps averaged with the signed weights
+    ``w_t = cos(target_i, h_{t,j}) / Σ_t' |cos(target_i, h_{t',j})|``:
+    ``token = Σ_t w_t · V(step_t)``, where ``step_t`` is the whole step (all ``k``
+    sequences: the history item *with* its rating, say) and ``V`` a linear map to ``d``.
+
+    This is item-based collaborative filtering made differentiable: with item embeddings
+    whose cosines are co-rating similarities (``data.corating``), the token carries how
+    the user rated the items most like the target, which a sum-pooled history cannot
+    give. Unlike softmax target attention (DIN), the weights keep their sign and scale.
+
+    Args:
+        pairs: ``(target index, sequence index)`` pairs.
+        num_sequences: ``k``.
+        dim: ``d``.
+    """
+
+    def __init__(self, pairs: List[Tuple[int, int]], num_sequences: int, dim: int) -> None:
+        super().__init__()
+        self.pairs = pairs
+        self.num_sequences = num_sequences
+        self.values = nn.ModuleList([nn.Linear(num_sequences * dim, dim) for _ in pairs])
+
+    def forward(self, targets: Tensor, steps: Tensor) -> Tensor:
+        """
+        Args:
+            targets: ``[B, n_target, d]``.
+            steps: ``[B, T, k·d]`` (zeros at padded steps, whose weight is then 0).
+
+        Returns:
+            ``[B, len(pairs), d]``.
+        """
+        B, T, _ = steps.shape
+        per_sequence = steps.view(B, T, self.num_sequences, -1)
+        tokens = []
+        for (i, j), value in zip(self.pairs, self.values):
+            cos = (F.normalize(per_sequence[:, :, j], dim=-1) @ F.normalize(targets[:, i], dim=-1).unsqueeze(-1)).squeeze(-1)
+            w = cos / (cos.abs().sum(1, keepdim=True) + 1e-3)  # [B, T]
+            tokens.append(torch.bmm(w.unsqueeze(1), value(steps)))
+        return torch.cat(tokens, dim=1)
+
+
 class InterFormerLayer(nn.Module):
     """One InterFormer layer: Cross Arch first, then the Interaction and Sequence Arches,
     which depend only on this layer's summaries (and could run in parallel).
@@ -164,7 +207,8 @@ class InterFormer(nn.Module):
     Attributes:
         ebc: ``EmbeddingBagCollection`` of the pooled features (``None`` if there are none).
         ec: ``EmbeddingCollection`` of the target features and the sequences.
-        num_tokens: ``n`` = dense + pooled + target features (+ match tokens).
+        num_tokens: ``n`` = dense + pooled + target features (+ match and similarity
+            tokens).
     """
 
     def __init__(self, schema: Schema, cfg: ModelConfig, embedding_device: Optional[torch.device] = None) -> None:
@@ -179,13 +223,14 @@ class InterFormer(nn.Module):
         self.target_names = [f.name for f in schema.target_features]
         self.sequence_names = [s.name for s in schema.sequence]
         self.max_len = schema.max_len
-        # one match token per (target feature, sequence) pair that share a table
-        self.match_pairs = (
-            [(i, j) for i, f in enumerate(schema.target_features) for j, q in enumerate(schema.sequence) if q.table == f.table]
-            if ic.match_tokens
-            else []
+        shared = [(i, j) for i, f in enumerate(schema.target_features) for j, q in enumerate(schema.sequence) if q.table == f.table]
+        # one match / similarity token per (target feature, sequence) pair that share a table
+        self.match_pairs = shared if ic.match_tokens else []
+        self.similarity = SimilarityTokens(shared, len(schema.sequence), d) if ic.similarity_tokens and shared else None
+        self.num_tokens = (
+            len(schema.dense) + len(self.pooled_names) + len(self.target_names) + len(self.match_pairs)
+            + (len(shared) if self.similarity is not None else 0)
         )
-        self.num_tokens = len(schema.dense) + len(self.pooled_names) + len(self.target_names) + len(self.match_pairs)
         if self.num_tokens == 0:
             raise ValueError("InterFormer needs at least one dense, pooled or target feature")
 
@@ -203,7 +248,8 @@ class InterFormer(nn.Module):
             sequence: target features then sequences (keys ``schema.unpooled_keys``).
 
         Returns:
-            ``X¹ [B, n, d]`` (dense, pooled, target, match tokens in that order),
+            ``X¹ [B, n, d]`` (dense, pooled, target, match, similarity tokens in that
+            order),
             ``steps [B, T, k·d]`` (zeros at padded steps), ``lengths [B]``.
         """
         tokens = []
@@ -216,6 +262,8 @@ class InterFormer(nn.Module):
             tokens.append(targets)
         if self.match_pairs:
             tokens.append(match_tokens(targets, steps, len(self.sequence_names), self.match_pairs))
+        if self.similarity is not None:
+            tokens.append(self.similarity(targets, steps))
         return torch.cat(tokens, dim=1), steps, lengths
 
     def forward_embedded(self, x: Tensor, steps: Tensor, lengths: Tensor) -> Tensor:

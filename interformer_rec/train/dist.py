@@ -42,8 +42,10 @@ import logging
 import os
 import zlib
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple, Type
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -60,7 +62,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-from interformer_rec.config import ConfigError, DistConfig, OptimizerConfig
+from interformer_rec.config import ConfigError, DistConfig, OptimizerConfig, TableConfig
 from interformer_rec.modules.embeddings import init_range
 
 logger = logging.getLogger(__name__)
@@ -410,22 +412,57 @@ def table_init_values(
     return torch.cat(parts) if parts else torch.empty(0, c1 - c0)
 
 
+def pretrained_tables(tables: Sequence[TableConfig], dim: int) -> Dict[str, torch.Tensor]:
+    """The initial values of the tables that name an ``init`` file, by table name.
+
+    Raises:
+        FileNotFoundError: a missing file (named with its table).
+        ConfigError: an array that is not ``[num_embeddings, dim]`` or has a non-finite
+            value (the file, the table and the first bad row are named).
+    """
+    out = {}
+    for t in tables:
+        if t.init is None:
+            continue
+        path = Path(t.init)
+        if not path.is_file():
+            raise FileNotFoundError(f"schema.tables[{t.name}].init: {path} does not exist")
+        w = np.load(path)
+        if w.shape != (t.num_embeddings, dim) or not np.issubdtype(w.dtype, np.floating):
+            raise ConfigError(
+                f"{path}: table {t.name!r} needs a float array of shape ({t.num_embeddings}, {dim}) "
+                f"(num_embeddings, model.embedding_dim), got {w.dtype} {w.shape}"
+            )
+        bad = np.flatnonzero(~np.isfinite(w).all(axis=1))
+        if bad.size:
+            raise ConfigError(f"{path}: table {t.name!r} has a non-finite value in row {bad[0]}")
+        out[t.name] = torch.from_numpy(w.astype(np.float32))
+    return out
+
+
 @torch.no_grad()
-def init_embedding_tables(model: nn.Module, seed: int) -> int:
+def init_embedding_tables(model: nn.Module, seed: int, pretrained: Optional[Dict[str, torch.Tensor]] = None) -> int:
     """Overwrite every embedding table of ``model`` (sharded by DMP or not) with
-    :func:`table_init_values`: the same initial tables whatever the plan and world size
-    (TorchRec initialises each shard from the local RNG, which differs between plans).
-    Returns the number of tables written."""
+    :func:`table_init_values`, or with its rows of ``pretrained[table]``: the same
+    initial tables whatever the plan and world size (TorchRec initialises each shard
+    from the local RNG, which differs between plans). Returns the number of tables
+    written."""
+    pretrained = pretrained or {}
+
+    def values(table: str, num_rows: int, dim: int, rows: Tuple[int, int], cols: Tuple[int, int]) -> torch.Tensor:
+        if table in pretrained:
+            return pretrained[table][rows[0] : rows[1], cols[0] : cols[1]]
+        return table_init_values(seed, table, num_rows, dim, rows, cols)
+
     n = 0
     for table, _, w in table_weights(model):
         num_rows, dim = w.size()
         if hasattr(w, "local_shards"):  # ShardedTensor
             for shard in w.local_shards():
                 (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
-                vals = table_init_values(seed, table, num_rows, dim, (r0, r0 + nr), (c0, c0 + nc))
-                shard.tensor.copy_(vals.to(shard.tensor.device))
+                shard.tensor.copy_(values(table, num_rows, dim, (r0, r0 + nr), (c0, c0 + nc)).to(shard.tensor.device))
         else:
-            w.copy_(table_init_values(seed, table, num_rows, dim, (0, num_rows), (0, dim)).to(w.device))
+            w.copy_(values(table, num_rows, dim, (0, num_rows), (0, dim)).to(w.device))
         n += 1
     return n
 
@@ -442,18 +479,20 @@ def shard(
     dense_opt: OptimizerConfig,
     plan: Optional[ShardingPlan] = None,
     init_seed: Optional[int] = None,
+    pretrained: Optional[Dict[str, torch.Tensor]] = None,
 ) -> Tuple[DistributedModelParallel, CombinedOptimizer, ShardingPlan]:
     """Shard ``model``'s embedding tables with DMP (dense arches replicated by DDP) and
     build the combined optimizer: fused embedding optimizer, the same optimizer for
     data-parallel tables (:func:`replicated_table_optimizer`), dense optimizer. With ``init_seed`` the tables
-    are re-initialised by :func:`init_embedding_tables` (plan-independent values)."""
+    are re-initialised by :func:`init_embedding_tables` (plan-independent values, or
+    ``pretrained[table]``)."""
     apply_embedding_optimizer(model, embedding_opt, env.device)
     plan = plan or plan_sharding(model, dist_cfg, env, batch_size)
     dmp = DistributedModelParallel(
         model, device=env.device, plan=plan, sharders=make_sharders(dist_cfg, env.device.type)
     )
     if init_seed is not None:
-        init_embedding_tables(dmp, init_seed)
+        init_embedding_tables(dmp, init_seed, pretrained)
     optims = [dmp.fused_optimizer]
     replicated = replicated_table_optimizer(dmp, embedding_opt)
     if replicated is not None:

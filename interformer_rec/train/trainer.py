@@ -43,6 +43,7 @@ from interformer_rec.train.dist import (
     embedding_modules,
     init_distributed,
     plan_summary,
+    pretrained_tables,
     shard,
 )
 from interformer_rec.train.metrics import compute_metrics, gather_predictions
@@ -120,6 +121,7 @@ class Trainer:
             tc.embedding_optimizer,
             tc.dense_optimizer,
             init_seed=tc.seed,
+            pretrained=pretrained_tables(cfg.data.schema.tables, cfg.model.embedding_dim),
         )
         # decorrelate per-rank randomness (dropout) once the shared initialisation is done
         torch.manual_seed(tc.seed * 7919 + 1 + self.env.rank)
