@@ -58,7 +58,7 @@ def make_config(data: Path, name: str, out_dir: Path) -> Config:
             interformer=InterFormerConfig(
                 num_layers=1, num_heads=2, interaction="dhen", interaction_mlp=[16], dcn_num_layers=1,
                 dcn_low_rank=4, projection_branch1=[16], projection_branch2=[16], masknet_hidden=16,
-                ffn_hidden=16, over_arch=[16],
+                ffn_hidden=16, over_arch=[16], similarity_tokens=True,  # exported too
             ),
         ),
         train=TrainConfig(
