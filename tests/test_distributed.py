@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -109,7 +110,7 @@ def _worker(rank: int, world: int, port: int, jobs: List[Dict[str, Any]]) -> Non
     import torch.distributed as dist
 
     from interformer_rec.train import checkpoint
-    from interformer_rec.train.dist import plan_summary
+    from interformer_rec.train.dist import plan_summary, table_weights
     from interformer_rec.train.trainer import Trainer
 
     created = not dist.is_initialized()  # in the test process, an earlier test's 1-rank group may exist
@@ -118,6 +119,17 @@ def _worker(rank: int, world: int, port: int, jobs: List[Dict[str, Any]]) -> Non
     assert dist.get_world_size() == world
     for job in jobs:
         cfg = load_config(CONFIG, job["overrides"])
+        if job["kind"] == "init":  # each rank's shards against the tables' init files
+            for t in cfg.data.schema.tables:
+                t.init = job["init"][t.name]
+            trainer = Trainer(cfg, write_outputs=False)
+            diffs = {}
+            for table, _, w in table_weights(trainer.dmp):
+                want = torch.from_numpy(np.load(job["init"][table]))
+                local = [(s.metadata.shard_offsets, s.tensor) for s in w.local_shards()] if hasattr(w, "local_shards") else [((0, 0), w)]
+                diffs[table] = [float((v - want[r : r + v.shape[0], c : c + v.shape[1]]).abs().max()) for (r, c), v in local]
+            Path(f"{job['result']}.{rank}").write_text(json.dumps(diffs))
+            continue
         if job["kind"] == "fit":
             trainer = Trainer(cfg)
             kill = job.get("kill_in_save")
@@ -422,3 +434,23 @@ def test_table_init_is_independent_of_sharding() -> None:
     assert full.abs().max() <= init_range(16)  # the range the models build their tables with
     assert torch.equal(table_init_values(3, "t", 10000, 16, (4000, 9000), (8, 16)), full[4000:9000, 8:16])
     assert not torch.equal(table_init_values(3, "u", 10000, 16, (0, 10000), (0, 16)), full)
+
+
+@pytest.mark.timeout(300)
+def test_init_files_reach_every_shard_on_two_ranks(tmp_path: Path) -> None:
+    # PLAN_A splits tables row-, column-, table-column-wise and replicates one
+    data = tmp_path / "data"
+    generate(SyntheticConfig(num_users=200, num_items=100, rows={"train": 256, "valid": 256}, row_group_size=256), data)
+    overrides = _overrides(data, tmp_path / "run", B, PLAN_A)
+    cfg = load_config(CONFIG, overrides)
+    rng = np.random.default_rng(0)
+    init = {}
+    for t in cfg.data.schema.tables:
+        init[t.name] = str(tmp_path / f"{t.name}.npy")
+        np.save(init[t.name], rng.standard_normal((t.num_embeddings, cfg.model.embedding_dim)).astype(np.float32))
+    _spawn(2, [{"kind": "init", "overrides": overrides, "init": init, "result": str(tmp_path / "init")}])
+    ranks = [_load(tmp_path / f"init.{rank}") for rank in (0, 1)]
+    for table in init:
+        shards = ranks[0][table] + ranks[1][table]
+        assert shards and max(shards) == 0.0, (table, ranks[0][table], ranks[1][table])
+    assert ranks[0]["item"] and ranks[1]["item"]  # row-wise: a shard on each rank
