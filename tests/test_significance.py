@@ -33,6 +33,8 @@ def test_a_clearly_better_model_has_intervals_above_zero():
     assert r["auc"]["gap"] > 0.05 and r["auc"]["rows_95"][0] > 0 and r["auc"]["groups_95"][0] > 0
     assert r["gauc"]["gap"] > 0.05 and r["gauc"]["groups_95"][0] > 0
     assert r["gauc"]["groups"] == 60 and r["gauc"]["a_ahead"] > 40
+    assert r["gauc"]["by_group_rows"].keys() == {"6-20 rows"}  # 20 rows each
+    assert r["gauc"]["by_group_rows"]["6-20 rows"]["groups"] == 60
 
 
 def test_the_same_model_twice_has_a_zero_gap():
