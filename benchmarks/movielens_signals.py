@@ -29,7 +29,6 @@ files of ``configs/movielens.yaml`` (``interformer-rec convert movielens``). Wri
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence
@@ -38,7 +37,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from planted import metrics_of, model_logits
+from planted import metrics_of, model_logits, write_report
 
 from interformer_rec.config import load_config
 from interformer_rec.data.movielens import NUM_ITEMS, NUM_USERS
@@ -196,11 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs.append(row)
         print(f"{run}: model AUC {row['model']['auc']:.4f}, + item_cf {row['plus_item_cf']['auc']:.4f}", flush=True)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "movielens_signals.json").write_text(json.dumps({"single": single, "nested": nested, "runs": runs}, indent=2))
-    md = markdown(single, nested, runs)
-    (args.out / "movielens_signals.md").write_text(md)
-    print(md)
+    write_report(args.out, "movielens_signals", {"single": single, "nested": nested, "runs": runs}, markdown(single, nested, runs))
     return 0
 
 

@@ -37,6 +37,15 @@ from interformer_rec.train.metrics import compute_metrics
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def write_report(out: Path, name: str, result: Any, md: str) -> None:
+    """Write ``out/<name>.json`` and ``out/<name>.md`` (creating ``out``) and print the
+    Markdown: every benchmark's way of leaving its figures behind."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{name}.md").write_text(md)
+    print(md)
+
+
 def planted_terms(path: Path, cfg: SyntheticConfig) -> Dict[str, np.ndarray]:
     """Every planted term of each row of ``path`` (``[N]`` each, :data:`TERMS`), and
     ``"logit"``, the written ``true_prob`` as a logit."""
@@ -114,11 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         oracle = {"model": "oracle", "run": "", "auc": auc_of(terms["logit"], labels), **regress(terms["logit"], terms)}
         print(f"{rows[-1]['model']:<32} test AUC {rows[-1]['auc']:.4f}  R² {rows[-1]['r2']:.3f}", flush=True)
     rows.append(oracle)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "planted.json").write_text(json.dumps(rows, indent=2))
-    md = markdown(rows)
-    (args.out / "planted.md").write_text(md)
-    print(md)
+    write_report(args.out, "planted", rows, markdown(rows))
     return 0
 
 

@@ -22,16 +22,15 @@ Writes ``results/significance.json`` and ``.md`` (``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import pyarrow.parquet as pq
-from planted import auc_of, model_logits
+from planted import auc_of, model_logits, write_report
 
-from interformer_rec.config import load_config
+from interformer_rec.config import Config, load_config
 from interformer_rec.export.export import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,13 +38,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZE_BUCKETS = [("<= 5 rows", 1, 5), ("6-20 rows", 6, 20), ("> 20 rows", 21, 1 << 62)]
 
 
+def rows_by_group(groups: np.ndarray) -> Dict[int, np.ndarray]:
+    """``{group id: its row indices, ascending}``, groups in ascending order (one sort)."""
+    order = np.argsort(groups, kind="stable")
+    ids, starts = np.unique(groups[order], return_index=True)
+    return {int(g): rows for g, rows in zip(ids, np.split(order, starts[1:]))}
+
+
 def group_aucs(logits: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> Dict[int, float]:
     """AUC of each group that has both labels (``{group id: AUC}``)."""
     out = {}
-    for g in np.unique(groups):
-        m = groups == g
-        if 0 < labels[m].sum() < m.sum():
-            out[int(g)] = auc_of(logits[m], labels[m])
+    for g, m in rows_by_group(groups).items():
+        if 0 < labels[m].sum() < len(m):
+            out[g] = auc_of(logits[m], labels[m])
     return out
 
 
@@ -69,8 +74,8 @@ def compare(
     for _ in range(draws):
         i = rng.integers(0, n, n)
         row_gaps.append(auc_of(a[i], labels[i]) - auc_of(b[i], labels[i]))
-    ids = np.unique(groups)
-    rows_of = {g: np.flatnonzero(groups == g) for g in ids}
+    rows_of = rows_by_group(groups)
+    ids = np.array(list(rows_of))
     group_gaps = []
     for _ in range(draws):
         i = np.concatenate([rows_of[g] for g in rng.choice(ids, len(ids))])
@@ -110,8 +115,10 @@ def compare(
     }
 
 
-def seed_mean_logits(runs: Sequence[Path], cfg_path: Path, test: Path) -> np.ndarray:
-    return np.mean([model_logits(load_model(r)[0], load_config(cfg_path), test)[0] for r in runs], axis=0)
+def seed_mean_logits(runs: Sequence[Path], cfg: Config, test: Path) -> Tuple[np.ndarray, np.ndarray]:
+    """The mean over ``runs`` of their logits on ``test``, and its labels (file order)."""
+    scored = [model_logits(load_model(r)[0], cfg, test) for r in runs]
+    return np.mean([logits for logits, _ in scored], axis=0), scored[0][1].astype(np.float64)
 
 
 def markdown(r: Dict[str, Any]) -> str:
@@ -155,20 +162,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if key is None:
         raise SystemExit(f"{args.config}: schema.group_key is not set; gAUC needs groups")
     groups = pq.read_table(test, columns=[key]).column(0).to_numpy()
-    labels = pq.read_table(test, columns=[cfg.data.schema.labels[0]]).column(0).to_numpy().astype(np.float64)
-    a = seed_mean_logits(args.a, args.config, test)
-    b = seed_mean_logits(args.b, args.config, test)
+    a, labels = seed_mean_logits(args.a, cfg, test)
+    b, _ = seed_mean_logits(args.b, cfg, test)
     result = {
         "a": str(args.a[0].parent), "b": str(args.b[0].parent),
         "a_runs": [str(r) for r in args.a], "b_runs": [str(r) for r in args.b],
         "rows": len(labels), "draws": args.draws,
         **compare(a, b, labels, groups, args.draws),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "significance.json").write_text(json.dumps(result, indent=2))
-    md = markdown(result)
-    (args.out / "significance.md").write_text(md)
-    print(md)
+    write_report(args.out, "significance", result, markdown(result))
     return 0
 
 
