@@ -12,12 +12,18 @@ and what InterFormer's per-step sequence could learn.
 
 Then:
 
-1. each feature's test AUC alone;
-2. logistic regressions on nested sets of the features, fit on the validation rows,
-   scored on the test rows;
+1. each feature's test AUC and gAUC alone;
+2. logistic regressions on nested sets of the features, and on the item prior plus each
+   other feature, fit on the validation rows, scored on the test rows (how each feature
+   trades AUC against gAUC);
 3. for each trained run given, its test AUC, and the test AUC of a logistic regression
    (fit on the validation rows) of its logit plus item-CF, and plus all features: the
-   gain is what the model leaves on the table.
+   gain is what the model leaves on the table;
+4. the positive rate of the test rows by their position among their user's test rows
+   (first quarter ... last quarter, in time order);
+5. for each run, its logit's variation *within* users (each user's mean taken out)
+   regressed on the item prior's logit and the user's positive rate, likewise centred:
+   what orders one user's rows, which is what gAUC measures.
 
     python benchmarks/movielens_signals.py runs/movielens runs/movielens_dlrm_dcn [...]
 
@@ -31,7 +37,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -45,7 +51,8 @@ from interformer_rec.export.export import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = ["item_prior", "user_pos", "user_genre_pos", "recent5_stars", "log_item_count", "log_history", "item_cf"]
-NESTED = {
+FITS = {
+    **{f"item_prior + {f}": ["item_prior", f] for f in FEATURES[1:]},
     "biases (item_prior, user_pos, counts)": ["item_prior", "user_pos", "log_item_count", "log_history"],
     "+ user_genre_pos, recent5_stars": ["item_prior", "user_pos", "log_item_count", "log_history", "user_genre_pos", "recent5_stars"],
     "+ item_cf (all)": FEATURES,
@@ -118,41 +125,90 @@ def metrics(logits: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> Dict[
     return {"auc": m["auc"], "gauc": m["gauc"]}
 
 
-def markdown(single: Dict[str, float], nested: Dict[str, Dict[str, float]], runs: List[Dict[str, Any]]) -> str:
-    lines = ["Each hand feature alone (test AUC)", "", "| feature | test AUC |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" for k, v in single.items()]
-    lines += [
-        "",
-        "Logistic regression on the hand features (fit on the validation rows, scored on test)",
-        "",
-        "| features | test AUC | test gAUC |",
-        "|---|---|---|",
+def centred(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``values [N, ...]`` less the mean of their group (``groups [N]``)."""
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(counts),) + values.shape[1:])
+    np.add.at(sums, inverse, values)
+    return values - (sums / counts.reshape(-1, *[1] * (values.ndim - 1)))[inverse]
+
+
+def within_groups(y: np.ndarray, x: np.ndarray, groups: np.ndarray) -> Dict[str, Any]:
+    """Least squares of ``y [N]`` on ``x [N, k]``, both centred within each group: the
+    ``[k]`` coefficients and the share of ``y``'s within-group variance they explain."""
+    yc, xc = centred(y, groups), centred(x, groups)
+    coef, *_ = np.linalg.lstsq(xc, yc, rcond=None)
+    return {"coef": coef.tolist(), "r2": 1.0 - ((yc - xc @ coef) ** 2).sum() / (yc**2).sum()}
+
+
+def rate_by_position(labels: np.ndarray, groups: np.ndarray, ts: np.ndarray, bins: int = 4) -> List[Dict[str, float]]:
+    """The positive rate of the rows in each of ``bins`` equal slices of each group's rows
+    taken in time order (position 0 = a group's first row, 1 = its last)."""
+    order = np.lexsort((np.arange(len(ts)), ts, groups))
+    _, first, counts = np.unique(groups[order], return_index=True, return_counts=True)
+    rank = np.arange(len(order)) - np.repeat(first, counts)
+    position = np.empty(len(order))
+    position[order] = rank / np.maximum(np.repeat(counts, counts) - 1, 1)
+    which = np.minimum((position * bins).astype(int), bins - 1)
+    return [
+        {"from": b / bins, "to": (b + 1) / bins, "rate": float(labels[which == b].mean()), "rows": int((which == b).sum())}
+        for b in range(bins)
     ]
-    lines += [f"| {k} | {v['auc']:.4f} | {v['gauc']:.4f} |" for k, v in nested.items()]
-    if runs:
-        lines += [
-            "",
-            "Trained models, and a logistic regression (fit on validation) of each model's logit plus item-CF, plus all features",
-            "",
-            "| run | model AUC / gAUC | + item_cf AUC / gAUC | + all features AUC / gAUC |",
-            "|---|---|---|---|",
-        ]
-        for r in runs:
-            cells = [f"{r[k]['auc']:.4f} / {r[k]['gauc']:.4f}" for k in ("model", "plus_item_cf", "plus_all")]
-            lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
-        lines += [
-            "",
-            "Test AUC points item-CF adds to each model (mean ± std over its runs)",
-            "",
-            "| model | runs | model AUC | + item_cf AUC | gain (points) |",
-            "|---|---|---|---|---|",
-        ]
-        for label in dict.fromkeys(r["label"] for r in runs):
-            auc = np.array([[r["model"]["auc"], r["plus_item_cf"]["auc"]] for r in runs if r["label"] == label])
-            gain = 100 * (auc[:, 1] - auc[:, 0])
-            lines.append(
-                f"| {label} | {len(auc)} | {auc[:, 0].mean():.4f} | {auc[:, 1].mean():.4f} | {gain.mean():+.2f} ± {gain.std():.2f} |"
-            )
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> List[str]:
+    """A titled Markdown table, preceded by a blank line."""
+    lines = ["", title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def markdown(
+    single: Dict[str, Dict[str, float]], fits: Dict[str, Dict[str, float]], positions: List[Dict[str, float]], runs: List[Dict[str, Any]]
+) -> str:
+    lines = table(
+        "Each hand feature alone",
+        ["feature", "test AUC", "test gAUC"],
+        ([k, f"{v['auc']:.4f}", f"{v['gauc']:.4f}"] for k, v in single.items()),
+    )[1:]
+    lines += table(
+        "Logistic regression on the hand features (fit on the validation rows, scored on test)",
+        ["features", "test AUC", "test gAUC"],
+        ([k, f"{v['auc']:.4f}", f"{v['gauc']:.4f}"] for k, v in fits.items()),
+    )
+    lines += table(
+        "Positive rate of the test rows by their place among their user's test rows (time order)",
+        ["place", "rows", "positive rate"],
+        ([f"{p['from']:.2f}-{p['to']:.2f}", f"{p['rows']:,}", f"{p['rate']:.3f}"] for p in positions),
+    )
+    if not runs:
+        return "\n".join(lines) + "\n"
+    lines += table(
+        "Trained models, and a logistic regression (fit on validation) of each model's logit plus item-CF, plus all features",
+        ["run", "model AUC / gAUC", "+ item_cf AUC / gAUC", "+ all features AUC / gAUC"],
+        ([r["name"]] + [f"{r[k]['auc']:.4f} / {r[k]['gauc']:.4f}" for k in ("model", "plus_item_cf", "plus_all")] for r in runs),
+    )
+    by_label = {label: [r for r in runs if r["label"] == label] for label in dict.fromkeys(r["label"] for r in runs)}
+    gains = []
+    for label, mine in by_label.items():
+        auc = np.array([[r["model"]["auc"], r["plus_item_cf"]["auc"]] for r in mine])
+        gain = 100 * (auc[:, 1] - auc[:, 0])
+        gains.append([label, str(len(mine)), f"{auc[:, 0].mean():.4f}", f"{auc[:, 1].mean():.4f}", f"{gain.mean():+.2f} ± {gain.std():.2f}"])
+    lines += table(
+        "Test AUC points item-CF adds to each model (mean ± std over its runs)",
+        ["model", "runs", "model AUC", "+ item_cf AUC", "gain (points)"],
+        gains,
+    )
+    within = []
+    for label, mine in by_label.items():
+        coef = np.mean([r["within_user"]["coef"] for r in mine], axis=0)
+        gauc, r2 = np.mean([r["model"]["gauc"] for r in mine]), np.mean([r["within_user"]["r2"] for r in mine])
+        within.append([label, str(len(mine)), f"{gauc:.4f}", f"{coef[0]:.2f}", f"{coef[1]:.2f}", f"{r2:.3f}"])
+    lines += table(
+        "Within users: each run's test logit and the terms below, less each user's mean, regressed on each other "
+        "(mean over the model's runs; R²: the share of the logit's within-user variance the two terms explain)",
+        ["model", "runs", "test gAUC", "item prior (logit)", "user's positive rate", "R²"],
+        within,
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -175,12 +231,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     y = {k: np.asarray(split[k]["label"], dtype=np.float64) for k in ("valid", "test")}
     groups = np.asarray(split["test"]["user_id"])
 
-    single = {f: metrics(x["test"][:, j], y["test"], groups)["auc"] for j, f in enumerate(FEATURES)}
-    nested = {}
-    for name, cols in NESTED.items():
+    single = {f: metrics(x["test"][:, j], y["test"], groups) for j, f in enumerate(FEATURES)}
+    fits = {}
+    for name, cols in FITS.items():
         idx = [FEATURES.index(c) for c in cols]
-        nested[name] = metrics(fit_logistic(x["valid"][:, idx], y["valid"])(x["test"][:, idx]), y["test"], groups)
-        print(f"{name:<40} test AUC {nested[name]['auc']:.4f}  gAUC {nested[name]['gauc']:.4f}", flush=True)
+        fits[name] = metrics(fit_logistic(x["valid"][:, idx], y["valid"])(x["test"][:, idx]), y["test"], groups)
+        print(f"{name:<40} test AUC {fits[name]['auc']:.4f}  gAUC {fits[name]['gauc']:.4f}", flush=True)
+    positions = rate_by_position(y["test"], groups, np.asarray(split["test"]["timestamp"]))
+    prior = x["test"][:, FEATURES.index("item_prior")]
+    within_terms = np.stack([np.log(prior / (1 - prior)), x["test"][:, FEATURES.index("user_pos")]], axis=1)
 
     runs = []
     cf = FEATURES.index("item_cf")
@@ -192,10 +251,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key, extra in (("plus_item_cf", [cf]), ("plus_all", list(range(len(FEATURES))))):
             xv, xt = (np.concatenate([logit[k], x[k][:, extra]], axis=1) for k in ("valid", "test"))
             row[key] = metrics(fit_logistic(xv, y["valid"])(xt), y["test"], groups)
+        row["within_user"] = within_groups(logit["test"][:, 0], within_terms, groups)
         runs.append(row)
         print(f"{run}: model AUC {row['model']['auc']:.4f}, + item_cf {row['plus_item_cf']['auc']:.4f}", flush=True)
 
-    write_report(args.out, "movielens_signals", {"single": single, "nested": nested, "runs": runs}, markdown(single, nested, runs))
+    write_report(
+        args.out,
+        "movielens_signals",
+        {"single": single, "fits": fits, "positions": positions, "runs": runs},
+        markdown(single, fits, positions, runs),
+    )
     return 0
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-from movielens_signals import FEATURES, features, item_similarity  # noqa: E402
+from movielens_signals import FEATURES, centred, features, item_similarity, rate_by_position, within_groups  # noqa: E402
 
 # users 1, 2 like items 10 and 11; user 3 likes 10 and dislikes 12
 TRAIN = {"user_id": [1, 1, 2, 2, 3, 3], "item_id": [10, 11, 10, 11, 10, 12], "label": [1, 1, 1, 1, 1, 0]}
@@ -38,3 +38,28 @@ def test_item_cf_signs_similar_history_items_by_their_stars() -> None:
     rate = 5 / 6
     assert x[0, FEATURES.index("item_prior")] == pytest.approx((2 + 10 * rate) / (2 + 10))
     assert x[0, FEATURES.index("user_pos")] == pytest.approx((1 + 2 * rate) / (2 + 2))
+
+
+def test_within_groups_sees_only_what_orders_a_groups_own_rows() -> None:
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(20), 10)
+    x = rng.normal(size=(200, 2))
+    offsets = rng.normal(scale=5.0, size=20)[groups]  # one level per group: not within-group variation
+    fit = within_groups(offsets + 1.5 * x[:, 0] - 0.5 * x[:, 1], x, groups)
+    assert fit["coef"] == pytest.approx([1.5, -0.5]) and fit["r2"] == pytest.approx(1.0)
+    # a term constant within each group explains nothing of a group's own rows
+    noise = rng.normal(size=200)
+    fit = within_groups(noise, offsets[:, None], groups)
+    assert fit["r2"] == pytest.approx(0.0, abs=1e-9)
+    np.testing.assert_allclose(centred(x, groups).reshape(20, 10, 2).mean(1), 0.0, atol=1e-12)
+
+
+def test_rate_by_position_follows_each_users_time_order() -> None:
+    # user 7: 4 rows, liked first (times 1, 2), disliked last; user 9: 2 rows, disliked then liked;
+    # rows interleaved and out of time order in the file
+    groups = np.array([7, 9, 7, 7, 9, 7])
+    ts = np.array([4, 50, 1, 3, 40, 2])
+    labels = np.array([0, 1, 1, 0, 0, 1])
+    halves = rate_by_position(labels, groups, ts, bins=2)
+    assert [h["rows"] for h in halves] == [3, 3]
+    assert halves[0]["rate"] == pytest.approx(2 / 3) and halves[1]["rate"] == pytest.approx(1 / 3)
