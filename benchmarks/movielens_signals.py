@@ -19,8 +19,8 @@ Then:
 3. for each trained run given, its test AUC, and the test AUC of a logistic regression
    (fit on the validation rows) of its logit plus item-CF, and plus all features: the
    gain is what the model leaves on the table;
-4. the positive rate of the test rows by their position among their user's test rows
-   (first quarter ... last quarter, in time order);
+4. the positive rate of each split's rows by their position among their user's rows of
+   that split (first quarter ... last quarter, in time order);
 5. for each run, its logit's variation *within* users (each user's mean taken out)
    regressed on the item prior's logit and the user's positive rate, likewise centred:
    what orders one user's rows, which is what gAUC measures.
@@ -57,7 +57,7 @@ FITS = {
     "+ user_genre_pos, recent5_stars": ["item_prior", "user_pos", "log_item_count", "log_history", "user_genre_pos", "recent5_stars"],
     "+ item_cf (all)": FEATURES,
 }
-TRAIN_COLUMNS = ["user_id", "item_id", "label"]  # all that item_similarity and features read of it
+TRAIN_COLUMNS = ["user_id", "item_id", "label", "timestamp"]  # all that is read of it
 SMOOTH = 10.0  # pseudo-rows at the global rate for the item prior (and 2 for the per-user rates)
 
 
@@ -163,7 +163,10 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> 
 
 
 def markdown(
-    single: Dict[str, Dict[str, float]], fits: Dict[str, Dict[str, float]], positions: List[Dict[str, float]], runs: List[Dict[str, Any]]
+    single: Dict[str, Dict[str, float]],
+    fits: Dict[str, Dict[str, float]],
+    positions: Dict[str, List[Dict[str, float]]],
+    runs: List[Dict[str, Any]],
 ) -> str:
     lines = table(
         "Each hand feature alone",
@@ -176,9 +179,9 @@ def markdown(
         ([k, f"{v['auc']:.4f}", f"{v['gauc']:.4f}"] for k, v in fits.items()),
     )
     lines += table(
-        "Positive rate of the test rows by their place among their user's test rows (time order)",
-        ["place", "rows", "positive rate"],
-        ([f"{p['from']:.2f}-{p['to']:.2f}", f"{p['rows']:,}", f"{p['rate']:.3f}"] for p in positions),
+        "Positive rate of each split's rows by their place among their user's rows of the split (time order)",
+        ["place", *[f"{split} positive rate" for split in positions]],
+        ([f"{b['from']:.2f}-{b['to']:.2f}", *[f"{positions[k][i]['rate']:.3f}" for k in positions]] for i, b in enumerate(positions["test"])),
     )
     if not runs:
         return "\n".join(lines) + "\n"
@@ -237,7 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         idx = [FEATURES.index(c) for c in cols]
         fits[name] = metrics(fit_logistic(x["valid"][:, idx], y["valid"])(x["test"][:, idx]), y["test"], groups)
         print(f"{name:<40} test AUC {fits[name]['auc']:.4f}  gAUC {fits[name]['gauc']:.4f}", flush=True)
-    positions = rate_by_position(y["test"], groups, np.asarray(split["test"]["timestamp"]))
+    positions = {
+        k: rate_by_position(np.asarray(split[k]["label"], dtype=np.float64), np.asarray(split[k]["user_id"]), np.asarray(split[k]["timestamp"]))
+        for k in ("train", "valid", "test")
+    }
     prior = x["test"][:, FEATURES.index("item_prior")]
     within_terms = np.stack([np.log(prior / (1 - prior)), x["test"][:, FEATURES.index("user_pos")]], axis=1)
 
