@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from torchrec.metrics.auc import compute_auc
 
 from interformer_rec.config import Config, SyntheticConfig
 from interformer_rec.data.reader import ParquetBatchReader
@@ -74,7 +75,11 @@ def metrics_of(logits: np.ndarray, labels: np.ndarray, groups: Optional[np.ndarr
 
 
 def auc_of(logits: np.ndarray, labels: np.ndarray) -> float:
-    return metrics_of(logits, labels)["auc"]
+    """The AUC of :func:`compute_metrics` alone (TorchRec's ``compute_auc`` of the
+    probabilities), without its gAUC, logloss and NE: the bootstrap's inner loop."""
+    probs = torch.sigmoid(torch.from_numpy(np.asarray(logits, dtype=np.float64))).unsqueeze(0)
+    y = torch.from_numpy(np.asarray(labels, dtype=np.float64)).unsqueeze(0)
+    return float(compute_auc(1, [probs], [y], [torch.ones_like(y)])[0])
 
 
 def regress(y: np.ndarray, terms: Dict[str, np.ndarray]) -> Dict[str, Any]:

@@ -219,6 +219,7 @@ def convert_movielens(
     users = _read_users(raw_dir)
     items, item_genres = _read_items(raw_dir)
     user, item, ts = r["user"], r["item"], r["ts"]
+    label = (r["rating"] >= 4).astype(np.int8)
 
     hist_rows, n_history = _histories(r, max_len)
     hist_items = Jagged(hist_rows.lengths, item[hist_rows.values])
@@ -229,7 +230,7 @@ def convert_movielens(
     item_age = np.where(release >= 0, np.clip((ts - release) / (365.25 * 86400), 0, 80) / 80, 0)
 
     cols: Dict[str, pa.Array] = {
-        "label": pa.array((r["rating"] >= 4).astype(np.int8)),
+        "label": pa.array(label),
         "hour_of_day": pa.array(((ts % 86400) // 3600 / 23).astype(np.float32)),
         "day_of_week": pa.array(((ts // 86400 + 3) % 7 / 6).astype(np.float32)),  # Monday 0
         "log_history": pa.array((np.log1p(n_history) / LOG_SCALE).astype(np.float32)),
@@ -275,7 +276,7 @@ def convert_movielens(
     corating = out_dir / f"item_corating{corating_dim}.npy"
     np.save(
         corating,
-        corating_embeddings(user[train_rows], item[train_rows], r["rating"][train_rows] >= 4, NUM_USERS, NUM_ITEMS, corating_dim),
+        corating_embeddings(user[train_rows], item[train_rows], label[train_rows], NUM_USERS, NUM_ITEMS, corating_dim),
     )
     return {
         "out_dir": str(out_dir),

@@ -79,6 +79,7 @@ class SimilarityTokens(nn.Module):
         super().__init__()
         self.pairs = pairs
         self.num_sequences = num_sequences
+        self.target_idx, self.sequence_idx = (list(idx) for idx in zip(*pairs))
         self.values = nn.ModuleList([nn.Linear(num_sequences * dim, dim) for _ in pairs])
 
     def forward(self, targets: Tensor, steps: Tensor) -> Tensor:
@@ -88,16 +89,17 @@ class SimilarityTokens(nn.Module):
             steps: ``[B, T, k·d]`` (zeros at padded steps, whose weight is then 0).
 
         Returns:
-            ``[B, len(pairs), d]``.
+            ``[B, P, d]``, ``P = len(pairs)``.
         """
         B, T, _ = steps.shape
-        per_sequence = steps.view(B, T, self.num_sequences, -1)
-        tokens = []
-        for (i, j), value in zip(self.pairs, self.values):
-            cos = (F.normalize(per_sequence[:, :, j], dim=-1) @ F.normalize(targets[:, i], dim=-1).unsqueeze(-1)).squeeze(-1)
-            w = cos / (cos.abs().sum(1, keepdim=True) + 1e-3)  # [B, T]
-            tokens.append(torch.bmm(w.unsqueeze(1), value(steps)))
-        return torch.cat(tokens, dim=1)
+        history = F.normalize(steps.view(B, T, self.num_sequences, -1)[:, :, self.sequence_idx], dim=-1)  # [B, T, P, d]
+        cos = (history * F.normalize(targets[:, self.target_idx], dim=-1).unsqueeze(1)).sum(-1)  # [B, T, P]
+        w = cos / (cos.abs().sum(1, keepdim=True) + 1e-3)
+        # every pair's V in one matmul: [B, T, P·d]
+        weight = torch.cat([v.weight for v in self.values])
+        bias = torch.cat([v.bias for v in self.values])
+        values = F.linear(steps, weight, bias).view(B, T, len(self.pairs), -1)
+        return (w.unsqueeze(-1) * values).sum(1)
 
 
 class InterFormerLayer(nn.Module):
