@@ -23,7 +23,14 @@ Then:
    that split (first quarter ... last quarter, in time order);
 5. for each run, its logit's variation *within* users (each user's mean taken out)
    regressed on the item prior's logit and the user's positive rate, likewise centred:
-   what orders one user's rows, which is what gAUC measures.
+   what orders one user's rows, which is what gAUC measures; and the same on all the
+   features above, each scaled to unit within-user standard deviation (which of them
+   each model leans on inside a user);
+6. for each model, the test AUC and gAUC of its runs' logits averaged (what is left of
+   a gap when the seeds' noise averages out);
+7. the gAUC on validation and test of the item prior's logit plus ``w`` times item-CF,
+   both at unit within-user standard deviation: what leaning on item-CF inside a user
+   (the ratio of the two coefficients of 5.) costs or gains.
 
     python benchmarks/movielens_signals.py runs/movielens runs/movielens_dlrm_dcn [...]
 
@@ -57,6 +64,7 @@ FITS = {
     "+ user_genre_pos, recent5_stars": ["item_prior", "user_pos", "log_item_count", "log_history", "user_genre_pos", "recent5_stars"],
     "+ item_cf (all)": FEATURES,
 }
+CF_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0)  # item-CF's weight relative to the item prior's, within users
 TRAIN_COLUMNS = ["user_id", "item_id", "label", "timestamp"]  # all that is read of it
 SMOOTH = 10.0  # pseudo-rows at the global rate for the item prior (and 2 for the per-user rates)
 
@@ -166,7 +174,9 @@ def markdown(
     single: Dict[str, Dict[str, float]],
     fits: Dict[str, Dict[str, float]],
     positions: Dict[str, List[Dict[str, float]]],
+    blend: Dict[str, Dict[float, float]],
     runs: List[Dict[str, Any]],
+    averaged: Dict[str, Dict[str, float]],
 ) -> str:
     lines = table(
         "Each hand feature alone",
@@ -182,6 +192,11 @@ def markdown(
         "Positive rate of each split's rows by their place among their user's rows of the split (time order)",
         ["place", *[f"{split} positive rate" for split in positions]],
         ([f"{b['from']:.2f}-{b['to']:.2f}", *[f"{positions[k][i]['rate']:.3f}" for k in positions]] for i, b in enumerate(positions["test"])),
+    )
+    lines += table(
+        "gAUC of the item prior's logit + w · item-CF, both at unit within-user standard deviation",
+        ["split", *[f"w = {w:g}" for w in CF_WEIGHTS]],
+        ([k, *[f"{blend[k][w]:.4f}" for w in CF_WEIGHTS]] for k in blend),
     )
     if not runs:
         return "\n".join(lines) + "\n"
@@ -212,6 +227,21 @@ def markdown(
         ["model", "runs", "test gAUC", "item prior (logit)", "user's positive rate", "R²"],
         within,
     )
+    lines += table(
+        "Within users, on all the hand features (item prior as its logit), each scaled to unit within-user "
+        "standard deviation (mean over the model's runs)",
+        ["model", *FEATURES, "R²"],
+        (
+            [label, *[f"{c:+.2f}" for c in np.mean([r["within_user_all"]["coef"] for r in mine], axis=0)],
+             f"{np.mean([r['within_user_all']['r2'] for r in mine]):.3f}"]
+            for label, mine in by_label.items()
+        ),
+    )
+    lines += table(
+        "Each model's runs' test logits averaged",
+        ["model", "runs", "test AUC", "test gAUC"],
+        ([label, str(a["runs"]), f"{a['auc']:.4f}", f"{a['gauc']:.4f}"] for label, a in averaged.items()),
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -233,6 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     x = {k: features(split[k], split["train"], sim) for k in ("valid", "test")}
     y = {k: np.asarray(split[k]["label"], dtype=np.float64) for k in ("valid", "test")}
     groups = np.asarray(split["test"]["user_id"])
+    blend = {}
+    for k in ("valid", "test"):
+        g = np.asarray(split[k]["user_id"])
+        pair = np.stack([np.log(x[k][:, 0] / (1 - x[k][:, 0])), x[k][:, FEATURES.index("item_cf")]], axis=1)
+        pair /= centred(pair, g).std(0)
+        blend[k] = {w: metrics(pair[:, 0] + w * pair[:, 1], y[k], g)["gauc"] for w in CF_WEIGHTS}
 
     single = {f: metrics(x["test"][:, j], y["test"], groups) for j, f in enumerate(FEATURES)}
     fits = {}
@@ -246,8 +282,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     prior = x["test"][:, FEATURES.index("item_prior")]
     within_terms = np.stack([np.log(prior / (1 - prior)), x["test"][:, FEATURES.index("user_pos")]], axis=1)
+    all_terms = x["test"].copy()
+    all_terms[:, 0] = within_terms[:, 0]
+    all_terms /= centred(all_terms, groups).std(0)  # unit within-user standard deviation
 
     runs = []
+    test_logits: Dict[str, List[np.ndarray]] = {}
     cf = FEATURES.index("item_cf")
     for run in args.runs:
         model, cfg, _, _ = load_model(run / "checkpoints")
@@ -258,14 +298,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             xv, xt = (np.concatenate([logit[k], x[k][:, extra]], axis=1) for k in ("valid", "test"))
             row[key] = metrics(fit_logistic(xv, y["valid"])(xt), y["test"], groups)
         row["within_user"] = within_groups(logit["test"][:, 0], within_terms, groups)
+        row["within_user_all"] = within_groups(logit["test"][:, 0], all_terms, groups)
         runs.append(row)
+        test_logits.setdefault(label, []).append(logit["test"][:, 0])
         print(f"{run}: model AUC {row['model']['auc']:.4f}, + item_cf {row['plus_item_cf']['auc']:.4f}", flush=True)
 
+    averaged = {label: {"runs": len(z), **metrics(np.mean(z, axis=0), y["test"], groups)} for label, z in test_logits.items()}
     write_report(
         args.out,
         "movielens_signals",
-        {"single": single, "fits": fits, "positions": positions, "runs": runs},
-        markdown(single, fits, positions, runs),
+        {"single": single, "fits": fits, "positions": positions, "blend": blend, "runs": runs, "averaged": averaged},
+        markdown(single, fits, positions, blend, runs, averaged),
     )
     return 0
 
