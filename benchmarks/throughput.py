@@ -8,7 +8,10 @@ measured matrix-multiply FLOP/s of the same machine.
 
 Each step is the model's own compute (unsharded model, every sequence full length, the
 worst case): forward + backward + Adam for training, forward under ``no_grad`` in eval
-mode for inference. Timings are medians over ``--steps`` steps after ``--warmup``.
+mode for inference. Timings are medians over ``--steps`` steps after ``--warmup``. At
+the first batch size and T = 50 it also splits each model's forward FLOPs by module and
+times each module of InterFormer's dense arch alone (forward + backward, with its FLOPs),
+with what the step would take if every module ran as fast as the most efficient one.
 Writes ``results/throughput.json``, ``.md`` and ``.png``.
 """
 
@@ -199,6 +202,106 @@ def forward_flop_split(
     return split
 
 
+def module_times(
+    name: str,
+    schema: Schema,
+    dim: int,
+    B: int,
+    T: int,
+    device: torch.device,
+    warmup: int,
+    steps: int,
+    min_share: float = 0.03,
+    sets: Sequence[str] = (),
+) -> List[Dict[str, Any]]:
+    """Forward + backward of each submodule of the model's dense ``arch`` run alone on
+    the inputs it gets in a training step (train mode, gradients to its float inputs):
+    median ms, GFLOP and achieved GFLOP/s. Paths relative to ``arch``, at most three
+    levels deep, at least ``min_share`` of the whole arch's time; the first row is the
+    whole arch. Empty for a model without an ``arch`` (the baselines). Where the step's
+    time goes module by module, and how efficiently each module runs on this device."""
+    model, batch = training_step(name, schema, dim, B, T, device, sets)[:2]
+    arch = getattr(model.model, "arch", None)
+    if arch is None:
+        return []
+    inputs: Dict[str, Tuple[Tuple[Any, ...], Dict[str, Any]]] = {}
+    modules = {
+        path: m
+        for path, m in arch.named_modules()
+        if path.count(".") <= 2 and not isinstance(m, torch.nn.ModuleList) and "._" not in path and not path.startswith("_")
+    }
+
+    def keep(path: str) -> Callable[..., None]:
+        def hook(m: torch.nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], out: Any) -> None:
+            clone = lambda a: a.detach().clone() if isinstance(a, torch.Tensor) else a  # noqa: E731
+            inputs[path] = (tuple(clone(a) for a in args), {k: clone(v) for k, v in kwargs.items()})
+
+        return hook
+
+    handles = [m.register_forward_hook(keep(path), with_kwargs=True) for path, m in modules.items()]
+    model.train()
+    model(batch)[0].backward()
+    for h in handles:
+        h.remove()
+    rows = []
+    for path, m in modules.items():
+        args, kwargs = inputs[path]
+        args = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+        def step(m: torch.nn.Module = m, args: Tuple[Any, ...] = args, kwargs: Dict[str, Any] = kwargs) -> None:
+            out = m(*args, **kwargs)
+            outs = out if isinstance(out, tuple) else (out,)
+            sum(o.sum() for o in outs if isinstance(o, torch.Tensor) and o.requires_grad).backward()
+            m.zero_grad(set_to_none=True)
+
+        seconds = median_seconds(step, warmup, steps, device)
+        with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as fc:
+            step()
+        rows.append({"module": path or "(whole arch)", "fwd_bwd_ms": seconds * 1e3, "gflop": fc.get_total_flops() / 1e9})
+    whole = rows[0]["fwd_bwd_ms"]
+    rows = [r for r in rows if r["fwd_bwd_ms"] >= min_share * whole]
+    for r in rows:
+        r["gflop_per_s"] = r["gflop"] / r["fwd_bwd_ms"] * 1e3
+    return rows
+
+
+def module_times_markdown(times: Dict[str, List[Dict[str, Any]]], rows: List[Dict[str, Any]], B: int, T: int) -> List[str]:
+    """One table per model, and what its training step would take if all of it ran at
+    the FLOP/s of its most efficient module, against DLRM_DCN (the speed target's
+    reference) at the same B, T when it was measured, else the fastest DLRM."""
+    lines = []
+    at = [r for r in rows if r["batch_size"] == B and r["seq_len"] == T]
+    ref = [r for r in at if r["model"] == "dlrm_dcn"] or sorted((r for r in at if r["model"] in DLRMS), key=lambda r: r["train_ms"])
+    for name, mods in times.items():
+        if not mods:
+            continue
+        lines += [
+            "",
+            f"Forward + backward of each module of **{name}** alone (B={B}, T={T}; modules with at least 3 % of the arch's time)",
+            "",
+            "| module | ms | share of the arch | GFLOP | GFLOP/s |",
+            "|---|---|---|---|---|",
+        ]
+        whole = mods[0]["fwd_bwd_ms"]
+        lines += [
+            f"| {m['module']} | {m['fwd_bwd_ms']:.2f} | {m['fwd_bwd_ms'] / whole:.0%} | {m['gflop']:.4f} | {m['gflop_per_s']:.1f} |"
+            for m in mods
+        ]
+        step = [r for r in at if r["model"] == name]
+        best = max(mods[1:] or mods, key=lambda m: m["gflop_per_s"])
+        if step and ref:
+            bound_ms = step[0]["train_gflop_per_step"] / best["gflop_per_s"] * 1e3
+            ref_ms = ref[0]["train_ms"]
+            lines += [
+                "",
+                f"At the FLOP/s of its most efficient module ({best['module']}, {best['gflop_per_s']:.1f} GFLOP/s), the whole "
+                f"training step ({step[0]['train_gflop_per_step']:.3f} GFLOP) would take {bound_ms:.1f} ms against "
+                f"{step[0]['train_ms']:.1f} ms measured: {ref_ms / bound_ms:.2f}× {ref[0]['model']}'s {ref_ms:.1f} ms step "
+                f"(measured: {ref_ms / step[0]['train_ms']:.2f}×).",
+            ]
+    return lines
+
+
 def flop_split_markdown(splits: Dict[str, Dict[str, float]], B: int, T: int) -> List[str]:
     lines = ["", f"Forward GFLOP per step by module (B={B}, T={T}; modules with at least 2 % of their model's)", ""]
     for name, split in splits.items():
@@ -340,9 +443,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         name: forward_flop_split(name, split_schema, args.dim, args.batch_sizes[0], PROFILE_T, device, sets=args.set)
         for name in args.models
     }
+    times = {
+        name: module_times(name, split_schema, args.dim, args.batch_sizes[0], PROFILE_T, device, args.warmup, args.steps, sets=args.set)
+        for name in args.models
+    }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "throughput.json").write_text(json.dumps({"meta": meta, "rows": rows, "forward_flop_split": splits}, indent=2))
-    md = markdown(rows, meta) + "\n".join(flop_split_markdown(splits, args.batch_sizes[0], PROFILE_T))
+    (args.out / "throughput.json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "forward_flop_split": splits, "module_times": times}, indent=2)
+    )
+    md = markdown(rows, meta) + "\n".join(
+        flop_split_markdown(splits, args.batch_sizes[0], PROFILE_T)
+        + module_times_markdown(times, rows, args.batch_sizes[0], PROFILE_T)
+    )
     (args.out / "throughput.md").write_text(md)
     plot(rows, args.out / "throughput.png")
     if args.profile:
