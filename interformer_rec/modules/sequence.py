@@ -160,16 +160,15 @@ class MultiHeadSelfAttention(nn.Module):
         """
         B, L, d = s.shape
         h = self.num_heads
-        qkv = self.qkv(s).view(B, L, 3, h, d // h).permute(2, 0, 3, 1, 4)  # [3, B, h, T', dh]
+        # three [B, h, T', dh] views; unbind (not slicing) keeps the backward a single
+        # stack instead of zero-filled [3, ...] gradient buffers
+        q, k, v = self.qkv(s).view(B, L, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
         if self.rope:
             if positions is None:
                 cos, sin = rotary_angles(torch.arange(L, device=s.device), d // h)
             else:
                 cos, sin = (a.unsqueeze(1) for a in rotary_angles(positions, d // h))  # [B, 1, T', dh/2]
-            qk = apply_rotary(qkv[:2], cos, sin)
-            q, k, v = qk[0], qk[1], qkv[2]
-        else:
-            q, k, v = qkv.unbind(0)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.window and L - self.num_global > self.window:
             o = self._local(q, k, v, valid)
         else:
