@@ -263,10 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     x = {k: features(split[k], split["train"], sim) for k in ("valid", "test")}
     y = {k: np.asarray(split[k]["label"], dtype=np.float64) for k in ("valid", "test")}
     groups = np.asarray(split["test"]["user_id"])
+    ip = FEATURES.index("item_prior")
+    prior_logit = {k: np.log(x[k][:, ip] / (1 - x[k][:, ip])) for k in ("valid", "test")}
     blend = {}
     for k in ("valid", "test"):
         g = np.asarray(split[k]["user_id"])
-        pair = np.stack([np.log(x[k][:, 0] / (1 - x[k][:, 0])), x[k][:, FEATURES.index("item_cf")]], axis=1)
+        pair = np.stack([prior_logit[k], x[k][:, FEATURES.index("item_cf")]], axis=1)
         pair /= centred(pair, g).std(0)
         blend[k] = {w: metrics(pair[:, 0] + w * pair[:, 1], y[k], g)["gauc"] for w in CF_WEIGHTS}
 
@@ -280,10 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         k: rate_by_position(np.asarray(split[k]["label"], dtype=np.float64), np.asarray(split[k]["user_id"]), np.asarray(split[k]["timestamp"]))
         for k in ("train", "valid", "test")
     }
-    prior = x["test"][:, FEATURES.index("item_prior")]
-    within_terms = np.stack([np.log(prior / (1 - prior)), x["test"][:, FEATURES.index("user_pos")]], axis=1)
+    within_terms = np.stack([prior_logit["test"], x["test"][:, FEATURES.index("user_pos")]], axis=1)
     all_terms = x["test"].copy()
-    all_terms[:, 0] = within_terms[:, 0]
+    all_terms[:, ip] = prior_logit["test"]
     all_terms /= centred(all_terms, groups).std(0)  # unit within-user standard deviation
 
     runs = []

@@ -171,24 +171,13 @@ def bench_model(
     }
 
 
-def forward_flop_split(
-    name: str,
-    schema: Schema,
-    dim: int,
-    B: int,
-    T: int,
-    device: torch.device,
-    min_share: float = 0.02,
-    max_depth: int = 5,
-    sets: Sequence[str] = (),
-) -> Dict[str, float]:
+def forward_flop_split(model: RankingTrain, batch: Batch, min_share: float = 0.02, max_depth: int = 5) -> Dict[str, float]:
     """Forward GFLOP of one step by submodule of the model (paths relative to it, tree
     order, at most ``max_depth`` levels, at least ``min_share`` of the whole; TorchRec's
     ``_mlp`` / ``_linear`` wrappers are folded into their parent). Forward only:
     FlopCounterMode charges backward FLOPs to whichever module is on its stack when
     autograd runs them, so a per-module backward split would be wrong (backward costs
     about 2x forward)."""
-    model, batch = training_step(name, schema, dim, B, T, device, sets)[:2]
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as fc:
         model(batch)
     counts = {m: sum(c.values()) for m, c in fc.get_flop_counts().items()}
@@ -203,16 +192,7 @@ def forward_flop_split(
 
 
 def module_times(
-    name: str,
-    schema: Schema,
-    dim: int,
-    B: int,
-    T: int,
-    device: torch.device,
-    warmup: int,
-    steps: int,
-    min_share: float = 0.03,
-    sets: Sequence[str] = (),
+    model: RankingTrain, batch: Batch, device: torch.device, warmup: int, steps: int, min_share: float = 0.03
 ) -> List[Dict[str, Any]]:
     """Forward + backward of each submodule of the model's dense ``arch`` run alone on
     the inputs it gets in a training step (train mode, gradients to its float inputs):
@@ -220,7 +200,6 @@ def module_times(
     levels deep, at least ``min_share`` of the whole arch's time; the first row is the
     whole arch. Empty for a model without an ``arch`` (the baselines). Where the step's
     time goes module by module, and how efficiently each module runs on this device."""
-    model, batch = training_step(name, schema, dim, B, T, device, sets)[:2]
     arch = getattr(model.model, "arch", None)
     if arch is None:
         return []
@@ -439,14 +418,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model_overrides": args.set,
     }
     split_schema = synthetic_schema(SyntheticConfig(max_len=PROFILE_T))
-    splits = {
-        name: forward_flop_split(name, split_schema, args.dim, args.batch_sizes[0], PROFILE_T, device, sets=args.set)
-        for name in args.models
-    }
-    times = {
-        name: module_times(name, split_schema, args.dim, args.batch_sizes[0], PROFILE_T, device, args.warmup, args.steps, sets=args.set)
-        for name in args.models
-    }
+    splits, times = {}, {}
+    for name in args.models:  # one model per name for both splits (FLOPs by module, time by module)
+        model, batch = training_step(name, split_schema, args.dim, args.batch_sizes[0], PROFILE_T, device, args.set)[:2]
+        splits[name] = forward_flop_split(model, batch)
+        times[name] = module_times(model, batch, device, args.warmup, args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "throughput.json").write_text(
         json.dumps({"meta": meta, "rows": rows, "forward_flop_split": splits, "module_times": times}, indent=2)
