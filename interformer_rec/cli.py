@@ -33,7 +33,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-CONVERT_FORMATS = ["movielens", "criteo", "taobao", "taobao_fuxictr", "amazon", "amazon_reviews"]
+CONVERT_FORMATS = ["movielens", "criteo", "taobao", "taobao_fuxictr", "amazon", "amazon_reviews",
+                   "amazon_grocery"]
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -43,13 +44,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = Path(args.out)
     policy = BadRowPolicy(max_bad_rows=args.max_bad_rows, max_bad_fraction=args.max_bad_fraction)
     kw = dict(policy=policy, row_group_size=args.row_group_size,
-              valid_frac=args.valid_frac, test_frac=args.test_frac)
+              valid_frac=args.valid_frac or 0.0, test_frac=args.test_frac or 0.0)
+    max_len = 50 if args.max_len is None else args.max_len  # movielens, amazon_reviews
     if args.format == "movielens":
         from interformer_rec.data.movielens import convert_movielens
 
         if len(raw) != 1:
             raise ConfigError("convert movielens: --raw takes one directory")
-        summary = convert_movielens(raw[0], out, max_len=args.max_len, corating_dim=args.corating_dim)
+        summary = convert_movielens(raw[0], out, max_len=max_len, corating_dim=args.corating_dim)
     elif args.format == "criteo":
         from interformer_rec.data.criteo import convert_criteo
 
@@ -71,8 +73,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
         if len(raw) != 1 or not args.meta:
             raise ConfigError("convert amazon_reviews: --raw REVIEWS.json --meta META.json")
-        summary = build_amazon_din(raw[0], Path(args.meta), out, max_len=args.max_len,
+        summary = build_amazon_din(raw[0], Path(args.meta), out, max_len=max_len,
                                    seed=args.seed, policy=policy, row_group_size=args.row_group_size)
+    elif args.format == "amazon_grocery":
+        from interformer_rec.data.grocery import convert_amazon_grocery
+
+        if len(raw) != 1:
+            raise ConfigError("convert amazon_grocery: --raw takes one directory (train.csv, item_meta.csv)")
+        summary = convert_amazon_grocery(
+            raw[0], out, max_len=100 if args.max_len is None else args.max_len, seed=args.seed,
+            valid_frac=0.1 if args.valid_frac is None else args.valid_frac,
+            test_frac=0.1 if args.test_frac is None else args.test_frac,
+            policy=policy, row_group_size=args.row_group_size,
+        )
     else:  # argparse restricts choices
         raise AssertionError(args.format)
     print(json.dumps(summary, indent=2))
@@ -138,26 +151,31 @@ def build_parser() -> argparse.ArgumentParser:
         "(DIN form): each --raw file becomes OUT/<stem>.parquet, or, with --valid-frac/"
         "--test-frac and one file, OUT/train|valid|test.parquet split by position. "
         "amazon_reviews: --raw reviews JSON lines and --meta metadata -> DIN-form "
-        "train/test with sampled negatives. Malformed lines are skipped and listed in "
-        "OUT/bad_rows.txt; above --max-bad-rows / --max-bad-fraction the job fails and "
-        "writes nothing.",
+        "train/test with sampled negatives. amazon_grocery: --raw the directory with "
+        "train.csv and item_meta.csv -> DIN protocol (one sampled negative per review) "
+        "split 80/10/10 by global time (--valid-frac/--test-frac, default 0.1 each). "
+        "Malformed lines are skipped and listed in OUT/bad_rows.txt; above --max-bad-rows / "
+        "--max-bad-fraction the job fails and writes nothing.",
     )
     c.add_argument("format", choices=CONVERT_FORMATS)
-    c.add_argument("--raw", required=True, nargs="+", help="raw file(s) (movielens: the directory)")
+    c.add_argument("--raw", required=True, nargs="+", help="raw file(s) (movielens, amazon_grocery: the directory)")
     c.add_argument("--out", required=True, help="output directory")
-    c.add_argument("--max-len", type=int, default=50,
-                   help="history length kept per row (movielens, amazon_reviews)")
+    c.add_argument("--max-len", type=int, default=None,
+                   help="history length kept per row (movielens, amazon_reviews: default 50; "
+                   "amazon_grocery: default 100)")
     c.add_argument("--corating-dim", type=int, default=16,
                    help="movielens: width of the co-rating item embeddings written (= model.embedding_dim)")
     c.add_argument("--meta", help="amazon_reviews: the item metadata file")
-    c.add_argument("--seed", type=int, default=0, help="amazon_reviews: negative sampling seed")
+    c.add_argument("--seed", type=int, default=0, help="amazon_reviews, amazon_grocery: negative sampling seed")
     c.add_argument("--max-bad-rows", type=int, default=None,
                    help="fail when more malformed lines than this (default: no count cap)")
     c.add_argument("--max-bad-fraction", type=float, default=0.001,
                    help="fail when more than this fraction of lines is malformed (default 0.001)")
     c.add_argument("--row-group-size", type=int, default=65536, help="rows per Parquet row group")
-    c.add_argument("--valid-frac", type=float, default=0.0, help="split off this fraction for valid")
-    c.add_argument("--test-frac", type=float, default=0.0, help="... and this (the last lines) for test")
+    c.add_argument("--valid-frac", type=float, default=None,
+                   help="split off this fraction for valid (default 0; amazon_grocery: 0.1)")
+    c.add_argument("--test-frac", type=float, default=None,
+                   help="... and this (the last lines) for test (default 0; amazon_grocery: 0.1)")
     c.add_argument("--min-fields", type=int, default=40,
                    help="criteo: fewest tab-separated fields accepted; 15 reads files whose "
                    "trailing empty fields were stripped (default 40: exact)")

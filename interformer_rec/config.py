@@ -177,23 +177,15 @@ class DataConfig:
 
 # --------------------------------------------------------------------------- models
 
-Interaction = Literal["dot", "dcn", "projection", "dhen"]
+Interaction = Literal["dot", "dcn", "projection", "dhen", "dhen_flat"]
 
 
 @dataclass
 class InterFormerConfig:
     """Sizes of InterFormer (arXiv 2411.09852). Defaults follow the paper where it says:
-    4 CLS tokens, 2 PMA seeds, 2 most-recent tokens, DHEN interaction, RoPE. Depth, heads
-    and the interaction MLP are sized for cost: on MovieLens-100K and the synthetic set one
-    layer, one head and a 64-wide MLP matched or beat two layers, two heads and 128 at
-    half the step time (README, "Speed"). Dropout 0.1 on the Sequence Arch's residual
-    branches; on the synthetic set (dhen, 3 seeds) test AUC 0.8184 ± 0.0052, against
-    0.8157 ± 0.0109 without dropout and 0.8200 ± 0.0031 with 0.1 on the attention weights
-    too, which costs a third of the CPU training throughput (README, "Speed").
-    Target-aware PMA seeds (``pma_context``) then raised it to 0.8231 ± 0.0011. Match
-    tokens pay off only at d = 32 (README, "Quality"), so they are off. Similarity
-    tokens need item embeddings whose cosines mean something (co-rating ``init``), so
-    they are off here and on in ``configs/movielens.yaml``."""
+    4 CLS tokens, 2 PMA seeds, 2 most-recent tokens, DHEN interaction (§3.2), RoPE.
+    Depth, heads and widths are sized for a CPU; ``configs/paper/`` holds the paper's
+    settings. What each choice measured is in ``docs/experiments/``."""
 
     num_layers: int = 1
     num_heads: int = 1
@@ -207,12 +199,24 @@ class InterFormerConfig:
     # not in the paper
     similarity_tokens: bool = False
     interaction: Interaction = "dhen"
+    # DHEN (§3.2): each layer is LayerNorm(Ensemble(DOT(X), DCN(X)) + ShortCut(X));
+    # Ensemble "concat" (concatenation, then a linear map back to the token width) or "sum"
+    dhen_layers: int = 1
+    dhen_ensemble: Literal["concat", "sum"] = "concat"
+    # LayerNorm on the Interaction Arch's residual stream: X^{l+1} = LN(X^l + MLP(...))
+    interaction_norm: bool = True
     interaction_mlp: List[int] = field(default_factory=lambda: [64])
     dcn_num_layers: int = 2
     dcn_low_rank: int = 16
     projection_branch1: List[int] = field(default_factory=lambda: [64, 64])
     projection_branch2: List[int] = field(default_factory=lambda: [64, 64])
     masknet_hidden: int = 64
+    # dense floats as tokens: one per field (x_i · w_i + b_i) or one projected token
+    # (§4.1: Linear(n_dense -> d))
+    dense_tokens: Literal["per_field", "projected"] = "per_field"
+    # PFFN weight generator: "full" W_PFFN = reshape(flatten(X_sum) · W), W ∈ R^{m·d × d²};
+    # "paper" (appendix A.2.2) W_PFFN = X_sumᵀ · W, W ∈ R^{m × d}
+    pffn_generator: Literal["full", "paper"] = "full"
     ffn_hidden: int = 0
     attention_window: int = 64
     over_arch: List[int] = field(default_factory=lambda: [128, 64])
@@ -231,6 +235,7 @@ class DLRMConfig:
     dcn_low_rank: int = 16
     projection_branch1: List[int] = field(default_factory=lambda: [64, 64])
     projection_branch2: List[int] = field(default_factory=lambda: [64, 64])
+    dropout: float = 0.0  # after each hidden layer of the over arch
 
 
 @dataclass
@@ -243,7 +248,17 @@ class BSTConfig:
     dropout: float = 0.0
 
 
-ModelName = Literal["interformer", "dlrm", "dlrm_dcn", "dlrm_projection", "bst"]
+@dataclass
+class DINConfig:
+    """Deep Interest Network baseline (Zhou et al., 2018): target attention over the
+    history with a local activation unit, then an MLP."""
+
+    attention_mlp: List[int] = field(default_factory=lambda: [80, 40])
+    over_arch: List[int] = field(default_factory=lambda: [200, 80])
+    dropout: float = 0.0
+
+
+ModelName = Literal["interformer", "dlrm", "dlrm_dcn", "dlrm_projection", "bst", "din"]
 
 
 @dataclass
@@ -253,6 +268,7 @@ class ModelConfig:
     interformer: InterFormerConfig = field(default_factory=InterFormerConfig)
     dlrm: DLRMConfig = field(default_factory=DLRMConfig)
     bst: BSTConfig = field(default_factory=BSTConfig)
+    din: DINConfig = field(default_factory=DINConfig)
 
 
 # --------------------------------------------------------------------------- training
@@ -287,11 +303,44 @@ class DistConfig:
     cpu_row_wise: bool = False
 
 
+Monitor = Literal["auc", "gauc", "logloss"]
+
+
+@dataclass
+class LRScheduleConfig:
+    """Learning-rate schedule of every optimizer (dense and fused embedding ones), as a
+    multiplier of each one's configured ``lr``.
+
+    * ``constant``: no change.
+    * ``plateau`` (BARS / FuxiCTR ``ReduceLROnPlateau``): after ``patience`` validations
+      without an improvement of ``train.monitor``, multiply by ``factor`` (at least
+      ``min_scale``).
+    * ``cosine``: linear warm-up over ``warmup_steps`` steps, then a cosine decay to
+      ``min_scale`` at the last step of ``train.epochs``.
+    """
+
+    name: Literal["constant", "plateau", "cosine"] = "constant"
+    factor: float = 0.1
+    patience: int = 0
+    warmup_steps: int = 0
+    min_scale: float = 1e-3
+
+
 @dataclass
 class TrainConfig:
     batch_size: int = 256
     eval_batch_size: int = 1024
-    epochs: int = 3
+    epochs: int = 3  # the most epochs trained (early stopping may end sooner)
+    # the validation metric that picks the best epoch, drives the plateau schedule and
+    # early stopping (auc, gauc: higher is better; logloss: lower is better)
+    monitor: Monitor = "auc"
+    # stop after this many validations without an improvement of `monitor` (None: never);
+    # the test split is always scored with the best epoch's checkpoint
+    early_stopping_patience: Optional[int] = None
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+    # FuxiCTR's embedding_regularizer: λ · Σ ||e||² / B added to the loss, over the
+    # embedding vectors the batch looks up (see train.trainer.EmbeddingRegularizer)
+    embedding_regularizer: float = 0.0
     seed: int = 0
     max_steps_per_epoch: Optional[int] = None
     dense_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

@@ -1,4 +1,5 @@
-"""Baselines: TorchRec's DLRM family over pooled histories, and BST."""
+"""Baselines: TorchRec's DLRM family over pooled histories, BST and DIN (DIN's own
+properties are in tests/test_din.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from interformer_rec.config import (
     BSTConfig,
     ConfigError,
+    DINConfig,
     DLRMConfig,
     ModelConfig,
     Schema,
@@ -23,7 +25,7 @@ from interformer_rec.config import (
 from interformer_rec.models import build_model, num_parameters
 from interformer_rec.models.baselines import BST, BSTSequenceArch, DLRMBaseline
 
-NAMES = ["dlrm", "dlrm_dcn", "dlrm_projection", "bst"]
+NAMES = ["dlrm", "dlrm_dcn", "dlrm_projection", "bst", "din"]
 MAX_LEN = 8
 
 Inputs = Tuple[Tensor, KeyedJaggedTensor, KeyedJaggedTensor]
@@ -60,6 +62,7 @@ def make_cfg(name: str, dim: int = 16) -> ModelConfig:
         dlrm=DLRMConfig(dense_arch=[32], over_arch=[32], dcn_low_rank=8,
                         projection_branch1=[32, 4 * dim], projection_branch2=[32, 2 * dim]),
         bst=BSTConfig(num_layers=1, num_heads=2, over_arch=[32]),
+        din=DINConfig(attention_mlp=[16], over_arch=[32]),
     )
 
 
@@ -279,7 +282,7 @@ def test_learns_a_signal_that_exists_only_in_the_history(name: str, num_batches:
     assert auc > 0.7, auc  # chance is 0.5; seeds 0-3 give 0.82-0.88 (dlrm), 0.71-0.92 (bst)
 
 
-@pytest.mark.parametrize("name", ["dlrm", "bst"])
+@pytest.mark.parametrize("name", ["dlrm", "bst", "din"])
 def test_shards_with_dmp_and_trains_with_the_sparse_dist_pipeline(name: str) -> None:
     """1-rank DMP as the trainer builds it; the DLRM's KJT merge runs as a pipelined
     postproc, so every embedding module's input dist is pipelined."""

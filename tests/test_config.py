@@ -64,7 +64,7 @@ def tiny_data(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("name", ["dlrm", "dlrm_dcn", "dlrm_projection", "bst"])
+@pytest.mark.parametrize("name", ["dlrm", "dlrm_dcn", "dlrm_projection", "bst", "din"])
 def test_baseline_config_trains_a_few_steps(name, tiny_data, tmp_path):
     cfg = load_config(
         ROOT / "configs" / f"synthetic_{name}.yaml",

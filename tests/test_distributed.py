@@ -71,6 +71,7 @@ def _free_port() -> int:
 
 
 DROPOUT = ("model.interformer.dropout=0.1", "model.interformer.attention_dropout=0.1")
+REGULARIZER = "train.embedding_regularizer=0.5"
 
 
 def _overrides(data: Path, out: Path, batch: int, tables: Dict[str, Any], *extra: str) -> List[str]:
@@ -235,9 +236,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
         {"kind": "fit", "overrides": o("b", 2, PLAN_B), "result": tmp / "b.json"},
         {"kind": "fit", "overrides": o("c", 2, PLAN_C, "dist.cpu_row_wise=true"), "result": tmp / "c.json"},
         {"kind": "fit", "overrides": o("d", 2, PLAN_A, every, *DROPOUT), "result": tmp / "d.json"},
+        {"kind": "fit", "overrides": o("e", 2, PLAN_A, REGULARIZER), "result": tmp / "e.json"},
     ])
     r["times"]["1 rank (in process): fit ref, eval A"] = _inline([
         {"kind": "fit", "overrides": o("ref", 1, {}), "result": tmp / "ref.json"},
+        {"kind": "fit", "overrides": o("ref_e", 1, {}, REGULARIZER), "result": tmp / "ref_e.json"},
         {"kind": "eval", "overrides": o("eval_a", 1, {}), "ckpt": tmp / "a" / "checkpoints", "result": tmp / "a_on_1.json"},
     ])
     r["times"]["2 ranks: eval ref, fit killed"] = _spawn(2, [
@@ -257,7 +260,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
         {"kind": "fit", "overrides": o("k", 2, PLAN_A, every, "train.resume=true"), "result": tmp / "k.json"},
         {"kind": "fit", "overrides": o("kd", 2, PLAN_A, every, *DROPOUT, "train.resume=true"), "result": tmp / "kd.json"},
     ])
-    for name in ("a", "b", "c", "d", "ref", "a_on_1", "ref_on_2", "k", "k1", "kd"):
+    for name in ("a", "b", "c", "d", "e", "ref", "ref_e", "a_on_1", "ref_on_2", "k", "k1", "kd"):
         r[name] = _load(tmp / f"{name}.json")
     print("spawn times:", {k: round(v, 1) for k, v in r["times"].items()})
     return r
@@ -338,6 +341,31 @@ def test_two_ranks_match_one_rank(runs: Dict[str, Any]) -> None:
             rels[table] = float((delta - d2[table]).norm() / delta.norm())
         print(f"{name}: relative difference of each table's update vs 1 rank", {k: f"{v:.1e}" for k, v in rels.items()})
         assert max(rels.values()) < 5e-3, (name, rels)
+
+
+@pytest.mark.timeout(700)
+def test_embedding_regularizer_on_two_ranks_matches_one_and_moves_looked_up_rows_only(runs: Dict[str, Any]) -> None:
+    """With ``train.embedding_regularizer``, 2 ranks (PLAN_A: table-, column-,
+    table-column-, row-wise and data-parallel tables) update every table as 1 rank does;
+    the regularizer changed the update of the rows the batches looked up, and a row no
+    batch looked up stays exactly at its initial value (no whole-table decay)."""
+    tmp = runs["tmp"]
+    base = _overrides(tmp / "data", tmp / "x", 2 * B, {})
+    plain = _table_deltas(tmp / "ref" / "checkpoints", base)
+    one = _table_deltas(tmp / "ref_e" / "checkpoints", base)
+    two = _table_deltas(tmp / "e" / "checkpoints", base)
+    untouched_somewhere = False
+    for table, d in plain.items():
+        touched = d.abs().sum(1) > 0
+        assert touched.any(), table
+        untouched_somewhere |= bool((~touched).any())  # small tables are looked up whole
+        assert torch.equal(one[table][~touched], torch.zeros_like(one[table][~touched])), table
+        assert torch.equal(two[table][~touched], torch.zeros_like(two[table][~touched])), table
+        effect = float((one[table] - d).norm() / d.norm())
+        assert effect > 1e-3, (table, effect)  # the regularizer did act on the looked-up rows
+        rel = float((two[table] - one[table]).norm() / one[table].norm())
+        assert rel < 5e-3, (table, rel)
+    assert untouched_somewhere
 
 
 @pytest.mark.timeout(700)

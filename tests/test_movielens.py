@@ -94,7 +94,10 @@ def test_history_matches_a_reference(converted, raw) -> None:
 def test_schema_matches_config_and_reader_accepts_files(converted) -> None:
     out, _, _ = converted
     cfg = load_config(ROOT / "configs" / "movielens.yaml")
-    assert cfg.data.schema == movielens_schema(MAX_LEN, corating="data/movielens/item_corating16.npy")
+    assert cfg.data.schema == movielens_schema(MAX_LEN)
+    corating = load_config(ROOT / "configs" / "movielens_corating.yaml")
+    assert corating.data.schema == movielens_schema(MAX_LEN, corating="data/movielens/item_corating16.npy")
+    assert corating.model.interformer.similarity_tokens and not cfg.model.interformer.similarity_tokens
     reader = ParquetBatchReader(out / "valid.parquet", cfg.data.schema, 4096)
     batches = list(reader)
     rows = pq.ParquetFile(out / "valid.parquet").metadata.num_rows

@@ -217,19 +217,34 @@ def _vocab(values: List[str]) -> Tuple[Dict[str, int], np.ndarray]:
     return ids, np.fromiter((ids[v] for v in values), np.int64, len(values))
 
 
-def _negatives(user: np.ndarray, item: np.ndarray, num_items: int, rng: np.random.Generator) -> np.ndarray:
-    """For each review, an item in ``[1, num_items]`` the same user never reviewed."""
+def _negatives(
+    user: np.ndarray, item: np.ndarray, num_items: int, rng: np.random.Generator,
+    *, query: Optional[np.ndarray] = None, candidates: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Sampled negatives: for each user of ``query`` (``[Q]``; default ``user``, one per
+    review), an item that user never reviewed in ``(user, item)`` (``[N]`` each, all of
+    the log), drawn uniformly from ``[1, num_items]`` or, if given, from ``candidates``
+    (``[C]`` distinct item ids in ``[1, num_items]``). Rejection sampling: a draw that
+    hits a reviewed item is redrawn (from the same ``rng``, in order), so each negative
+    is uniform over the user's unreviewed items. Returns ``[Q]`` item ids."""
+    query = user if query is None else query
     reviewed = np.unique(user * (num_items + 1) + item)
-    neg = rng.integers(1, num_items + 1, len(user))
-    todo = np.arange(len(user))
+
+    def draw(n: int) -> np.ndarray:
+        if candidates is None:
+            return rng.integers(1, num_items + 1, n)
+        return candidates[rng.integers(0, len(candidates), n)]
+
+    neg = draw(len(query))
+    todo = np.arange(len(query))
     for _ in range(1000):
-        key = user[todo] * (num_items + 1) + neg[todo]
+        key = query[todo] * (num_items + 1) + neg[todo]
         pos = np.searchsorted(reviewed, key)
         clash = reviewed[np.minimum(pos, len(reviewed) - 1)] == key
         todo = todo[clash]
         if not len(todo):
             return neg
-        neg[todo] = rng.integers(1, num_items + 1, len(todo))
+        neg[todo] = draw(len(todo))
     raise ConversionError("negative sampling: a user reviewed (nearly) every item")
 
 

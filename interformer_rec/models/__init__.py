@@ -13,15 +13,16 @@ from torch import nn
 
 from interformer_rec.config import ConfigError, ModelConfig, Schema
 from interformer_rec.models.baselines import BST, DLRM_VARIANTS, DLRMBaseline
+from interformer_rec.models.din import DIN
 
-__all__ = ["BST", "DLRMBaseline", "build_model", "num_parameters"]
+__all__ = ["BST", "DIN", "DLRMBaseline", "build_model", "num_parameters"]
 
 
 def build_model(
     schema: Schema, cfg: ModelConfig, embedding_device: Optional[torch.device] = None
 ) -> nn.Module:
     """The model named by ``cfg.name`` ("interformer", "dlrm", "dlrm_dcn",
-    "dlrm_projection" or "bst"), its embedding modules on ``embedding_device``."""
+    "dlrm_projection", "bst" or "din"), its embedding modules on ``embedding_device``."""
     if cfg.name == "interformer":
         from interformer_rec.models.interformer import InterFormer
 
@@ -30,7 +31,11 @@ def build_model(
         return DLRMBaseline(schema, cfg, embedding_device=embedding_device)
     if cfg.name == "bst":
         return BST(schema, cfg, embedding_device=embedding_device)
-    raise ConfigError(f"model.name={cfg.name!r}: use interformer, {', '.join(DLRM_VARIANTS)} or bst")
+    if cfg.name == "din":
+        return DIN(schema, cfg, embedding_device=embedding_device)
+    raise ConfigError(
+        f"model.name={cfg.name!r}: use interformer, {', '.join(DLRM_VARIANTS)}, bst or din"
+    )
 
 
 def num_parameters(model: nn.Module) -> int:

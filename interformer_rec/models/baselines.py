@@ -103,7 +103,8 @@ class DLRMBaseline(nn.Module):
     :func:`dlrm_ebc`, which pools each history with MEAN.
 
     The DLRM dense arch is ``MLP(n_dense -> cfg.dlrm.dense_arch + [d])`` and its over arch
-    ``cfg.dlrm.over_arch + [tasks]``. A schema without dense features gets one constant
+    ``cfg.dlrm.over_arch + [tasks]``, with dropout ``cfg.dlrm.dropout`` after each of its
+    hidden layers. A schema without dense features gets one constant
     column of ones, so the dense arch learns a constant vector that joins the interaction
     as a bias token (TorchRec's DLRM always has a dense input).
 
@@ -148,6 +149,10 @@ class DLRMBaseline(nn.Module):
                 interaction_branch1_layer_sizes=dc.projection_branch1,
                 interaction_branch2_layer_sizes=dc.projection_branch2,
             )
+        if dc.dropout:
+            mlp, last = self.dlrm.over_arch.model  # torchrec's OverArch: MLP, then the last Linear
+            layers = [m for perceptron in mlp._mlp for m in (perceptron, nn.Dropout(dc.dropout))]
+            self.dlrm.over_arch.model = nn.Sequential(*layers, last)
 
     @property
     def ebc(self) -> nn.Module:

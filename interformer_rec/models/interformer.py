@@ -26,7 +26,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from interformer_rec.config import InterFormerConfig, ModelConfig, Schema
 from interformer_rec.modules.cross import CrossArch, NonSequenceSummary
-from interformer_rec.modules.embeddings import DenseTokens, build_ebc, build_ec, pooled_tokens, unpooled_tokens
+from interformer_rec.modules.embeddings import DenseTokens, ProjectedDenseToken, build_ebc, build_ec, pooled_tokens, unpooled_tokens
 from interformer_rec.modules.interaction import InteractionArch
 from interformer_rec.modules.sequence import MaskNet, SequenceArch, recency_positions
 
@@ -126,6 +126,7 @@ class InterFormerLayer(nn.Module):
             dropout=cfg.dropout,
             window=cfg.attention_window,
             attention_dropout=cfg.attention_dropout,
+            pffn_generator=cfg.pffn_generator,
         )
 
     def forward(self, x: Tensor, s: Tensor, valid: Tensor, lengths: Tensor, positions: Tensor) -> Tuple[Tensor, Tensor]:
@@ -209,8 +210,8 @@ class InterFormer(nn.Module):
     Attributes:
         ebc: ``EmbeddingBagCollection`` of the pooled features (``None`` if there are none).
         ec: ``EmbeddingCollection`` of the target features and the sequences.
-        num_tokens: ``n`` = dense + pooled + target features (+ match and similarity
-            tokens).
+        num_tokens: ``n`` = dense (one per field, or one projected token) + pooled +
+            target features (+ match and similarity tokens).
     """
 
     def __init__(self, schema: Schema, cfg: ModelConfig, embedding_device: Optional[torch.device] = None) -> None:
@@ -229,8 +230,9 @@ class InterFormer(nn.Module):
         # one match / similarity token per (target feature, sequence) pair that share a table
         self.match_pairs = shared if ic.match_tokens else []
         self.similarity = SimilarityTokens(shared, len(schema.sequence), d) if ic.similarity_tokens and shared else None
+        num_dense = (1 if schema.dense else 0) if ic.dense_tokens == "projected" else len(schema.dense)
         self.num_tokens = (
-            len(schema.dense) + len(self.pooled_names) + len(self.target_names) + len(self.match_pairs)
+            num_dense + len(self.pooled_names) + len(self.target_names) + len(self.match_pairs)
             + (len(shared) if self.similarity is not None else 0)
         )
         if self.num_tokens == 0:
@@ -238,7 +240,8 @@ class InterFormer(nn.Module):
 
         self.ebc = build_ebc(schema, d, embedding_device)
         self.ec = build_ec(schema, d, embedding_device)
-        self.dense_tokens = DenseTokens(len(schema.dense), d) if schema.dense else None
+        dense_cls = ProjectedDenseToken if ic.dense_tokens == "projected" else DenseTokens
+        self.dense_tokens = dense_cls(len(schema.dense), d) if schema.dense else None
         self.arch = InterFormerArch(self.num_tokens, len(self.sequence_names), len(schema.labels), d, ic)
 
     def embed(self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor) -> Tuple[Tensor, Tensor, Tensor]:

@@ -62,6 +62,29 @@ class DenseTokens(nn.Module):
         return dense.unsqueeze(-1) * self.weight + self.bias
 
 
+class ProjectedDenseToken(nn.Module):
+    """All dense fields projected to one token (InterFormer §4.1): ``Linear(n_dense -> d)``.
+
+    Args:
+        num_dense: ``n_dense`` (at least 1).
+        dim: ``d``.
+    """
+
+    def __init__(self, num_dense: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(num_dense, dim)
+
+    def forward(self, dense: Tensor) -> Tensor:
+        """
+        Args:
+            dense: ``[B, n_dense]`` float.
+
+        Returns:
+            ``[B, 1, d]``.
+        """
+        return self.proj(dense).unsqueeze(1)
+
+
 def pooled_table_configs(schema: Schema, dim: int) -> List[EmbeddingBagConfig]:
     """SUM-pooled table configs (init :func:`init_range`), one per table used by a pooled
     feature, in schema order."""

@@ -11,7 +11,12 @@ Each variant maps ``F`` tokens ``[B, F, d]`` to a flat ``[B, out_dim]`` vector a
 * ``projection`` — ``torchrec.models.dlrm.InteractionProjectionArch`` (DLRM_Projection:
   two MLP branches ``[B, F1, d]`` and ``[B, d, F2]``, bmm, flatten) with token 0 as
   "dense", plus the other tokens flattened: ``out_dim = F·d + F1·F2``.
-* ``dhen`` — the paper's default: the ``dot`` and ``dcn`` outputs concatenated.
+* ``dhen`` — the paper's default (§3.2, after DHEN, Zhang et al. 2022): a stack of
+  ``dhen_layers`` layers ``X' = LayerNorm(Ensemble(DOT(X), DCN(X)) + ShortCut(X))`` over
+  the tokens, each module mapping ``[B, F, d]`` back to ``[B, F, d]``:
+  ``out_dim = F·d``.
+* ``dhen_flat`` — the ``dot`` and ``dcn`` outputs concatenated (one flat layer, no norm
+  and no shortcut): what this project used before the paper's layer.
 """
 
 from __future__ import annotations
@@ -116,8 +121,9 @@ class ProjectionInteraction(nn.Module):
         return torch.cat([self.projection(tokens[:, 0], tokens[:, 1:]), tokens[:, 1:].flatten(1)], dim=1)
 
 
-class DHENInteraction(nn.Module):
-    """The paper's default: an ensemble of ``dot`` and ``dcn``, concatenated.
+class DHENFlatInteraction(nn.Module):
+    """The ``dot`` and ``dcn`` outputs concatenated (not the paper's layer: see
+    :class:`DHENLayer`).
 
     Args:
         num_tokens: ``F``.
@@ -143,6 +149,89 @@ class DHENInteraction(nn.Module):
         return torch.cat([self.dot(tokens), self.dcn(tokens)], dim=1)
 
 
+class DHENLayer(nn.Module):
+    """One DHEN layer (InterFormer §3.2): ``X' = LayerNorm(Ensemble(DOT(X), DCN(X)) +
+    ShortCut(X))`` on ``F`` tokens of width ``d``.
+
+    * ``DOT(X) = Linear(triu(X Xᵀ))``: the ``F(F-1)/2`` pairwise dot products mapped to
+      ``F·d``.
+    * ``DCN(X) = LowRankCrossNet(flatten(X))`` (DCNv2), ``F·d``.
+    * ``Ensemble``: ``"concat"`` = ``Linear([DOT ; DCN])`` from ``2·F·d`` back to ``F·d``;
+      ``"sum"`` = ``DOT + DCN``.
+    * ``ShortCut(X) = Linear(flatten(X))``, ``F·d -> F·d``.
+    * ``LayerNorm`` over each token's ``d``.
+
+    Args:
+        num_tokens: ``F``.
+        dim: ``d``.
+        dcn_layers: DCN cross layers.
+        low_rank: DCN rank.
+        ensemble: ``"concat"`` or ``"sum"``.
+    """
+
+    def __init__(self, num_tokens: int, dim: int, dcn_layers: int, low_rank: int, ensemble: str = "concat") -> None:
+        super().__init__()
+        if ensemble not in ("concat", "sum"):
+            raise ValueError(f"model.interformer.dhen_ensemble={ensemble!r}: use concat or sum")
+        if num_tokens < 2:
+            raise ValueError("a DHEN layer needs at least 2 tokens")
+        width = num_tokens * dim
+        self.num_tokens, self.dim = num_tokens, dim
+        self.pairs = DLRMInteractionArch(num_sparse_features=num_tokens - 1)
+        self.dot = nn.Linear(num_tokens * (num_tokens - 1) // 2, width)
+        self.dcn = LowRankCrossNet(in_features=width, num_layers=dcn_layers, low_rank=low_rank)
+        self.ensemble = nn.Linear(2 * width, width) if ensemble == "concat" else None
+        self.shortcut = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """
+        Args:
+            tokens: ``[B, F, d]``.
+
+        Returns:
+            ``[B, F, d]``.
+        """
+        flat = tokens.flatten(1)
+        # torchrec's InteractionArch returns [dense ; triu dot products]: keep the products
+        dots = self.pairs(tokens[:, 0], tokens[:, 1:])[:, self.dim :]
+        dot, dcn = self.dot(dots), self.dcn(flat)
+        mixed = self.ensemble(torch.cat([dot, dcn], dim=1)) if self.ensemble is not None else dot + dcn
+        return self.norm((mixed + self.shortcut(flat)).view_as(tokens))
+
+
+class DHENInteraction(nn.Module):
+    """The paper's interaction: ``num_layers`` stacked :class:`DHENLayer`, flattened.
+
+    Args:
+        num_tokens: ``F``.
+        dim: ``d``.
+        num_layers: DHEN layers (the paper: 1-3).
+        dcn_layers: DCN cross layers in each.
+        low_rank: DCN rank.
+        ensemble: ``"concat"`` or ``"sum"``.
+    """
+
+    def __init__(self, num_tokens: int, dim: int, num_layers: int, dcn_layers: int, low_rank: int, ensemble: str) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"model.interformer.dhen_layers={num_layers}: needs at least 1")
+        self.layers = nn.Sequential(
+            *(DHENLayer(num_tokens, dim, dcn_layers, low_rank, ensemble) for _ in range(num_layers))
+        )
+        self.out_dim = num_tokens * dim
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """
+        Args:
+            tokens: ``[B, F, d]``.
+
+        Returns:
+            ``[B, F·d]``.
+        """
+        return self.layers(tokens).flatten(1)
+
+
 def build_interaction(cfg: InterFormerConfig, num_tokens: int, dim: int) -> nn.Module:
     """The variant named by ``cfg.interaction`` over ``num_tokens`` tokens of size ``dim``."""
     kind = cfg.interaction
@@ -153,14 +242,17 @@ def build_interaction(cfg: InterFormerConfig, num_tokens: int, dim: int) -> nn.M
     if kind == "projection":
         return ProjectionInteraction(num_tokens, dim, cfg.projection_branch1, cfg.projection_branch2)
     if kind == "dhen":
-        return DHENInteraction(num_tokens, dim, cfg.dcn_num_layers, cfg.dcn_low_rank)
-    raise ValueError(f"model.interformer.interaction={kind!r}: use dot, dcn, projection or dhen")
+        return DHENInteraction(num_tokens, dim, cfg.dhen_layers, cfg.dcn_num_layers, cfg.dcn_low_rank, cfg.dhen_ensemble)
+    if kind == "dhen_flat":
+        return DHENFlatInteraction(num_tokens, dim, cfg.dcn_num_layers, cfg.dcn_low_rank)
+    raise ValueError(f"model.interformer.interaction={kind!r}: use dot, dcn, projection, dhen or dhen_flat")
 
 
 class InteractionArch(nn.Module):
-    """Behaviour-aware interaction: ``X^{l+1} = X^l + MLP(Interaction([X^l ; S_sum]))``;
-    the MLP (hidden sizes ``cfg.interaction_mlp``, last layer linear) maps the
-    interaction vector back to ``n`` tokens.
+    """Behaviour-aware interaction: ``X^{l+1} = LN(X^l + MLP(Interaction([X^l ; S_sum])))``
+    (``LN``: a LayerNorm over each token's ``d``, if ``cfg.interaction_norm``); the MLP
+    (hidden sizes ``cfg.interaction_mlp``, last layer linear) maps the interaction vector
+    back to ``n`` tokens.
 
     Args:
         num_tokens: ``n`` non-sequence tokens.
@@ -180,6 +272,7 @@ class InteractionArch(nn.Module):
             activation=nn.SiLU,
             activation_on_last=False,
         )
+        self.norm = nn.LayerNorm(dim) if cfg.interaction_norm else nn.Identity()
 
     def forward(self, x: Tensor, s_sum: Tensor) -> Tensor:
         """
@@ -191,4 +284,4 @@ class InteractionArch(nn.Module):
             ``[B, n, d]``.
         """
         z = self.interaction(torch.cat([x, s_sum], dim=1))
-        return x + self.mlp(z).view(-1, self.num_tokens, self.dim)
+        return self.norm(x + self.mlp(z).view(-1, self.num_tokens, self.dim))

@@ -10,6 +10,7 @@ zeroed at the output of each block, so they can never leak into later layers.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -211,18 +212,27 @@ class MultiHeadSelfAttention(nn.Module):
 
 class PFFN(nn.Module):
     """Personalized FFN: a ``d × d`` weight per example generated from the non-sequence
-    summary, ``W_PFFN = reshape(flatten(X_sum) · W)``, applied to every position:
-    ``PFFN(X_sum, S) = S · W_PFFN``.
+    summary and applied to every position: ``PFFN(X_sum, S) = S · W_PFFN``.
+
+    * ``generator="full"``: ``W_PFFN = reshape(flatten(X_sum) · W)``, ``W ∈ R^{m·d × d²}``.
+    * ``generator="paper"`` (appendix A.2.2): ``W_PFFN = X_sumᵀ · W``, ``W ∈ R^{m × d}``
+      (``m·d`` parameters instead of ``m·d³``).
 
     Args:
         num_summary: ``m`` tokens of ``X_sum``.
         dim: ``d``.
+        generator: ``"full"`` or ``"paper"``.
     """
 
-    def __init__(self, num_summary: int, dim: int) -> None:
+    def __init__(self, num_summary: int, dim: int, generator: str = "full") -> None:
         super().__init__()
+        if generator not in ("full", "paper"):
+            raise ValueError(f"model.interformer.pffn_generator={generator!r}: use full or paper")
         self.dim = dim
-        self.generator = nn.Linear(num_summary * dim, dim * dim)
+        self.generator = nn.Linear(num_summary * dim, dim * dim) if generator == "full" else None
+        self.weight = (
+            nn.Parameter(torch.randn(num_summary, dim) / math.sqrt(num_summary * dim)) if generator == "paper" else None
+        )
 
     def forward(self, s: Tensor, x_sum: Tensor) -> Tensor:
         """
@@ -233,7 +243,10 @@ class PFFN(nn.Module):
         Returns:
             ``[B, T', d]``.
         """
-        w = self.generator(x_sum.flatten(1)).view(-1, self.dim, self.dim)
+        if self.generator is not None:
+            w = self.generator(x_sum.flatten(1)).view(-1, self.dim, self.dim)
+        else:
+            w = torch.einsum("bmi,mj->bij", x_sum, self.weight)  # X_sumᵀ · W: [B, d, d]
         return torch.bmm(s, w)
 
 
@@ -258,6 +271,7 @@ class SequenceArch(nn.Module):
         window: local attention block size (0: full attention); see
             :class:`MultiHeadSelfAttention`.
         attention_dropout: dropout on the attention weights.
+        pffn_generator: see :class:`PFFN`.
     """
 
     def __init__(
@@ -270,9 +284,10 @@ class SequenceArch(nn.Module):
         dropout: float = 0.0,
         window: int = 0,
         attention_dropout: float = 0.0,
+        pffn_generator: str = "full",
     ) -> None:
         super().__init__()
-        self.pffn = PFFN(num_cls, dim)
+        self.pffn = PFFN(num_cls, dim, pffn_generator)
         self.norm1 = nn.LayerNorm(dim)
         self.mha = MultiHeadSelfAttention(
             dim, num_heads, rope=rope, dropout=attention_dropout, num_global=num_cls, window=window

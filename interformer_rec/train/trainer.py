@@ -1,6 +1,13 @@
 """The training loop: DMP-sharded model, TrainPipelineSparseDist, per-epoch validation,
 best-epoch checkpoint, final test evaluation, metrics as JSON and TensorBoard logs.
 
+The protocol is BARS's (train.protocol): the best epoch is the one with the best
+``train.monitor`` on validation; the learning rate follows ``train.lr_schedule``
+(reduce-on-plateau after a validation, or cosine with warm-up per step); training stops
+early after ``train.early_stopping_patience`` validations without improvement, and the
+test split is always scored with the best epoch's checkpoint; ``train.embedding_regularizer``
+adds FuxiCTR's L2 on the looked-up embeddings to the loss.
+
 Batches: ``train.batch_size`` rows per rank, so one step trains on a global batch of
 ``batch_size * world_size`` rows (see ``ParquetBatchReader``); 1 rank with batch ``2B``
 and 2 ranks with batch ``B`` take the same steps on the same rows and, up to float
@@ -31,9 +38,10 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.distributed.types import ShardedModule
 from tqdm import tqdm
 
-from interformer_rec.config import Config
+from interformer_rec.config import Config, ConfigError
 from interformer_rec.data.batch import Batch
 from interformer_rec.data.reader import ParquetBatchReader, oracle_auc
 from interformer_rec.models import build_model, num_parameters
@@ -47,6 +55,7 @@ from interformer_rec.train.dist import (
     shard,
 )
 from interformer_rec.train.metrics import compute_metrics, gather_predictions
+from interformer_rec.train.protocol import EmbeddingRegularizer, LRSchedule, Monitor
 
 logger = logging.getLogger(__name__)
 
@@ -55,17 +64,31 @@ ModelOutput = Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 class RankingTrain(nn.Module):
     """Wraps a ranking model for training, as ``torchrec.models.dlrm.DLRMTrain`` does:
-    ``forward(batch) -> (loss, (loss, logits, labels, groups))``, all detached but the
-    first. The loss is the mean binary cross-entropy over rows and tasks."""
+    ``forward(batch) -> (loss, (bce, logits, labels, groups))``, all detached but the
+    first. ``bce`` is the mean binary cross-entropy over rows and tasks; in training the
+    loss adds ``embedding_regularizer · Σ ||e||² / B`` over the batch's lookups when a
+    :class:`~interformer_rec.train.protocol.EmbeddingRegularizer` is attached.
 
-    def __init__(self, model: nn.Module) -> None:
+    Args:
+        model: the ranking model.
+        embedding_regularizer: ``λ``.
+    """
+
+    def __init__(self, model: nn.Module, embedding_regularizer: float = 0.0) -> None:
         super().__init__()
         self.model = model
+        self.embedding_regularizer = embedding_regularizer
+        self.regularizer: Optional[EmbeddingRegularizer] = None
 
     def forward(self, batch: Batch) -> ModelOutput:
         logits = self.model(batch.dense, batch.sparse, batch.sequence)
-        loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
-        return loss, (loss.detach(), logits.detach(), batch.labels, batch.groups)
+        bce = F.binary_cross_entropy_with_logits(logits, batch.labels)
+        loss = bce
+        if self.regularizer is not None:
+            squares = self.regularizer.pop()
+            if self.training:
+                loss = bce + self.embedding_regularizer * squares.to(bce.device) / batch.labels.size(0)
+        return loss, (bce.detach(), logits.detach(), batch.labels, batch.groups)
 
 
 def _mean_over_ranks(values: List[Tensor], device: torch.device) -> List[float]:
@@ -112,7 +135,7 @@ class Trainer:
         self.dense_params = self.num_params - sum(
             p.numel() for m in embedding_modules(model) for p in m.parameters()
         )
-        self.model = RankingTrain(model)
+        self.model = RankingTrain(model, tc.embedding_regularizer)
         self.dmp, self.optimizer, self.plan = shard(
             self.model,
             cfg.dist,
@@ -123,6 +146,17 @@ class Trainer:
             init_seed=tc.seed,
             pretrained=pretrained_tables(cfg.data.schema.tables, cfg.model.embedding_dim),
         )
+        if tc.embedding_regularizer:
+            self.model.regularizer = EmbeddingRegularizer(
+                [m for m in self.dmp.modules() if isinstance(m, ShardedModule)]
+            )
+        self.monitor = Monitor(tc.monitor)
+        if tc.early_stopping_patience is not None and tc.early_stopping_patience < 1:
+            raise ConfigError(f"train.early_stopping_patience={tc.early_stopping_patience}: must be >= 1 (or null)")
+        steps = len(self.reader("train", train=True))
+        if tc.max_steps_per_epoch:
+            steps = min(steps, tc.max_steps_per_epoch)
+        self.schedule = LRSchedule(tc.lr_schedule, self.optimizer, steps * tc.epochs)
         # decorrelate per-rank randomness (dropout) once the shared initialisation is done
         torch.manual_seed(tc.seed * 7919 + 1 + self.env.rank)
         self.pipeline = TrainPipelineSparseDist(
@@ -221,6 +255,7 @@ class Trainer:
             "step_losses": self.step_losses,
             "history": self.history,
             "best": self.best,
+            "lr_schedule": self.schedule.state_dict(),
             "rng_states": rngs,
         }
 
@@ -256,6 +291,8 @@ class Trainer:
         self.history = meta.get("history", [])
         self.best = meta.get("best")
         self.step_losses = meta.get("step_losses", [])
+        if "lr_schedule" in meta:
+            self.schedule.load_state_dict(meta["lr_schedule"])
         rngs = meta.get("rng_states") or []
         if len(rngs) == self.env.world_size:
             _set_rng_state(rngs[self.env.rank])
@@ -308,6 +345,7 @@ class Trainer:
             self._local_losses.append(loss.detach())
             self.global_step += 1
             self.step_in_epoch += 1
+            self.schedule.after_step(self.global_step)
             if self.writer and self.global_step % tc.log_every == 0:
                 self.writer.add_scalar("train/loss", self._local_losses[-1].item(), self.global_step)
             if every and self.global_step % every == 0 and self.step_in_epoch < total:
@@ -326,6 +364,7 @@ class Trainer:
             "train_seconds": secs,
             "train_samples_per_s": stats["rows"] / secs if secs > 0 else 0.0,
             "steps": len(losses),
+            "lr_scale": self.schedule.scale,
         }
 
     @torch.no_grad()
@@ -348,23 +387,36 @@ class Trainer:
         meta = checkpoint.load_checkpoint(ckpt, self.dmp)
         return {"checkpoint": str(ckpt), "epoch": meta.get("epoch"), "split": split, **self.evaluate(split)}
 
+    def _stop_early(self) -> bool:
+        """Whether ``train.early_stopping_patience`` validations in a row did not improve."""
+        patience = self.cfg.train.early_stopping_patience
+        return patience is not None and self.monitor.epochs_since_best(self.history) >= patience
+
     def fit(self, on_step: Optional[Callable[["Trainer"], None]] = None) -> Dict[str, Any]:
-        """Train ``train.epochs`` epochs (continuing a checkpoint if ``train.resume``),
-        validating and checkpointing after each; then evaluate the best epoch on the test
-        split. ``on_step(trainer)`` is called after every training step."""
+        """Train up to ``train.epochs`` epochs (continuing a checkpoint if
+        ``train.resume``), validating and checkpointing after each, stopping early by
+        ``train.early_stopping_patience``; then evaluate the best epoch (by
+        ``train.monitor``) on the test split. ``on_step(trainer)`` is called after every
+        training step."""
         tc = self.cfg.train
         if tc.resume:
             self.resume()
+        self.schedule.start(self.global_step)
+        metric = f"valid_{self.monitor.metric}"
         start = time.perf_counter()
         for epoch in range(self.epoch, tc.epochs):
+            if self._stop_early():
+                break
             stats = self.train_epoch(epoch, on_step)
             valid = self.evaluate("valid")
             row = {"epoch": epoch, **stats, **{f"valid_{k}": v for k, v in valid.items()}}
             self.history.append(row)
             self._log(epoch, row)
-            improved = self.best is None or valid["auc"] > self.best["valid_auc"]
+            improved = self.monitor.improved(row[metric], None if self.best is None else self.best[metric])
             if improved:
                 self.best = row
+            if self.schedule.after_validation(improved) and self.env.is_main:
+                print(f"epoch {epoch}: no {self.monitor.metric} improvement; learning rate x{self.schedule.scale:g}", flush=True)
             self.save(
                 f"epoch_{epoch:04d}",
                 epoch_done=True,
@@ -386,6 +438,9 @@ class Trainer:
             "global_batch": self.global_batch,
             "train_seconds": train_seconds,
             "best_epoch": best["epoch"],
+            "epochs_trained": len(self.history),
+            "stopped_early": self._stop_early() and len(self.history) < tc.epochs,
+            "monitor": self.monitor.metric,
             "history": self.history,
             "valid": {k[len("valid_"):]: v for k, v in best.items() if k.startswith("valid_")},
             "plan": plan_summary(self.plan),
