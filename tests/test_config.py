@@ -12,7 +12,7 @@ from interformer_rec.models import build_model, num_parameters
 from interformer_rec.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "configs").glob("**/*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

@@ -220,31 +220,43 @@ def _vocab(values: List[str]) -> Tuple[Dict[str, int], np.ndarray]:
 def _negatives(
     user: np.ndarray, item: np.ndarray, num_items: int, rng: np.random.Generator,
     *, query: Optional[np.ndarray] = None, candidates: Optional[np.ndarray] = None,
+    limit: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Sampled negatives: for each user of ``query`` (``[Q]``; default ``user``, one per
     review), an item that user never reviewed in ``(user, item)`` (``[N]`` each, all of
     the log), drawn uniformly from ``[1, num_items]`` or, if given, from ``candidates``
-    (``[C]`` distinct item ids in ``[1, num_items]``). Rejection sampling: a draw that
-    hits a reviewed item is redrawn (from the same ``rng``, in order), so each negative
-    is uniform over the user's unreviewed items. Returns ``[Q]`` item ids."""
+    (``[C]`` distinct item ids in ``[1, num_items]``); with ``limit`` (``[Q]``, each in
+    ``[1, C]``) query ``q`` draws from ``candidates[:limit[q]]`` only (e.g. the items
+    already in the log at its time). Rejection sampling: a draw that hits a reviewed item
+    is redrawn (from the same ``rng``, in order), so each negative is uniform over the
+    user's unreviewed items of its range; a query whose range the user reviewed whole
+    (after 100 redraws) draws from all candidates. Returns ``[Q]`` item ids."""
     query = user if query is None else query
     reviewed = np.unique(user * (num_items + 1) + item)
+    if limit is not None and candidates is None:
+        raise ValueError("negative sampling: limit needs candidates")
+    if limit is not None:
+        limit = limit.astype(np.float64)
 
-    def draw(n: int) -> np.ndarray:
+    def draw(idx: np.ndarray) -> np.ndarray:
         if candidates is None:
-            return rng.integers(1, num_items + 1, n)
-        return candidates[rng.integers(0, len(candidates), n)]
+            return rng.integers(1, num_items + 1, len(idx))
+        if limit is None:
+            return candidates[rng.integers(0, len(candidates), len(idx))]
+        return candidates[(rng.random(len(idx)) * limit[idx]).astype(np.int64)]
 
-    neg = draw(len(query))
     todo = np.arange(len(query))
-    for _ in range(1000):
+    neg = draw(todo)
+    for round_ in range(1000):
         key = query[todo] * (num_items + 1) + neg[todo]
         pos = np.searchsorted(reviewed, key)
         clash = reviewed[np.minimum(pos, len(reviewed) - 1)] == key
         todo = todo[clash]
         if not len(todo):
             return neg
-        neg[todo] = draw(len(todo))
+        if round_ == 100 and limit is not None:
+            limit[todo] = len(candidates)
+        neg[todo] = draw(todo)
     raise ConversionError("negative sampling: a user reviewed (nearly) every item")
 
 
