@@ -114,7 +114,9 @@ def test_negatives_share_everything_but_the_target(tiny) -> None:
     reviewed = defaultdict(set)
     for u, i, _ in reviews:
         reviewed[u].add(i)
-    in_log = {i for _, i, _ in reviews}
+    first_day: Dict[int, int] = {}
+    for _, i, t in reviews:
+        first_day[i] = min(t, first_day.get(i, t))
     for split in SPLITS:
         rows = read(out, split)
         assert [r["label"] for r in rows] == [1, 0] * (len(rows) // 2), "positive, then its negative"
@@ -122,7 +124,12 @@ def test_negatives_share_everything_but_the_target(tiny) -> None:
             for c in ("user_id", "timestamp", "hist_item_ids", "hist_cat_ids", "log_hist_len"):
                 assert pos[c] == neg[c], c
             assert neg["item_id"] not in reviewed[neg["user_id"]], "never an item the user reviewed"
-            assert neg["item_id"] in in_log, "drawn from the items of the log"
+            day = neg["timestamp"] // DAY - 16000
+            # drawn from the items already in the log that day (the very first days of
+            # the log may have none the user did not review: then from all of its items)
+            if any(d <= day and i not in reviewed[neg["user_id"]] for i, d in first_day.items()):
+                assert first_day[neg["item_id"]] <= day, "an item not yet in the log"
+            assert neg["item_id"] in first_day, "drawn from the items of the log"
         assert s["outputs"][split]["positive_rate"] in (0.5, None)
 
 
@@ -257,3 +264,18 @@ def test_real_conversion(tmp_path: Path) -> None:
     assert o["train"]["last_day"] < o["valid"]["first_day"] and o["valid"]["last_day"] < o["test"]["first_day"]
     assert s["history"]["max"] == 100 and 0 < s["history"]["share_at_max_len"] < 0.05
     assert s["seconds"] < 10
+
+
+def test_grocery_signals_count_on_the_training_split(tiny) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from grocery_signals import signals
+
+    out, _, _, _ = tiny
+    r = signals(out)
+    assert r["train"]["users_seen_in_train"] == 1.0 and r["train"]["positives_with_train_positive"] == 1.0
+    for split in SPLITS:
+        assert 0 <= r[split]["auc_item_ctr"] <= 1 and 0 <= r[split]["auc_popularity"] <= 1
+    # in-sample, an item's training odds separate its positives from its negatives
+    assert r["train"]["auc_item_ctr"] > 0.6

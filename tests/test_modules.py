@@ -62,7 +62,7 @@ def test_shapes_of_every_arch():
     assert MultiHeadSelfAttention(D, H)(s, valid).shape == (B, C + T, D)
     assert PFFN(C, D)(s, x_sum).shape == (B, C + T, D)
     assert SequenceArch(C, D, H, 16)(s, x_sum, valid).shape == (B, C + T, D)
-    for kind in ["dot", "dcn", "projection", "dhen"]:
+    for kind in ["dot", "dcn", "projection", "dhen", "dhen_flat"]:
         cfg = InterFormerConfig(interaction=kind, interaction_mlp=[16], projection_branch1=[16], projection_branch2=[24])
         tokens = torch.cat([x, s_sum], dim=1)
         inter = build_interaction(cfg, n + C + P + K, D)
@@ -435,7 +435,7 @@ def test_no_interaction_baseline_cannot_learn_planted_product():
     assert _fit_accuracy(_Flat(3, 4)) < 0.6
 
 
-@pytest.mark.parametrize("kind", ["dot", "dcn", "projection", "dhen"])
+@pytest.mark.parametrize("kind", ["dot", "dcn", "projection", "dhen", "dhen_flat"])
 def test_interaction_learns_planted_pairwise_product(kind):
     cfg = InterFormerConfig(
         interaction=kind, dcn_num_layers=2, dcn_low_rank=8, projection_branch1=[16], projection_branch2=[16]

@@ -40,6 +40,12 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def target_slots(schema: Schema) -> List[Optional[str]]:
+    """For each sequence of ``schema``, the target feature sharing its table (``None``
+    if there is none): the features of a target "step" built like a history step."""
+    return [next((f.name for f in schema.target_features if f.table == s.table), None) for s in schema.sequence]
+
+
 def dlrm_ebc(schema: Schema, dim: int, device: Optional[torch.device] = None) -> EmbeddingBagCollection:
     """One ``EmbeddingBagCollection`` over every table, as a DLRM sees the features.
 
@@ -261,10 +267,7 @@ class BST(nn.Module):
         self.pooled_names: List[str] = [f.name for f in schema.pooled_features]
         self.target_names: List[str] = [f.name for f in schema.target_features]
         self.sequence_names: List[str] = [s.name for s in schema.sequence]
-        self.target_slots: List[Optional[str]] = [
-            next((f.name for f in schema.target_features if f.table == s.table), None)
-            for s in schema.sequence
-        ]
+        self.target_slots: List[Optional[str]] = target_slots(schema)
         self.ebc: Optional[EmbeddingBagCollection] = build_ebc(schema, d, embedding_device)
         self.ec = build_ec(schema, d, embedding_device)
         self.step_proj = nn.Linear(len(schema.sequence) * d, d)

@@ -25,13 +25,9 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from interformer_rec.config import ConfigError, ModelConfig, Schema
+from interformer_rec.config import ModelConfig, Schema
+from interformer_rec.models.baselines import _check, target_slots
 from interformer_rec.modules.embeddings import build_ebc, build_ec
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
 
 
 class LocalActivationUnit(nn.Module):
@@ -151,10 +147,7 @@ class DIN(nn.Module):
         self.pooled_names: List[str] = [f.name for f in schema.pooled_features]
         self.target_names: List[str] = [f.name for f in schema.target_features]
         self.sequence_names: List[str] = [s.name for s in schema.sequence]
-        self.target_slots: List[Optional[str]] = [
-            next((f.name for f in schema.target_features if f.table == s.table), None)
-            for s in schema.sequence
-        ]
+        self.target_slots: List[Optional[str]] = target_slots(schema)
         # target features outside the target vector (a second feature of a shared table)
         self.extra_target_names: List[str] = [n for n in self.target_names if n not in self.target_slots]
         self.ebc: Optional[EmbeddingBagCollection] = build_ebc(schema, d, embedding_device)

@@ -3,16 +3,18 @@
 * :mod:`.embeddings` — dense field tokens, EBC/EC construction, lookups to tokens and
   padded sequences.
 * :mod:`.cross` — Cross Arch: LCE, SelfGating, PMA, recent-K gather, summaries.
-* :mod:`.interaction` — interaction variants (dot, dcn, projection, dhen) and the
+* :mod:`.interaction` — interaction variants (dot, dcn, projection, dhen, dhen_flat) and the
   Interaction Arch.
 * :mod:`.sequence` — MaskNet, RoPE, SDPA self-attention, PFFN, Sequence Arch.
 """
 
 from interformer_rec.modules.cross import LCE, PMA, CrossArch, NonSequenceSummary, SelfGating, SequenceSummary, gather_recent
-from interformer_rec.modules.embeddings import DenseTokens, build_ebc, build_ec
+from interformer_rec.modules.embeddings import DenseTokens, ProjectedDenseToken, build_ebc, build_ec
 from interformer_rec.modules.interaction import (
     DCNInteraction,
+    DHENFlatInteraction,
     DHENInteraction,
+    DHENLayer,
     DotInteraction,
     InteractionArch,
     ProjectionInteraction,
@@ -23,7 +25,9 @@ from interformer_rec.modules.sequence import PFFN, MaskNet, MultiHeadSelfAttenti
 __all__ = [
     "CrossArch",
     "DCNInteraction",
+    "DHENFlatInteraction",
     "DHENInteraction",
+    "DHENLayer",
     "DenseTokens",
     "DotInteraction",
     "InteractionArch",
@@ -33,6 +37,7 @@ __all__ = [
     "NonSequenceSummary",
     "PFFN",
     "PMA",
+    "ProjectedDenseToken",
     "ProjectionInteraction",
     "SelfGating",
     "SequenceArch",
