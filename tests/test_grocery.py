@@ -274,6 +274,7 @@ def test_grocery_signals_count_on_the_training_split(tiny) -> None:
 
     out, _, _, _ = tiny
     r = signals(out)
+    assert set(r) == set(SPLITS)
     assert r["train"]["users_seen_in_train"] == 1.0 and r["train"]["positives_with_train_positive"] == 1.0
     for split in SPLITS:
         assert 0 <= r[split]["auc_item_ctr"] <= 1 and 0 <= r[split]["auc_popularity"] <= 1
