@@ -31,7 +31,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -62,8 +62,11 @@ def config_for(dataset: str, model: str) -> Tuple[Path, List[str]]:
     return ROOT / "configs" / f"{dataset}_{name}.yaml", variant
 
 
-def run_one(dataset: str, model: str, seed: int, overrides: Sequence[str], out: Path, threads: int) -> Dict[str, Any]:
-    """Train one model in a subprocess; return its metrics.json (plus the overrides)."""
+def run_one(
+    dataset: str, model: str, seed: int, overrides: Sequence[str], out: Path, threads: int, train: bool = True
+) -> Optional[Dict[str, Any]]:
+    """Train one model in a subprocess; return its metrics.json (plus the overrides).
+    With ``train=False`` only a finished run is read (``None`` if there is none)."""
     config, extra = config_for(dataset, model)
     run_dir = out / "runs" / dataset / model.replace(":", "_").replace("@", "+") / f"seed{seed}" / "_".join(
         o.split("=")[-1] for o in overrides
@@ -76,6 +79,8 @@ def run_one(dataset: str, model: str, seed: int, overrides: Sequence[str], out: 
     ):
         print(f"{run_dir}: its config differs from the current one; retraining", flush=True)
         shutil.rmtree(run_dir)
+    if not metrics.exists() and not train:
+        return None
     if not metrics.exists():
         cmd = [sys.executable, "-m", "interformer_rec.cli", "train", "--config", str(config)]
         for o in sets:
@@ -113,13 +118,13 @@ def markdown(results: Dict[str, Dict[str, Any]]) -> str:
         if oracle:
             lines += [f"Oracle AUC (true click probability): **{oracle:.4f}**", ""]
         lines += [
-            "| model | test AUC | test gAUC | logloss | NE | params | train s | epochs (best) | tuned |"
+            "| model | seeds | test AUC | test gAUC | logloss | NE | params | train s | epochs (best) | tuned |"
             + (" gap closed |" if oracle else ""),
-            "|---|---|---|---|---|---|---|---|---|" + ("---|" if oracle else ""),
+            "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if oracle else ""),
         ]
         for name, m in sorted(models.items(), key=lambda kv: -kv[1]["auc"]["mean"]):
             row = (
-                f"| {name} | {m['auc']['mean']:.4f} ± {m['auc']['std']:.4f} "
+                f"| {name} | {m['seeds']} | {m['auc']['mean']:.4f} ± {m['auc']['std']:.4f} "
                 f"| {m['gauc']['mean']:.4f} ± {m['gauc']['std']:.4f} "
                 f"| {m['logloss']['mean']:.4f} ± {m['logloss']['std']:.4f} "
                 f"| {m['ne']['mean']:.4f} ± {m['ne']['std']:.4f} "
@@ -197,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--jobs", type=int, default=1, help="runs at a time")
     p.add_argument("--out", type=Path, default=ROOT / "results")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: report the finished runs (a model's row shows how many seeds it has)")
+    p.add_argument("--name", default="quality", help="report file names: <out>/<name>.{json,md,png} (runs stay in <out>/runs)")
     args = p.parse_args(argv)
 
     keys = [g.split("=", 1)[0] for g in args.grid]
@@ -204,10 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     start = time.perf_counter()
 
-    def run(task: Tuple[str, str, int, Tuple[str, ...]]) -> Dict[str, Any]:
+    def run(task: Tuple[str, str, int, Tuple[str, ...]]) -> Optional[Dict[str, Any]]:
         d, m, s, o = task
-        r = run_one(d, m, s, o, args.out, threads)
-        print(f"{d:<10} {m:<24} seed {s} {' '.join(o):<40} test AUC {r['test']['auc']:.4f}", flush=True)
+        r = run_one(d, m, s, o, args.out, threads, train=not args.report_only)
+        auc = f"{r['test']['auc']:.4f}" if r else "(no finished run)"
+        print(f"{d:<10} {m:<24} seed {s} {' '.join(o):<40} test AUC {auc}", flush=True)
         return r
 
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -216,27 +225,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             tasks = [(d, m, args.seeds[0], tuple(g)) for d in args.datasets for m in args.models for g in grid]
             best: Dict[Tuple[str, str], Tuple[float, Tuple[str, ...]]] = {}
             for (d, m, _, o), r in zip(tasks, pool.map(run, tasks)):
+                if r is None:
+                    continue
                 if (d, m) not in best or r["valid"]["auc"] > best[(d, m)][0]:
                     best[(d, m)] = (r["valid"]["auc"], o)
             chosen = {k: o for k, (_, o) in best.items()}
         else:
             chosen = {(d, m): tuple(grid[0]) for d in args.datasets for m in args.models}
-        tasks = [(d, m, s, chosen[(d, m)]) for d in args.datasets for m in args.models for s in args.seeds]
+        tasks = [(d, m, s, chosen[(d, m)]) for d in args.datasets for m in args.models for s in args.seeds if (d, m) in chosen]
         runs = list(pool.map(run, tasks))
 
     results: Dict[str, Dict[str, Any]] = {}
     for d in args.datasets:
         for m in args.models:
-            rs = [r for t, r in zip(tasks, runs) if t[0] == d and t[1] == m]
-            results.setdefault(d, {})[m] = summarize(rs)
+            rs = [r for t, r in zip(tasks, runs) if t[0] == d and t[1] == m and r is not None]
+            if rs:
+                results.setdefault(d, {})[m] = summarize(rs)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"seeds": args.seeds, "grid": args.grid, "wall_seconds": time.perf_counter() - start, "cpu_count": os.cpu_count()}
-    (args.out / "quality.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    report = args.out / args.name
+    report.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     md = markdown(results)
-    (args.out / "quality.md").write_text(md)
-    plot(results, args.out / "quality.png")
+    report.with_suffix(".md").write_text(md)
+    plot(results, report.with_suffix(".png"))
     print(md)
-    print(f"wrote {args.out / 'quality.json'}, quality.md, quality.png")
+    print(f"wrote {report}.json, .md, .png")
     return 0
 
 
