@@ -140,3 +140,50 @@ def test_torchx_components_build_and_parse() -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "--nproc_per_node 2" in out.stdout and "train.epochs=1" in out.stdout
+
+
+class _RunsCode:
+    """Unpickling this calls ``os.system`` (what a crafted checkpoint would do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_metadata_pickle_is_refused_before_it_runs(tmp_path: Path) -> None:
+    import pickle
+
+    _save(tmp_path, "epoch_0000", 1, 10)
+    ckpt = checkpoint.resolve(tmp_path, "latest")
+    marker = tmp_path / "ran"
+    md = checkpoint.read_dcp_metadata(ckpt / ".metadata")  # the real one loads
+    md.planner_data = _RunsCode(marker)  # hidden inside a valid Metadata
+    (ckpt / ".metadata").write_bytes(pickle.dumps(md))
+    with pytest.raises(checkpoint.CheckpointError, match=r"system.*not checkpoint metadata"):
+        checkpoint.load_checkpoint(ckpt, _model(0))
+    assert not marker.exists()
+    (ckpt / ".metadata").write_bytes(b"not a pickle")
+    with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint metadata"):
+        checkpoint.load_checkpoint(ckpt, _model(0))
+
+
+def test_a_crafted_non_tensor_entry_is_refused(tmp_path: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    marker = tmp_path / "ran"
+    dcp.save({"w": torch.ones(2), "extra": _RunsCode(marker)}, checkpoint_id=str(tmp_path / "c"))
+    state = {"w": torch.zeros(2), "extra": None}
+    with pytest.raises(checkpoint.CheckpointError, match="entry extra: refused.*posix.system"):
+        checkpoint.safe_dcp_load(state, tmp_path / "c")
+    assert not marker.exists()
+
+
+def test_a_malformed_meta_json_is_a_clear_error(tmp_path: Path) -> None:
+    _save(tmp_path, "epoch_0000", 1, 10)
+    ckpt = checkpoint.resolve(tmp_path, "latest")
+    for text, match in (("{", "not valid JSON"), ("[1, 2]", "integer global_step"), ('{"global_step": "x"}', "integer")):
+        (ckpt / "meta.json").write_text(text)
+        with pytest.raises(checkpoint.CheckpointError, match=match):
+            checkpoint.load_checkpoint(ckpt, _model(0))

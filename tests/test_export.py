@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -286,6 +287,65 @@ def test_cli_predict(export_dir, data, tmp_path, capsys):
     pq.write_table(t.drop(["item_id"]), bad)
     assert main(["predict", "--model", str(export_dir), "--data", str(bad)]) == 2
     assert "missing column(s) ['item_id']" in capsys.readouterr().err
+
+
+def test_predict_writes_all_rows_or_nothing(tmp_path_factory, data, tmp_path, capsys):
+    """A bad row in a later batch: exit 2, no partial output, an earlier output kept
+    byte for byte; no input rows: an empty file with the output schema."""
+    from interformer_rec.cli import main
+
+    model = exported(tmp_path_factory, "dlrm_dcn")
+    t = pq.read_table(data / "valid.parquet")
+    col = t.column("item_id").to_pylist()
+    col[200] = -5  # a negative id: rejected by the id policy, in the second batch of 128
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(t.set_column(t.schema.get_field_index("item_id"), "item_id", pa.array(col, pa.int64())), bad)
+    out = tmp_path / "scores.parquet"
+    out.write_bytes(b"earlier output")
+    assert main(["predict", "--model", str(model), "--data", str(bad), "--out", str(out), "--batch-size", "128"]) == 2
+    assert "row 200" in capsys.readouterr().err
+    assert out.read_bytes() == b"earlier output" and sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet", "scores.parquet"]
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(t.slice(0, 0), empty)
+    assert main(["predict", "--model", str(model), "--data", str(empty), "--out", str(out), "--keep", "item_id"]) == 0
+    written = pq.read_table(out)
+    assert written.num_rows == 0 and written.schema.names == ["item_id", "p_click"]
+    assert written.schema.field("p_click").type == pa.float32()
+
+
+def _tampered(tmp_path_factory, tmp_path: Path, change) -> Path:
+    import shutil
+
+    d = tmp_path / "model"
+    shutil.copytree(exported(tmp_path_factory, "dlrm_dcn"), d)
+    change(d)
+    return d
+
+
+def _edit_manifest(d: Path, edit) -> None:
+    m = json.loads((d / "manifest.json").read_text())
+    edit(m)
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda d: (d / "model.pt2").write_bytes((d / "model.pt2").read_bytes() + b"x"), "model.pt2: its sha256 differs"),
+        (lambda d: (d / "schema.json").write_text((d / "schema.json").read_text() + " "), "schema.json: its sha256 differs"),
+        (lambda d: _edit_manifest(d, lambda m: m["package"].update(requires=["os"])), r"requires \['os'\] names a library"),
+        (lambda d: _edit_manifest(d, lambda m: m["package"].pop("sha256")), "records no package.sha256"),
+        (lambda d: _edit_manifest(d, lambda m: m.update(files={"../x": "0"})), "not a file of an export"),
+        (lambda d: (d / "manifest.json").write_text("{"), "not valid JSON"),
+    ],
+    ids=["package", "schema", "requires", "no-sha", "files", "json"],
+)
+def test_predictor_refuses_a_changed_model_dir(tmp_path_factory, tmp_path, change, message):
+    from interformer_rec.export.predictor import ModelDirError, Predictor
+
+    d = _tampered(tmp_path_factory, tmp_path, change)
+    with pytest.raises(ModelDirError, match=message):
+        Predictor(d)
 
 
 # --------------------------------------------------------------------------- quantization

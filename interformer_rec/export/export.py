@@ -27,7 +27,6 @@ The export directory::
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -50,12 +49,11 @@ from interformer_rec.export.features import (
     Jagged,
     encode_table,
 )
+from interformer_rec.export.predictor import KJT_PROGRAM, MANIFEST, PACKAGE, SCHEMA, sha256_of
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "interformer_rec.serving/1"
-PACKAGE, SCHEMA, MANIFEST = "model.pt2", "schema.json", "manifest.json"
-KJT_PROGRAM = "program_kjt.pt2"
 MAX_BATCH = 65536
 MAX_VALUES = 1 << 30
 Inputs = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
@@ -424,14 +422,6 @@ def _versions() -> Dict[str, str]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _heldout_paths(cfg: Config, data: Optional[Sequence[Path | str]]) -> List[Path]:
     from interformer_rec.data.reader import resolve_paths
 
@@ -540,7 +530,7 @@ def export(
         "versions": _versions(),
         "package": {
             "file": PACKAGE,
-            "sha256": _sha256(package),
+            "sha256": sha256_of(package),
             "bytes": package.stat().st_size,
             "requires": requires,
             "export_seconds": round(export_s, 2),
@@ -548,6 +538,7 @@ def export(
         },
         "schema": SCHEMA,
         "kjt_program": KJT_PROGRAM if kjt_program else None,
+        "files": {name: sha256_of(out / name) for name in (SCHEMA, *([KJT_PROGRAM] if kjt_program else []))},
         "inputs": input_spec(spec),
         "dynamic_dims": {"batch": [1, max_batch], "sparse_values": [0, MAX_VALUES], "sequence_values": [0, MAX_VALUES]},
         "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", len(spec.labels)], "tasks": spec.labels}],

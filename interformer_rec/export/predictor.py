@@ -12,8 +12,10 @@ package with quantized tables, as its manifest says) — no torchrec, no model c
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -32,7 +34,9 @@ from interformer_rec.export.features import (
     encode_table,
 )
 
-PACKAGE, SCHEMA, MANIFEST = "model.pt2", "schema.json", "manifest.json"
+PACKAGE, SCHEMA, MANIFEST, KJT_PROGRAM = "model.pt2", "schema.json", "manifest.json", "program_kjt.pt2"
+# Libraries a package may ask to import before it loads (they register custom ops).
+ALLOWED_REQUIRES = frozenset({"fbgemm_gpu"})
 
 
 class ModelDirError(FileNotFoundError):
@@ -78,12 +82,12 @@ class Predictor:
         for name in (PACKAGE, SCHEMA, MANIFEST):
             if not (self.model_dir / name).is_file():
                 raise ModelDirError(f"{self.model_dir}: no {name} (not an `interformer-rec export` directory?)")
-        self.manifest: Dict[str, Any] = json.loads((self.model_dir / MANIFEST).read_text())
+        self.manifest: Dict[str, Any] = read_manifest(self.model_dir)
         self.spec = FeatureSpec.load(self.model_dir / SCHEMA)
         self.tasks: List[str] = list(self.spec.labels)
         self.max_batch = int(self.manifest.get("dynamic_dims", {}).get("batch", [1, 65536])[1])
         self.max_candidates = min(max_candidates, self.max_batch)
-        for lib in self.manifest.get("package", {}).get("requires", []):
+        for lib in self.manifest["package"].get("requires", []):
             importlib.import_module(lib)  # registers the custom ops the package calls
         built = self.manifest.get("versions", {}).get("torch")
         if built and built != torch.__version__:
@@ -152,7 +156,10 @@ class Predictor:
 
         Args:
             out: Parquet file to write: the ``keep`` columns (default: the group key, if
-                present) then ``p_<task>`` for each task, one row per input row.
+                present) then ``p_<task>`` for each task, one row per input row. It is
+                written to ``<out>.tmp`` and renamed when every row is scored: a bad
+                row leaves no partial file (and an earlier ``out`` untouched); no input
+                rows write an empty file with the output schema.
             keep: input columns copied to ``out``.
 
         Returns:
@@ -165,7 +172,8 @@ class Predictor:
         files = _parquet_files(paths)
         spec = self.spec
         keep = list(keep) if keep is not None else ([spec.group_key] if spec.group_key else [])
-        writer = None
+        tmp = Path(f"{out}.tmp") if out is not None else None
+        writer: Optional[pq.ParquetWriter] = None
         labels: List[np.ndarray] = []
         scores: List[np.ndarray] = []
         have_labels = True
@@ -173,16 +181,14 @@ class Predictor:
         start = time.perf_counter()
         try:
             for path in files:
-                try:
-                    pf = pq.ParquetFile(path)
-                except (pa.ArrowException, OSError) as e:
-                    raise InputError(f"{path}: not a readable Parquet file ({e})") from None
+                pf = self._open(path, keep)
                 names = pf.schema_arrow.names
-                missing = [c for c in spec.feature_names + keep if c not in names]
-                if missing:
-                    raise InputError(f"{path}: missing column(s) {missing}")
                 cols = list(dict.fromkeys(spec.feature_names + keep + [c for c in spec.labels if c in names]))
                 have_labels = have_labels and all(c in names for c in spec.labels)
+                if tmp is not None and writer is None:
+                    fields = [pf.schema_arrow.field(c) for c in keep] + [pa.field(f"p_{t}", pa.float32()) for t in self.tasks]
+                    tmp.parent.mkdir(parents=True, exist_ok=True)
+                    writer = pq.ParquetWriter(str(tmp), pa.schema(fields))
                 row0 = 0
                 for g in range(pf.num_row_groups):
                     table = pf.read_row_group(g, columns=cols)
@@ -194,19 +200,21 @@ class Predictor:
                             labels.append(
                                 np.stack([part.column(c).to_numpy(zero_copy_only=False) for c in spec.labels], 1)
                             )
-                        if out is not None:
+                        if writer is not None:
                             columns = {c: part.column(c) for c in keep}
                             columns.update({f"p_{t}": pa.array(probs[:, i]) for i, t in enumerate(self.tasks)})
-                            batch = pa.table(columns)
-                            if writer is None:
-                                Path(out).parent.mkdir(parents=True, exist_ok=True)
-                                writer = pq.ParquetWriter(str(out), batch.schema)
-                            writer.write_table(batch)
+                            writer.write_table(pa.table(columns, schema=writer.schema))
                         rows += part.num_rows
                     row0 += table.num_rows
+            if writer is not None:
+                writer.close()
+                writer = None
+                os.replace(tmp, out)  # type: ignore[arg-type]
         finally:
             if writer is not None:
                 writer.close()
+            if tmp is not None and tmp.exists():
+                tmp.unlink()
         seconds = time.perf_counter() - start
         summary: Dict[str, Any] = {
             "model": self.name,
@@ -223,6 +231,55 @@ class Predictor:
                 for i, t in enumerate(self.tasks)
             }
         return summary
+
+    def _open(self, path: Path, keep: Sequence[str]) -> Any:
+        """``pq.ParquetFile`` of ``path``, which must hold the features and ``keep``."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(f"{path}: not a readable Parquet file ({e})") from None
+        missing = [c for c in self.spec.feature_names + list(keep) if c not in pf.schema_arrow.names]
+        if missing:
+            raise InputError(f"{path}: missing column(s) {missing}")
+        return pf
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(model_dir: Path) -> Dict[str, Any]:
+    """``manifest.json`` of an export directory, checked before anything is loaded: the
+    package and the schema match the sha256 the manifest records for them, and the
+    package requires only libraries of :data:`ALLOWED_REQUIRES`."""
+    path = model_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ModelDirError(f"{path}: not valid JSON ({e})") from None
+    package = manifest.get("package") if isinstance(manifest, dict) else None
+    if not isinstance(package, dict) or not isinstance(package.get("sha256"), str):
+        raise ModelDirError(f"{path}: records no package.sha256 (not an `interformer-rec export` manifest?)")
+    requires = package.get("requires", [])
+    if not isinstance(requires, list) or not set(requires) <= ALLOWED_REQUIRES:
+        raise ModelDirError(
+            f"{path}: package.requires {requires!r} names a library outside {sorted(ALLOWED_REQUIRES)}"
+        )
+    expected = {PACKAGE: package["sha256"], **(manifest.get("files") or {})}
+    for name, digest in expected.items():
+        if name not in (PACKAGE, SCHEMA, KJT_PROGRAM):
+            raise ModelDirError(f"{path}: files names {name!r}, not a file of an export directory")
+        f = model_dir / name
+        if f.exists() and sha256_of(f) != digest:
+            raise ModelDirError(f"{f}: its sha256 differs from the one {MANIFEST} records (changed or corrupted)")
+    return manifest
 
 
 def _parquet_files(paths: Sequence[Path | str] | Path | str) -> List[Path]:

@@ -16,26 +16,137 @@ or a complete checkpoint. Loading refuses a directory without ``meta.json``.
 Resharding: DCP stores sharded tensors with their global shapes and offsets, so a
 checkpoint written by N ranks under one sharding plan loads on M ranks under another,
 or into a plain unsharded model (export).
+
+Trust: DCP stores its ``.metadata`` as a pickle, and a pickle can run any code. This
+module never unpickles it with :mod:`pickle`'s defaults: :class:`SafeFileSystemReader`
+admits only the checkpoint metadata classes (the way ``torch.load(weights_only=True)``
+admits only tensors), and :class:`SafeLoadPlanner` loads non-tensor entries with
+``weights_only=True``. Anything else is a :class:`CheckpointError`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.planner import ReadItem
 from torch.optim import Optimizer
+
+from interformer_rec.arrays import DataError
 
 logger = logging.getLogger(__name__)
 
 META = "meta.json"
 POINTERS = ("best", "latest")
+
+
+class CheckpointError(DataError):
+    """A checkpoint file that is malformed or holds something other than checkpoint
+    data (e.g. a ``.metadata`` pickle that would call a function)."""
+
+
+# Everything a DCP ``.metadata`` pickle of torch 2.x refers to: its dataclasses, the
+# tensor dtypes / layouts / memory formats they record, and the path type of a storage
+# prefix. Nothing here runs code when unpickled.
+_METADATA_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": {
+        "BytesStorageMetadata", "ChunkStorageMetadata", "Metadata", "MetadataIndex",
+        "StorageMeta", "TensorProperties", "TensorStorageMetadata", "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BufferedIOBase, path: str) -> None:
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name in _METADATA_GLOBALS.get(module, ()):
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise CheckpointError(
+            f"{self.path}: refers to {module}.{name}, which is not checkpoint metadata; "
+            "refusing to load it (a checkpoint must come from a trusted source)"
+        )
+
+
+def read_dcp_metadata(path: Path | str) -> Metadata:
+    """Unpickle a DCP ``.metadata`` file admitting only checkpoint metadata classes."""
+    try:
+        with open(path, "rb") as f:
+            metadata = _MetadataUnpickler(f, str(path)).load()
+    except CheckpointError:
+        raise
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint metadata file ({e})") from None
+    if not isinstance(metadata, Metadata):
+        raise CheckpointError(f"{path}: holds a {type(metadata).__name__}, not checkpoint metadata")
+    return metadata
+
+
+class SafeFileSystemReader(FileSystemReader):
+    """``FileSystemReader`` whose metadata goes through :func:`read_dcp_metadata`
+    (tensor data is already loaded with ``torch.load(weights_only=True)``)."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        from torch.distributed.checkpoint.metadata import StorageMeta
+
+        metadata = read_dcp_metadata(self._get_metadata_path(kwargs.get("rank")))
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class SafeLoadPlanner(DefaultLoadPlanner):
+    """``DefaultLoadPlanner`` that loads non-tensor entries with ``weights_only=True``."""
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        try:
+            obj = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as e:
+            why = next((line for line in str(e).splitlines() if "GLOBAL" in line), str(e).splitlines()[0])
+            raise CheckpointError(f"checkpoint entry {read_item.dest_index.fqn}: refused, not plain data ({why})") from None
+        if self.flatten_state_dict:
+            from torch.distributed.checkpoint._traverse import set_element
+
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+
+def safe_dcp_load(state: Dict[str, Any], ckpt: Path | str, reader: Optional[SafeFileSystemReader] = None) -> None:
+    """``dcp.load(state)`` from ``ckpt`` through the safe reader and planner; a refused
+    entry on any rank is raised as its :class:`CheckpointError`."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        dcp.load(state, storage_reader=reader or SafeFileSystemReader(str(ckpt)), planner=SafeLoadPlanner())
+    except CheckpointException as e:
+        refused = [exc for exc, _ in e.failures.values() if isinstance(exc, CheckpointError)]
+        if refused:
+            raise refused[0] from None
+        raise
 
 
 def _barrier() -> None:
@@ -152,7 +263,15 @@ def latest_complete(root: Path) -> Optional[Path]:
 
 
 def read_meta(ckpt: Path) -> Dict[str, Any]:
-    return json.loads((Path(ckpt) / META).read_text())
+    """The checkpoint's ``meta.json`` (a JSON object with its ``global_step``)."""
+    path = Path(ckpt) / META
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("global_step"), int):
+        raise CheckpointError(f"{path}: not a checkpoint meta.json (a JSON object with an integer global_step)")
+    return meta
 
 
 def _leaves(tree: Dict[str, Any], prefix: str = "") -> Dict[str, tuple]:
@@ -175,14 +294,14 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: Optional[Optimizer]
     table's kernel changed with the plan, e.g. a table that was data_parallel, whose
     Adagrad state is ``sum``, is now sharded, whose fused state is ``momentum1``) keeps
     its fresh value, with a warning naming it."""
-    from torch.distributed.checkpoint import FileSystemReader
-
     from interformer_rec.train.dist import init_optimizer_state
 
     ckpt = Path(ckpt)
     if not is_complete(ckpt):
         raise FileNotFoundError(f"{ckpt}: not a complete checkpoint (no {META})")
-    saved = set(FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata)
+    meta = read_meta(ckpt)
+    reader = SafeFileSystemReader(str(ckpt))
+    saved = set(reader.read_metadata().state_dict_metadata)
     state: Dict[str, Any] = {"model": model.state_dict()}
     if optimizer is not None:
         init_optimizer_state(optimizer)  # type: ignore[arg-type]
@@ -195,11 +314,11 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: Optional[Optimizer]
     if missing and _is_main():
         logger.warning("%s: %d optimizer entries not in the checkpoint, kept fresh: %s", ckpt, len(missing), missing[:8])
     flat = {k: parent[key] for k, (parent, key) in leaves.items() if k in saved}
-    dcp.load(flat, checkpoint_id=str(ckpt))
+    safe_dcp_load(flat, ckpt, reader)
     for k, v in flat.items():  # tensors were loaded in place; other values are new objects
         parent, key = leaves[k]
         parent[key] = v
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])
-    return read_meta(ckpt)
+    return meta
