@@ -105,8 +105,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from interformer_rec.train.trainer import Trainer, format_summary
 
     cfg = load_config(args.config, args.set)
-    trainer = Trainer(cfg)
-    result = trainer.fit()
+    try:
+        trainer = Trainer(cfg)
+        result = trainer.fit()
+    except RuntimeError as e:
+        text = str(e)
+        if "Timed out" not in text and "timeout" not in text.lower():
+            raise
+        print(
+            f"interformer-rec train: error: a collective got no answer from a peer rank within "
+            f"dist.timeout_s={cfg.dist.timeout_s:g} s (a rank is hung, stopped or gone): {text.splitlines()[0]}",
+            file=sys.stderr,
+        )
+        return 3
     if trainer.env.is_main:
         print(format_summary(result))
         print(f"metrics: {trainer.out_dir / 'metrics.json'}  checkpoints: {trainer.ckpt_dir}")

@@ -301,6 +301,9 @@ class DistConfig:
     # offer row_wise / table_row_wise for EmbeddingBagCollection tables on CPU too:
     # TorchRec's sharder offers them on CUDA only, but they run on gloo (tested)
     cpu_row_wise: bool = False
+    # every collective (and joining the group) fails after this long: a hung or stopped
+    # peer ends the job with an error instead of blocking it (torch's default: 30 min)
+    timeout_s: float = 600.0
 
 
 Monitor = Literal["auc", "gauc", "logloss"]

@@ -482,3 +482,55 @@ def test_init_files_reach_every_shard_on_two_ranks(tmp_path: Path) -> None:
         shards = ranks[0][table] + ranks[1][table]
         assert shards and max(shards) == 0.0, (table, ranks[0][table], ranks[1][table])
     assert ranks[0]["item"] and ranks[1]["item"]  # row-wise: a shard on each rank
+
+
+def _hung_peer_worker(rank: int, port: int, overrides: List[str], result: str) -> None:
+    """Both ranks run ``interformer-rec train``; rank 1 stops answering once training
+    starts (its ``fit`` sleeps, as a SIGSTOPped rank would). Rank 0 writes its exit code
+    and stderr to ``result``."""
+    import contextlib
+    import io
+
+    torch.set_num_threads(1)
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
+    )
+    from interformer_rec.cli import main
+    from interformer_rec.train.trainer import Trainer
+
+    if rank == 1:
+        Trainer.fit = lambda self, on_step=None: time.sleep(120)  # type: ignore[method-assign]
+    err = io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stderr(err):
+        rc = main(["train", "--config", CONFIG, *[a for o in overrides for a in ("--set", o)]])
+    if rank == 0:
+        Path(result).write_text(json.dumps({"rc": rc, "stderr": err.getvalue(), "seconds": time.perf_counter() - start}))
+
+
+def test_a_hung_peer_ends_the_job_after_dist_timeout(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    generate(SyntheticConfig(rows={"train": 512, "valid": 128}, seed=0), data)
+    overrides = _overrides(data, tmp_path / "run", B, {}, "dist.timeout_s=3")
+    result = tmp_path / "result.json"
+    ctx = mp.start_processes(
+        _hung_peer_worker, args=(_free_port(), overrides, str(result)), nprocs=2, join=False, start_method="spawn"
+    )
+    try:
+        deadline = time.perf_counter() + SPAWN_TIMEOUT_S
+        while not result.exists() and time.perf_counter() < deadline:
+            time.sleep(0.5)
+    finally:
+        for p in ctx.processes:
+            p.kill()
+    out = _load(result)
+    assert out["rc"] == 3, out["stderr"][-2000:]
+    assert "no answer from a peer rank within dist.timeout_s=3 s" in out["stderr"]
+
+
+def test_dist_timeout_must_be_positive() -> None:
+    from interformer_rec.train.dist import init_distributed
+
+    with pytest.raises(ConfigError, match="dist.timeout_s=0"):
+        init_distributed(DistConfig(timeout_s=0))

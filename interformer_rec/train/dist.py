@@ -38,6 +38,7 @@ same for every plan and world size.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import zlib
@@ -102,12 +103,15 @@ def init_distributed(cfg: DistConfig) -> DistEnv:
         # as torchrun does: ranks sharing a host must not each take every core
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     backend = cfg.backend or ("nccl" if device.type == "cuda" else "gloo")
+    if not cfg.timeout_s > 0:
+        raise ConfigError(f"dist.timeout_s={cfg.timeout_s}: must be > 0 seconds")
+    timeout = datetime.timedelta(seconds=cfg.timeout_s)
     if dist.is_initialized():
         backend = dist.get_backend()
     elif world == 1 and "MASTER_ADDR" not in env:
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     else:
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=timeout)
     return DistEnv(rank, world, local_rank, local_world, device, backend)
 
 

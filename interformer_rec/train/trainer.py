@@ -56,6 +56,7 @@ from interformer_rec.train.dist import (
 )
 from interformer_rec.train.metrics import compute_metrics, gather_predictions
 from interformer_rec.train.protocol import EmbeddingRegularizer, LRSchedule, Monitor
+from interformer_rec.train.preflight import check_same_config, check_splits
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class Trainer:
         self.monitor = Monitor(tc.monitor)
         if tc.early_stopping_patience is not None and tc.early_stopping_patience < 1:
             raise ConfigError(f"train.early_stopping_patience={tc.early_stopping_patience}: must be >= 1 (or null)")
-        steps = len(self.reader("train", train=True))
+        steps = check_splits(cfg, lambda split: len(self.reader(split, train=split == "train")), self.global_batch)
         if tc.max_steps_per_epoch:
             steps = min(steps, tc.max_steps_per_epoch)
         self.schedule = LRSchedule(tc.lr_schedule, self.optimizer, steps * tc.epochs)
@@ -286,6 +287,7 @@ class Trainer:
             if self.env.is_main:
                 print(f"resume: no checkpoint under {self.ckpt_dir}; starting from scratch", flush=True)
             return None
+        check_same_config(checkpoint.read_meta(ckpt).get("config"), self.cfg, str(ckpt))
         meta = checkpoint.load_checkpoint(ckpt, self.dmp, self.optimizer)
         self.global_step = meta["global_step"]
         self.history = meta.get("history", [])
@@ -384,6 +386,7 @@ class Trainer:
     def evaluate_checkpoint(self, ckpt: Path, split: str) -> Dict[str, Any]:
         """Load ``ckpt`` (any world size and plan) into this trainer's sharded model and
         evaluate ``split``."""
+        check_same_config(checkpoint.read_meta(ckpt).get("config"), self.cfg, str(ckpt))
         meta = checkpoint.load_checkpoint(ckpt, self.dmp)
         return {"checkpoint": str(ckpt), "epoch": meta.get("epoch"), "split": split, **self.evaluate(split)}
 
