@@ -92,6 +92,13 @@ def _with(body: dict, where: str, key: str, value) -> dict:
     return body
 
 
+def _nest(depth: int) -> list:
+    v: list = []
+    for _ in range(depth - 1):
+        v = [v]
+    return v
+
+
 @pytest.mark.parametrize(
     "make,status,message",
     [
@@ -117,6 +124,10 @@ def _with(body: dict, where: str, key: str, value) -> dict:
         (lambda b: _with(b, "user", "hist_item_ids", [1]), 400, "user: parallel sequences have unequal lengths"),
         (lambda b: {**b, "candidates": b["candidates"] * 20}, 413, "at most 64 per request"),
         (lambda b: json.dumps({**b, "pad": "x" * (100 << 10)}).encode(), 413, "Maximum request body size"),
+        (lambda b: b"[" * 20000 + b"]" * 20000, 400, "nested deeper than 32 levels"),  # RecursionError in json
+        (lambda b: {**b, "user": {**b["user"], "dense_0": _nest(40)}}, 400, "nested deeper than 32 levels"),
+        (lambda b: {**b, "request_id": 7}, 400, "request_id: expected a string of at most 128 characters, got number"),
+        (lambda b: {**b, "request_id": "r" * 129}, 400, "got string of 129"),
     ],
 )
 def test_malformed_requests(server, make, status, message):
@@ -135,6 +146,7 @@ def test_routes_health_metadata(server):
     meta = requests.get(server.url + "/v1/metadata", timeout=TIMEOUT).json()
     assert meta["tasks"] == ["click"] and "hist_item_ids" in meta["request"]["features"]
     assert meta["limits"]["max_candidates"] == 64
+    assert "checkpoint" not in meta["model"] and str(Path.cwd().anchor + "tmp") not in json.dumps(meta)  # no paths
     assert post(server, request_body()).status_code == 200  # still serving after all the errors
 
 
@@ -234,3 +246,96 @@ def test_serve_cli_process_sigterm(model_dir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --------------------------------------------------------------------------- hostile clients
+
+
+@pytest.fixture(scope="module")
+def strict_server(predictor):
+    cfg = ServerConfig(port=0, header_timeout_s=1.0, body_timeout_s=1.0, max_connections=3)
+    with BackgroundServer(predictor, cfg) as s:
+        yield s
+
+
+def _connect(server) -> "socket.socket":
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(server.url)
+    sock = socket.create_connection((u.hostname, u.port), timeout=TIMEOUT)
+    return sock
+
+
+def _read_all(sock) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_slow_headers_are_cut_off(strict_server):
+    """A client sending its request head a byte at a time is closed after
+    header_timeout_s, not kept open for as long as it trickles."""
+    sock = _connect(strict_server)
+    start = time.perf_counter()
+    head = b"POST /v1/score HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40
+    closed = False
+    for byte in head:
+        try:
+            sock.sendall(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+            break
+        time.sleep(0.1)
+        if time.perf_counter() - start > 6:
+            break
+    if not closed:
+        sock.settimeout(5)
+        closed = _read_all(sock) == b""
+    assert closed and time.perf_counter() - start < 6
+    sock.close()
+
+
+def test_slow_body_is_408(strict_server):
+    sock = _connect(strict_server)
+    sock.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n{\"user\": ")
+    reply = _read_all(sock)
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 408") and b"not received within 1s" in reply
+
+
+def test_connections_beyond_the_cap_get_503_and_serving_goes_on(strict_server):
+    idle = [_connect(strict_server) for _ in range(3)]  # hold every slot
+    time.sleep(0.2)
+    extra = _connect(strict_server)
+    reply = _read_all(extra)
+    extra.close()
+    assert reply.startswith(b"HTTP/1.1 503") and b"too many open connections" in reply
+    for s in idle:
+        s.close()
+    time.sleep(0.3)
+    assert post(strict_server, request_body()).status_code == 200
+
+
+def test_a_client_gone_mid_body_is_one_info_line(strict_server, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="interformer_rec.export.server")
+    for _ in range(3):
+        sock = _connect(strict_server)
+        sock.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"user\"")
+        time.sleep(0.1)
+        sock.close()
+    time.sleep(0.5)
+    assert post(strict_server, request_body()).status_code == 200
+    records = [r for r in caplog.records if r.name.startswith(("interformer_rec", "aiohttp"))]
+    assert not [r for r in records if r.levelno >= logging.ERROR or r.exc_info], [r.getMessage() for r in records]
+    assert sum("disconnected" in r.getMessage() for r in records if r.levelno == logging.INFO) == 3

@@ -65,20 +65,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _threads(args.threads)
+    import dataclasses
+
     from interformer_rec.export.predictor import ModelDirError
     from interformer_rec.export.server import ServerConfig, serve
 
-    cfg = ServerConfig(
-        host=args.host,
-        port=args.port,
-        max_batch_rows=args.max_batch_rows,
-        max_wait_ms=args.max_wait_ms,
-        max_pending=args.max_pending,
-        max_candidates=args.max_candidates,
-        max_body_bytes=args.max_body_bytes,
-        request_timeout_s=args.request_timeout,
-        shutdown_timeout_s=args.shutdown_timeout,
-    )
+    cfg = ServerConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerConfig)})
     try:
         serve(args.model, cfg)
     except ModelDirError as e:
@@ -137,14 +129,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         "GET /healthz; GET /v1/metadata. SIGINT/SIGTERM drain in-flight requests, then exit.",
     )
     s.add_argument("--model", required=True, help="export directory")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8080, help="0 picks a free port (printed at start)")
-    s.add_argument("--max-batch-rows", type=int, default=1024, help="rows per micro-batch (model call)")
-    s.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a micro-batch waits to fill")
-    s.add_argument("--max-pending", type=int, default=64, help="queued requests before 503")
-    s.add_argument("--max-candidates", type=int, default=1024, help="candidates per request")
-    s.add_argument("--max-body-bytes", type=int, default=4 << 20, help="request body limit (413 above)")
-    s.add_argument("--request-timeout", type=float, default=30.0, help="seconds before a 504")
-    s.add_argument("--shutdown-timeout", type=float, default=10.0, help="seconds to drain on shutdown")
+    from interformer_rec.export.server_config import add_server_flags
+
+    add_server_flags(s)
     s.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     s.set_defaults(func=cmd_serve)

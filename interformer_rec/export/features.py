@@ -354,16 +354,24 @@ def encode_rows(spec: FeatureSpec, rows: Sequence[Mapping[str, Any]]) -> Encoded
     return finish(spec, dense, ids, lambda i: f"rows[{i}]: ")
 
 
+MAX_REQUEST_ID = 128
+
+
 def encode_request(spec: FeatureSpec, request: Any, max_candidates: int = 4096) -> Encoded:
     """Encode a ranking request ``{"user": {...}, "candidates": [{...}, ...]}``: one row per
     candidate; the ``user`` features (user, context, history) are given once and shared
     by all candidates. Every feature must be given exactly once: in ``user`` or in every
-    candidate. An optional ``request_id`` is ignored here."""
+    candidate. An optional ``request_id`` (a string of at most :data:`MAX_REQUEST_ID`
+    characters, echoed in the response) is checked, not encoded."""
     if not isinstance(request, Mapping):
         raise InputError(f"request body: expected a JSON object, got {_kind(request)}")
     unknown = set(request) - {"user", "candidates", "request_id"}
     if unknown:
         raise InputError(f"request: unknown key(s) {sorted(unknown)}; expected user, candidates, request_id")
+    rid = request.get("request_id", "")
+    if not isinstance(rid, str) or len(rid) > MAX_REQUEST_ID:
+        raise InputError(f"request_id: expected a string of at most {MAX_REQUEST_ID} characters, got {_kind(rid)}"
+                         + (f" of {len(rid)}" if isinstance(rid, str) else ""))
     user = request.get("user", {})
     cands = request.get("candidates")
     if not isinstance(user, Mapping):

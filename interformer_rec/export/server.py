@@ -8,9 +8,16 @@ Endpoints::
     GET  /v1/metadata  -> the model, its versions, input spec and request format
 
 Errors are JSON ``{"error": message, "status": code}``: 400 malformed input (the message
-names the field), 413 body over ``max_body_bytes`` or too many candidates, 503 queue
-full or draining, 504 timed out, 500 anything unexpected (logged; the server keeps
-serving).
+names the field; JSON nested deeper than ``max_json_depth``), 408 body not received
+within ``body_timeout_s``, 413 body over ``max_body_bytes`` or too many candidates, 503
+queue full or draining, 504 timed out, 500 anything unexpected (logged; the server
+keeps serving).
+
+Hostile clients: a connection that has not sent a whole request head within
+``header_timeout_s`` is closed (slow headers), and so is an idle keep-alive connection;
+beyond ``max_connections`` open connections a new one gets a 503 and is closed at once.
+A client that disconnects mid-request is one INFO log line. Responses hold no local
+paths.
 
 Concurrency: requests are validated and encoded on the event loop, then queued (at most
 ``max_pending``; beyond that a 503 answers at once) for one model thread. The batcher
@@ -28,30 +35,19 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
 
 from interformer_rec.export.features import Encoded, InputError
 from interformer_rec.export.predictor import Predictor
+from interformer_rec.export.server_config import ServerConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    max_batch_rows: int = 1024
-    max_wait_ms: float = 2.0
-    max_pending: int = 64
-    max_candidates: int = 1024
-    max_body_bytes: int = 4 << 20
-    request_timeout_s: float = 30.0
-    shutdown_timeout_s: float = 10.0
 
 
 class Overloaded(RuntimeError):
@@ -170,16 +166,33 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
 
 @web.middleware
 async def _json_errors(request: web.Request, handler: Callable) -> web.StreamResponse:
-    """Every error as JSON; an unexpected exception is a 500, never a crash."""
+    """Every error as JSON; an unexpected exception is a 500, never a crash; a client
+    gone mid-request is one INFO line (it cannot read an answer)."""
     try:
         return await handler(request)
     except web.HTTPException as e:
         if e.status < 400:
             raise
         return _error(e.status, e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason)
+    except (ConnectionError, ClientConnectionResetError) as e:
+        logger.info("client %s disconnected during %s %s (%s)", request.remote, request.method, request.path, type(e).__name__)
+        return _error(499, "client disconnected")
     except Exception:  # noqa: BLE001
         logger.exception("unhandled error in %s %s", request.method, request.path)
         return _error(500, "internal server error")
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """Nesting depth of decoded JSON ``value`` (a scalar is 0, ``[]`` is 1), counted
+    level by level (no recursion) and at most to ``limit + 1``."""
+    depth, level = 0, [value]
+    while depth <= limit:
+        containers = [x for x in level if isinstance(x, (dict, list))]
+        if not containers:
+            break
+        depth += 1
+        level = [v for x in containers for v in (x.values() if isinstance(x, dict) else x)]
+    return depth
 
 
 BATCHER = web.AppKey("batcher", MicroBatcher)
@@ -221,11 +234,18 @@ async def _score(request: web.Request) -> web.Response:
     if app[STATE]["draining"]:
         return _error(503, "server is shutting down")
     predictor, cfg = app[PREDICTOR], app[CONFIG]
-    body = await request.read()  # over client_max_size: HTTPRequestEntityTooLarge (413)
+    try:  # over client_max_size: HTTPRequestEntityTooLarge (413)
+        body = await asyncio.wait_for(request.read(), cfg.body_timeout_s)
+    except asyncio.TimeoutError:
+        return _error(408, f"request body not received within {cfg.body_timeout_s:g}s")
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         return _error(400, f"request body is not valid JSON ({e})")
+    except RecursionError:
+        payload = None
+    if payload is None or json_depth(payload, cfg.max_json_depth) > cfg.max_json_depth:
+        return _error(400, f"request body: JSON nested deeper than {cfg.max_json_depth} levels")
     if isinstance(payload, dict) and isinstance(payload.get("candidates"), list):
         n = len(payload["candidates"])
         if n > predictor.max_candidates:
@@ -259,9 +279,10 @@ async def _health(request: web.Request) -> web.Response:
 async def _metadata(request: web.Request) -> web.Response:
     p, cfg = request.app[PREDICTOR], request.app[CONFIG]
     m = p.manifest
+    model = {k: v for k, v in (m.get("model") or {}).items() if k != "checkpoint"}  # no local paths
     return web.json_response(
         {
-            "model": m.get("model"),
+            "model": model,
             "versions": m.get("versions"),
             "inputs": m.get("inputs"),
             "quantization": m.get("quantization", {}).get("embeddings"),
@@ -282,16 +303,47 @@ async def run_server(
     ``cfg.shutdown_timeout_s``) and stop the batcher. ``on_ready(url)`` runs once the
     socket listens (``cfg.port == 0`` picks a free port)."""
     app = create_app(predictor, cfg)
-    runner = web.AppRunner(app, shutdown_timeout=cfg.shutdown_timeout_s, access_log=None)
+    # aiohttp closes a connection whose request head is incomplete after keepalive_timeout
+    runner = web.AppRunner(
+        app, shutdown_timeout=cfg.shutdown_timeout_s, access_log=None, keepalive_timeout=cfg.header_timeout_s
+    )
     await runner.setup()
+    server: Optional[asyncio.AbstractServer] = None
     try:
-        site = web.TCPSite(runner, cfg.host, cfg.port, shutdown_timeout=cfg.shutdown_timeout_s)
-        await site.start()
-        host, port = runner.addresses[0][:2]
+        handler = runner.server
+        assert handler is not None
+        factory = partial(_capped_protocol, handler, cfg.max_connections)
+        server = await asyncio.get_running_loop().create_server(factory, cfg.host, cfg.port, reuse_address=True)
+        host, port = server.sockets[0].getsockname()[:2]
         on_ready(f"http://{host}:{port}")
         await stop.wait()
     finally:
+        if server is not None:
+            server.close()  # stop accepting; in-flight requests drain in cleanup()
         await runner.cleanup()
+
+
+_BUSY_BODY = json.dumps({"error": "too many open connections", "status": 503}).encode()
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
+
+
+class _Busy(asyncio.Protocol):
+    """Answers 503 and closes: the connection beyond ``max_connections``."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(_BUSY)  # type: ignore[attr-defined]
+        transport.close()
+
+
+def _capped_protocol(handler: web.Server, max_connections: int) -> asyncio.Protocol:
+    """aiohttp's protocol for a new connection, or :class:`_Busy` beyond the cap."""
+    if len(handler.connections) >= max_connections:
+        logger.info("connection refused: %d connections open (max_connections)", len(handler.connections))
+        return _Busy()
+    return handler()
 
 
 def serve(model_dir: Path | str, cfg: ServerConfig) -> None:
