@@ -359,6 +359,10 @@ class TrainConfig:
     # epoch and step within it); a fresh start if there is none
     resume: bool = False
 
+    def __post_init__(self) -> None:
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ConfigError(f"train.early_stopping_patience={self.early_stopping_patience}: must be >= 1 (or null)")
+
 
 @dataclass
 class Config:

@@ -41,7 +41,7 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.distributed.types import ShardedModule
 from tqdm import tqdm
 
-from interformer_rec.config import Config, ConfigError
+from interformer_rec.config import Config
 from interformer_rec.data.batch import Batch
 from interformer_rec.data.reader import ParquetBatchReader, oracle_auc
 from interformer_rec.models import build_model, num_parameters
@@ -127,6 +127,7 @@ class Trainer:
         self.cfg = cfg
         self.env = env or init_distributed(cfg.dist)
         tc = cfg.train
+        steps = check_splits(cfg, lambda split: len(self.reader(split, train=split == "train")), self.global_batch)
         torch.manual_seed(tc.seed)  # same dense initial weights on every rank and world size
         schema = cfg.data.schema
         self.out_dir = Path(tc.out_dir)
@@ -152,9 +153,6 @@ class Trainer:
                 [m for m in self.dmp.modules() if isinstance(m, ShardedModule)]
             )
         self.monitor = Monitor(tc.monitor)
-        if tc.early_stopping_patience is not None and tc.early_stopping_patience < 1:
-            raise ConfigError(f"train.early_stopping_patience={tc.early_stopping_patience}: must be >= 1 (or null)")
-        steps = check_splits(cfg, lambda split: len(self.reader(split, train=split == "train")), self.global_batch)
         if tc.max_steps_per_epoch:
             steps = min(steps, tc.max_steps_per_epoch)
         self.schedule = LRSchedule(tc.lr_schedule, self.optimizer, steps * tc.epochs)
