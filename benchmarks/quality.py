@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
-from interformer_rec.config import load_config
+from interformer_rec.config import Config, load_config, model_in_use
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = [
@@ -62,6 +62,11 @@ def config_for(dataset: str, model: str) -> Tuple[Path, List[str]]:
     return ROOT / "configs" / f"{dataset}_{name}.yaml", variant
 
 
+def _in_use(cfg: Config) -> Dict[str, Any]:
+    d = cfg.to_dict()
+    return {**d, "model": model_in_use(d["model"])}
+
+
 def run_one(
     dataset: str, model: str, seed: int, overrides: Sequence[str], out: Path, threads: int, train: bool = True
 ) -> Optional[Dict[str, Any]]:
@@ -75,8 +80,8 @@ def run_one(
     sets = [*extra, f"train.seed={seed}", f"train.out_dir={run_dir}", "train.progress=false", *overrides]
     saved = run_dir / "config.yaml"
     # the saved config read as the current code reads it: a key added since (with its
-    # default) is not a difference
-    if metrics.exists() and (not saved.exists() or load_config(saved).to_dict() != load_config(config, sets).to_dict()):
+    # default), or a changed sub-config of another model, is not a difference
+    if metrics.exists() and (not saved.exists() or _in_use(load_config(saved)) != _in_use(load_config(config, sets))):
         if not train:
             print(f"{run_dir}: its config differs from the current one; left out", flush=True)
             return None

@@ -201,8 +201,9 @@ class InterFormerConfig:
     interaction: Interaction = "dhen"
     # DHEN (§3.2): each layer is LayerNorm(Ensemble(DOT(X), DCN(X)) + ShortCut(X));
     # Ensemble "concat" (concatenation, then a linear map back to the token width) or "sum"
+    # (the default: ahead on AUC on all three benchmark data sets, 3 seeds each)
     dhen_layers: int = 1
-    dhen_ensemble: Literal["concat", "sum"] = "concat"
+    dhen_ensemble: Literal["concat", "sum"] = "sum"
     # LayerNorm on the Interaction Arch's residual stream: X^{l+1} = LN(X^l + MLP(...))
     interaction_norm: bool = True
     interaction_mlp: List[int] = field(default_factory=lambda: [64])
@@ -269,6 +270,17 @@ class ModelConfig:
     dlrm: DLRMConfig = field(default_factory=DLRMConfig)
     bst: BSTConfig = field(default_factory=BSTConfig)
     din: DINConfig = field(default_factory=DINConfig)
+
+
+_MODEL_SECTIONS = ("interformer", "dlrm", "bst", "din")
+
+
+def model_in_use(model: Dict[str, Any]) -> Dict[str, Any]:
+    """``model`` (a :meth:`Config.to_dict` section) without the sub-configs of the models
+    it does not build: a DLRM does not change when ``model.interformer`` does."""
+    name = model.get("name", "")
+    own = "dlrm" if str(name).startswith("dlrm") else name
+    return {k: v for k, v in model.items() if k not in _MODEL_SECTIONS or k == own}
 
 
 # --------------------------------------------------------------------------- training

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from interformer_rec.arrays import DataError
-from interformer_rec.config import Config, ConfigError
+from interformer_rec.config import Config, ConfigError, model_in_use
 
 # The config sections a checkpoint's tensors and meaning depend on.
 RUN_DEFINING = ("model", "data.schema")
@@ -88,7 +88,9 @@ def check_same_config(saved: Optional[Mapping[str, Any]], cfg: Config, where: st
         saved = config_from_dict(saved).to_dict()
     except ConfigError as e:
         raise ConfigError(f"{where}: the config saved with the checkpoint no longer loads ({e})") from None
-    changes = config_changes(saved, cfg.to_dict())
+    current = cfg.to_dict()
+    saved["model"], current["model"] = model_in_use(saved["model"]), model_in_use(current["model"])
+    changes = config_changes(saved, current)
     if changes:
         shown = "; ".join(changes[:8]) + (f"; ... ({len(changes)} in all)" if len(changes) > 8 else "")
         raise ConfigError(
