@@ -333,12 +333,13 @@ def _edit_manifest(d: Path, edit) -> None:
     [
         (lambda d: (d / "model.pt2").write_bytes((d / "model.pt2").read_bytes() + b"x"), "model.pt2: its sha256 differs"),
         (lambda d: (d / "schema.json").write_text((d / "schema.json").read_text() + " "), "schema.json: its sha256 differs"),
+        (lambda d: (d / "program_kjt.pt2").write_bytes(b"x"), "program_kjt.pt2: its sha256 differs"),
         (lambda d: _edit_manifest(d, lambda m: m["package"].update(requires=["os"])), r"requires \['os'\] names a library"),
         (lambda d: _edit_manifest(d, lambda m: m["package"].pop("sha256")), "records no package.sha256"),
         (lambda d: _edit_manifest(d, lambda m: m.update(files={"../x": "0"})), "not a file of an export"),
         (lambda d: (d / "manifest.json").write_text("{"), "not valid JSON"),
     ],
-    ids=["package", "schema", "requires", "no-sha", "files", "json"],
+    ids=["package", "schema", "kjt-program", "requires", "no-sha", "files", "json"],
 )
 def test_predictor_refuses_a_changed_model_dir(tmp_path_factory, tmp_path, change, message):
     from interformer_rec.export.predictor import ModelDirError, Predictor
@@ -346,6 +347,11 @@ def test_predictor_refuses_a_changed_model_dir(tmp_path_factory, tmp_path, chang
     d = _tampered(tmp_path_factory, tmp_path, change)
     with pytest.raises(ModelDirError, match=message):
         Predictor(d)
+    if "kjt" in message:  # the KJT-input program is checked the same way
+        from interformer_rec.export.export import load_kjt_program
+
+        with pytest.raises(ModelDirError, match=message):
+            load_kjt_program(d / "program_kjt.pt2")
 
 
 # --------------------------------------------------------------------------- quantization

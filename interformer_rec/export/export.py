@@ -332,8 +332,14 @@ def export_kjt_program(model: nn.Module, spec: FeatureSpec, max_batch: int = MAX
 
 
 def load_kjt_program(path: Path | str) -> ExportedProgram:
-    """Load a ``program_kjt.pt2`` (torchrec's jagged types allowed in the unpickler)."""
+    """Load a ``program_kjt.pt2`` (torchrec's jagged types allowed in the unpickler),
+    after checking the sha256 that the ``manifest.json`` beside it records."""
     from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedTensor
+
+    from interformer_rec.export.predictor import read_manifest
+
+    if (Path(path).parent / MANIFEST).exists():
+        read_manifest(Path(path).parent)
 
     torch.serialization.add_safe_globals([KeyedJaggedTensor, JaggedTensor, KeyedTensor])
     return torch.export.load(str(path))
