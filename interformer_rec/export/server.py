@@ -184,14 +184,11 @@ async def _json_errors(request: web.Request, handler: Callable) -> web.StreamRes
 
 def json_depth(value: Any, limit: int) -> int:
     """Nesting depth of decoded JSON ``value`` (a scalar is 0, ``[]`` is 1), counted
-    level by level (no recursion) and at most to ``limit + 1``."""
-    depth, level = 0, [value]
-    while depth <= limit:
-        containers = [x for x in level if isinstance(x, (dict, list))]
-        if not containers:
-            break
+    level by level over the containers only (no recursion), at most to ``limit + 1``."""
+    depth, level = 0, [value] if isinstance(value, (dict, list)) else []
+    while level and depth <= limit:
         depth += 1
-        level = [v for x in containers for v in (x.values() if isinstance(x, dict) else x)]
+        level = [v for x in level for v in (x.values() if isinstance(x, dict) else x) if isinstance(v, (dict, list))]
     return depth
 
 
@@ -238,14 +235,13 @@ async def _score(request: web.Request) -> web.Response:
         body = await asyncio.wait_for(request.read(), cfg.body_timeout_s)
     except asyncio.TimeoutError:
         return _error(408, f"request body not received within {cfg.body_timeout_s:g}s")
+    too_deep = f"request body: JSON nested deeper than {cfg.max_json_depth} levels"
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         return _error(400, f"request body is not valid JSON ({e})")
     except RecursionError:
-        payload = None
-    if payload is None or json_depth(payload, cfg.max_json_depth) > cfg.max_json_depth:
-        return _error(400, f"request body: JSON nested deeper than {cfg.max_json_depth} levels")
+        return _error(400, too_deep)
     if isinstance(payload, dict) and isinstance(payload.get("candidates"), list):
         n = len(payload["candidates"])
         if n > predictor.max_candidates:
@@ -253,7 +249,8 @@ async def _score(request: web.Request) -> web.Response:
     try:
         enc = predictor.encode_request(payload)
     except InputError as e:
-        return _error(400, str(e))
+        # a valid request is at most 3 levels deep, so only a rejected one is measured
+        return _error(400, too_deep if json_depth(payload, cfg.max_json_depth) > cfg.max_json_depth else str(e))
     try:
         probs = await asyncio.wait_for(app[BATCHER].submit(enc), cfg.request_timeout_s)
     except Overloaded as e:
