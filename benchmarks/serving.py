@@ -53,8 +53,8 @@ from interformer_rec.export.export import (  # noqa: E402
     random_encoded,
     serving_module,
 )
-from interformer_rec.export.features import FeatureSpec  # noqa: E402
-from interformer_rec.export.predictor import Predictor  # noqa: E402
+from interformer_rec.serving.features import FeatureSpec  # noqa: E402
+from interformer_rec.serving.predictor import Predictor  # noqa: E402
 
 
 def prepare(cfg: Config, name: str, work: Path, checkpoint: Optional[str]) -> Path:

@@ -213,8 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     b.set_defaults(func=cmd_bench)
 
-    from interformer_rec.export.cli import register as register_serving
+    from interformer_rec.export.cli import register as register_export
+    from interformer_rec.serving.cli import register as register_serving
 
+    register_export(sub)
     register_serving(sub)
     return p
 

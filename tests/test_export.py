@@ -22,7 +22,7 @@ from export_helpers import SYNTH, checkpoint, data_dir, exported, make_config, m
 from interformer_rec.config import Schema
 from interformer_rec.data.reader import ParquetBatchReader
 from interformer_rec.data.synthetic import synthetic_schema
-from interformer_rec.export.features import (
+from interformer_rec.serving.features import (
     FeatureSpec,
     InputError,
     encode_request,
@@ -209,7 +209,7 @@ def test_predict_parquet_matches_eager_on_reader_batches(export_dir, data, tmp_p
     """Held-out parity end to end: the training reader + the eager model from the
     checkpoint vs the Parquet predictor + the package."""
     from interformer_rec.export.export import load_model
-    from interformer_rec.export.predictor import Predictor
+    from interformer_rec.serving.predictor import Predictor
 
     name = manifest(export_dir)["model"]["name"]
     model, cfg, _, _ = load_model(Path(manifest(export_dir)["model"]["checkpoint"]))
@@ -232,7 +232,7 @@ def test_predict_parquet_matches_eager_on_reader_batches(export_dir, data, tmp_p
 def test_checkpoint_from_trainer_scores_its_auc(tmp_path_factory):
     """The DMP-trained DLRM: the package's test AUC is the Trainer's own test AUC (so the
     sharded checkpoint was gathered into the plain model intact)."""
-    from interformer_rec.export.predictor import Predictor
+    from interformer_rec.serving.predictor import Predictor
 
     run = checkpoint(tmp_path_factory, "dlrm_dcn")
     metrics = json.loads((run / "metrics.json").read_text())
@@ -248,7 +248,7 @@ def test_package_and_predictor_load_without_torchrec(tmp_path_factory, tmp_path)
     dirs = [str(exported(tmp_path_factory, name)) for name in MODELS]
     rows = pq.read_table(data_dir(tmp_path_factory) / "test.parquet").slice(0, 5).to_pylist()
     expected = {}
-    from interformer_rec.export.predictor import Predictor
+    from interformer_rec.serving.predictor import Predictor
 
     for d in dirs:
         expected[d] = Predictor(d).predict_rows(rows)[:, 0].tolist()
@@ -259,7 +259,7 @@ def test_package_and_predictor_load_without_torchrec(tmp_path_factory, tmp_path)
         spec = json.load(open({str(tmp_path / 'rows.json')!r}))
         for d, want in spec["expected"].items():
             runner = torch._inductor.aoti_load_package(d + "/model.pt2")
-            from interformer_rec.export.predictor import Predictor
+            from interformer_rec.serving.predictor import Predictor
             got = Predictor(d).predict_rows(spec["rows"])[:, 0].tolist()
             assert max(abs(a - b) for a, b in zip(got, want)) < 1e-6, (got, want)
         heavy = [m for m in sys.modules if m.split(".")[0] in ("torchrec", "fbgemm_gpu")
@@ -342,7 +342,7 @@ def _edit_manifest(d: Path, edit) -> None:
     ids=["package", "schema", "kjt-program", "requires", "no-sha", "files", "json"],
 )
 def test_predictor_refuses_a_changed_model_dir(tmp_path_factory, tmp_path, change, message):
-    from interformer_rec.export.predictor import ModelDirError, Predictor
+    from interformer_rec.serving.predictor import ModelDirError, Predictor
 
     d = _tampered(tmp_path_factory, tmp_path, change)
     with pytest.raises(ModelDirError, match=message):
@@ -360,7 +360,7 @@ def test_predictor_refuses_a_changed_model_dir(tmp_path_factory, tmp_path, chang
 def test_int8_export_parity_and_quality(tmp_path_factory, data):
     """int8 tables (TorchRec's quantize_inference_model): the package matches the eager
     quantized model, needs fbgemm_gpu to load, and its quality loss is measured."""
-    from interformer_rec.export.predictor import Predictor
+    from interformer_rec.serving.predictor import Predictor
 
     d = exported(tmp_path_factory, "dlrm_dcn", quantize="int8")
     m = manifest(d)

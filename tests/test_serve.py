@@ -21,8 +21,8 @@ import pytest
 import requests
 
 from export_helpers import exported
-from interformer_rec.export.predictor import Predictor
-from interformer_rec.export.server import BackgroundServer, MicroBatcher, Overloaded, ServerConfig
+from interformer_rec.serving.predictor import Predictor
+from interformer_rec.serving.server import BackgroundServer, MicroBatcher, Overloaded, ServerConfig
 
 TIMEOUT = 20  # seconds, every HTTP call
 
@@ -175,7 +175,7 @@ def test_overload_is_503_not_a_crash():
 
     async def run():
         from interformer_rec.export.export import random_encoded
-        from interformer_rec.export.features import FeatureSpec
+        from interformer_rec.serving.features import FeatureSpec
         from interformer_rec.data.synthetic import synthetic_schema
         from export_helpers import SYNTH
 
@@ -328,7 +328,7 @@ def test_connections_beyond_the_cap_get_503_and_serving_goes_on(strict_server):
 def test_a_client_gone_mid_body_is_one_info_line(strict_server, caplog):
     import logging
 
-    caplog.set_level(logging.INFO, logger="interformer_rec.export.server")
+    caplog.set_level(logging.INFO, logger="interformer_rec.serving.server")
     for _ in range(3):
         sock = _connect(strict_server)
         sock.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"user\"")

@@ -1,4 +1,4 @@
-"""Serving: export a trained model, score with it, serve it over HTTP.
+"""Export a trained model for serving.
 
 * :mod:`.export` — checkpoint -> plain model -> ``torch.export`` of a plain-tensor front
   (``ServingModule``: KJTs built inside from values + lengths) -> AOTInductor package
@@ -8,12 +8,8 @@
   the program with KJT inputs.)
 * :mod:`.quantize` — int8 / fp16 embedding tables with TorchRec's
   ``quantize_inference_model``, and their quality loss.
-* :mod:`.features` — the bad-input policy of the training reader, for Parquet, row dicts
-  and ranking requests (one user, many candidates); torch + numpy only.
-* :mod:`.predictor` — loads only the export directory (torch, plus fbgemm_gpu for a
-  quantized package); scores Parquet files, rows and requests.
-* :mod:`.server` — aiohttp endpoint with validation, micro-batching, bounded queue,
-  health, graceful shutdown.
+* :mod:`.manifest` — the files of an export directory and the checks made on
+  ``manifest.json`` before anything is loaded (torch-free).
 
-Nothing is imported here, so ``import interformer_rec.export.predictor`` stays light.
+Scoring with the result is :mod:`interformer_rec.serving`.
 """

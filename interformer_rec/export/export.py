@@ -10,7 +10,7 @@ front of the model, compiled by AOTInductor into one package.
       ──► fbgemm's jagged ops rewritten in ATen (float tables)
       ──► AOTInductor package  model.pt2 (+ schema.json, manifest.json)
 
-The package's inputs are plain tensors (see ``interformer_rec.export.features``), so it
+The package's inputs are plain tensors (see ``interformer_rec.serving.features``), so it
 loads and runs with ``torch`` alone: no torchrec, no project code. With quantized tables
 (``quantize="int8"`` / ``"fp16"``, TorchRec's ``quantize_inference_model``) the package
 calls fbgemm's quantized lookup kernels and the loading process must ``import
@@ -42,14 +42,14 @@ from torch.export import Dim, ExportedProgram
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from interformer_rec.config import Config, config_from_dict
-from interformer_rec.export.features import (
+from interformer_rec.serving.features import (
     INPUT_NAMES,
     Encoded,
     FeatureSpec,
     Jagged,
     encode_table,
 )
-from interformer_rec.export.predictor import KJT_PROGRAM, MANIFEST, PACKAGE, SCHEMA, sha256_of
+from interformer_rec.export.manifest import KJT_PROGRAM, MANIFEST, PACKAGE, SCHEMA, read_manifest, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -335,8 +335,6 @@ def load_kjt_program(path: Path | str) -> ExportedProgram:
     """Load a ``program_kjt.pt2`` (torchrec's jagged types allowed in the unpickler),
     after checking the sha256 that the ``manifest.json`` beside it records."""
     from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedTensor
-
-    from interformer_rec.export.predictor import read_manifest
 
     if (Path(path).parent / MANIFEST).exists():
         read_manifest(Path(path).parent)

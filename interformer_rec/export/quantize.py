@@ -12,7 +12,7 @@ Two things make the result exportable with ``torch.export`` (non-strict):
   are registered (``torchrec.pt2.utils.register_fake_classes``);
 * the TBE's index bounds check is turned off: its fake kernel guards on data-dependent
   sizes and cannot be traced. Ids are checked (or hashed) before they reach the model by
-  the schema's ``id_policy`` (``interformer_rec.export.features``), so nothing is lost.
+  the schema's ``id_policy`` (``interformer_rec.serving.features``), so nothing is lost.
 
 The compiled package then calls fbgemm kernels: load it after ``import fbgemm_gpu``.
 """
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from interformer_rec.export.features import Encoded, FeatureSpec
-from interformer_rec.export.predictor import auc, logloss
+from interformer_rec.serving.features import Encoded, FeatureSpec
+from interformer_rec.serving.predictor import auc, logloss
 
 DTYPES = {"int8": torch.qint8, "fp16": torch.float16}
 _FAKES_REGISTERED = False

@@ -12,9 +12,7 @@ package with quantized tables, as its manifest says) — no torchrec, no model c
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
 import os
 import threading
 import time
@@ -25,7 +23,8 @@ import numpy as np
 import torch
 
 from interformer_rec.arrays import DataError, resolve_paths
-from interformer_rec.export.features import (
+from interformer_rec.export.manifest import MANIFEST, PACKAGE, SCHEMA, ModelDirError, read_manifest
+from interformer_rec.serving.features import (
     Encoded,
     FeatureSpec,
     InputError,
@@ -33,15 +32,6 @@ from interformer_rec.export.features import (
     encode_rows,
     encode_table,
 )
-
-PACKAGE, SCHEMA, MANIFEST, KJT_PROGRAM = "model.pt2", "schema.json", "manifest.json", "program_kjt.pt2"
-# Libraries a package may ask to import before it loads (they register custom ops).
-ALLOWED_REQUIRES = frozenset({"fbgemm_gpu"})
-
-
-class ModelDirError(FileNotFoundError):
-    """An export directory that is missing a file or does not load."""
-
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC with ties averaged (Mann-Whitney U); ``nan`` if a class is absent."""
@@ -122,7 +112,7 @@ class Predictor:
 
     def predict_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """``[n, tasks]`` probabilities of raw feature dicts (one per row; see
-        :mod:`interformer_rec.export.features` for the accepted values). Raises
+        :mod:`interformer_rec.serving.features` for the accepted values). Raises
         :class:`InputError` on malformed input."""
         return self.predict_encoded(encode_rows(self.spec, rows))
 
@@ -245,41 +235,6 @@ class Predictor:
         if missing:
             raise InputError(f"{path}: missing column(s) {missing}")
         return pf
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_manifest(model_dir: Path) -> Dict[str, Any]:
-    """``manifest.json`` of an export directory, checked before anything is loaded: the
-    package and the schema match the sha256 the manifest records for them, and the
-    package requires only libraries of :data:`ALLOWED_REQUIRES`."""
-    path = model_dir / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ModelDirError(f"{path}: not valid JSON ({e})") from None
-    package = manifest.get("package") if isinstance(manifest, dict) else None
-    if not isinstance(package, dict) or not isinstance(package.get("sha256"), str):
-        raise ModelDirError(f"{path}: records no package.sha256 (not an `interformer-rec export` manifest?)")
-    requires = package.get("requires", [])
-    if not isinstance(requires, list) or not set(requires) <= ALLOWED_REQUIRES:
-        raise ModelDirError(
-            f"{path}: package.requires {requires!r} names a library outside {sorted(ALLOWED_REQUIRES)}"
-        )
-    expected = {PACKAGE: package["sha256"], **(manifest.get("files") or {})}
-    for name, digest in expected.items():
-        if name not in (PACKAGE, SCHEMA, KJT_PROGRAM):
-            raise ModelDirError(f"{path}: files names {name!r}, not a file of an export directory")
-        f = model_dir / name
-        if f.exists() and sha256_of(f) != digest:
-            raise ModelDirError(f"{f}: its sha256 differs from the one {MANIFEST} records (changed or corrupted)")
-    return manifest
 
 
 def _parquet_files(paths: Sequence[Path | str] | Path | str) -> List[Path]:

@@ -43,9 +43,9 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 from aiohttp import ClientConnectionResetError, web
 
-from interformer_rec.export.features import Encoded, InputError
-from interformer_rec.export.predictor import Predictor
-from interformer_rec.export.server_config import ServerConfig
+from interformer_rec.serving.features import Encoded, InputError
+from interformer_rec.serving.predictor import Predictor
+from interformer_rec.serving.server_config import ServerConfig
 
 logger = logging.getLogger(__name__)
 

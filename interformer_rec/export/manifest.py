@@ -1,0 +1,54 @@
+"""The files of an export directory and its ``manifest.json``, checked before anything
+in the directory is loaded. Torch-free: the exporter writes these, the predictor reads
+them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+PACKAGE, SCHEMA, MANIFEST, KJT_PROGRAM = "model.pt2", "schema.json", "manifest.json", "program_kjt.pt2"
+# Libraries a package may ask to import before it loads (they register custom ops).
+ALLOWED_REQUIRES = frozenset({"fbgemm_gpu"})
+
+
+class ModelDirError(FileNotFoundError):
+    """An export directory that is missing a file or does not load."""
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(model_dir: Path) -> Dict[str, Any]:
+    """``manifest.json`` of an export directory, checked before anything is loaded: the
+    package and the schema match the sha256 the manifest records for them, and the
+    package requires only libraries of :data:`ALLOWED_REQUIRES`."""
+    path = model_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ModelDirError(f"{path}: not valid JSON ({e})") from None
+    package = manifest.get("package") if isinstance(manifest, dict) else None
+    if not isinstance(package, dict) or not isinstance(package.get("sha256"), str):
+        raise ModelDirError(f"{path}: records no package.sha256 (not an `interformer-rec export` manifest?)")
+    requires = package.get("requires", [])
+    if not isinstance(requires, list) or not set(requires) <= ALLOWED_REQUIRES:
+        raise ModelDirError(
+            f"{path}: package.requires {requires!r} names a library outside {sorted(ALLOWED_REQUIRES)}"
+        )
+    expected = {PACKAGE: package["sha256"], **(manifest.get("files") or {})}
+    for name, digest in expected.items():
+        if name not in (PACKAGE, SCHEMA, KJT_PROGRAM):
+            raise ModelDirError(f"{path}: files names {name!r}, not a file of an export directory")
+        f = model_dir / name
+        if f.exists() and sha256_of(f) != digest:
+            raise ModelDirError(f"{f}: its sha256 differs from the one {MANIFEST} records (changed or corrupted)")
+    return manifest
