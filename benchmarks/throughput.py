@@ -23,11 +23,11 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
+from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -89,17 +89,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def median_seconds(step: Callable[[], None], warmup: int, steps: int, device: torch.device) -> float:
+def median_seconds(step: Callable[[], None], warmup: int, steps: int) -> float:
+    """Median seconds of one call of ``step`` over ``steps`` calls, after ``warmup``.
+
+    ``torch.utils.benchmark.Timer`` times each call; on an accelerator its default timer
+    synchronizes the device before reading the clock.
+    """
     for _ in range(warmup):
         step()
-    times = []
-    for _ in range(steps):
-        sync(device)
-        t = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    timer = benchmark.Timer(stmt="step()", globals={"step": step})
+    return statistics.median(timer.timeit(1).median for _ in range(steps))
 
 
 def _cpu_sdpa_flop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
@@ -123,7 +122,7 @@ CPU_ATTENTION_FLOPS = {
 def matmul_flops(device: torch.device, n: int = 2048, steps: int = 10) -> float:
     """Measured float32 matrix-multiply FLOP/s of this machine (n x n x n)."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    return 2 * n**3 / median_seconds(lambda: torch.mm(a, b), 2, steps, device)
+    return 2 * n**3 / median_seconds(lambda: torch.mm(a, b), 2, steps)
 
 
 def training_step(
@@ -149,14 +148,14 @@ def bench_model(
 ) -> Dict[str, Any]:
     model, batch, opt, train_step = training_step(name, schema, dim, B, T, device, sets)
     model.train()
-    train_s = median_seconds(train_step, warmup, steps, device)
+    train_s = median_seconds(train_step, warmup, steps)
     with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as fc:
         loss, _ = model(batch)
         loss.backward()
     opt.zero_grad(set_to_none=True)
     model.eval()
     with torch.no_grad():
-        infer_s = median_seconds(lambda: model(batch), warmup, steps, device)
+        infer_s = median_seconds(lambda: model(batch), warmup, steps)
     return {
         "model": name,
         "batch_size": B,
@@ -233,7 +232,7 @@ def module_times(
             sum(o.sum() for o in outs if isinstance(o, torch.Tensor) and o.requires_grad).backward()
             m.zero_grad(set_to_none=True)
 
-        seconds = median_seconds(step, warmup, steps, device)
+        seconds = median_seconds(step, warmup, steps)
         with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as fc:
             step()
         rows.append({"module": path or "(whole arch)", "fwd_bwd_ms": seconds * 1e3, "gflop": fc.get_total_flops() / 1e9})

@@ -13,11 +13,19 @@ from typing import List, Optional
 from interformer_rec.config import ConfigError, load_config
 
 
+# Libraries that warn and log a lot on CPU (sharding plans, fbgemm kernels, FX tracing).
+THIRD_PARTY = ("torch", "torchrec", "fbgemm_gpu", "torchx", "tensordict", "torchmetrics")
+
+
 def _quiet() -> None:
-    """Keep the console readable: TorchRec and torch warn a lot on CPU."""
+    """Keep the console readable: third-party warnings are dropped and their loggers
+    show errors only; the project's own warnings and log lines (``interformer_rec.*``,
+    INFO and above) still reach the user."""
     warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", module=r"interformer_rec(\.|$)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("", "torchrec", "torch.distributed", "fbgemm_gpu", "torch.fx"):
+    logging.getLogger("interformer_rec").setLevel(logging.INFO)
+    for name in THIRD_PARTY:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
