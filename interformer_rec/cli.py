@@ -14,15 +14,16 @@ from interformer_rec.config import ConfigError, load_config
 
 
 # Libraries that warn and log a lot on CPU (sharding plans, fbgemm kernels, FX tracing).
-THIRD_PARTY = ("torch", "torchrec", "fbgemm_gpu", "torchx", "tensordict", "torchmetrics")
+# (torch sets the level of some of its child loggers itself: they are named too.)
+THIRD_PARTY = ("torch", "torch.fx", "torch.distributed", "torchrec", "fbgemm_gpu", "torchx", "tensordict", "torchmetrics")
 
 
 def _quiet() -> None:
-    """Keep the console readable: third-party warnings are dropped and their loggers
-    show errors only; the project's own warnings and log lines (``interformer_rec.*``,
-    INFO and above) still reach the user."""
+    """Keep the console readable: Python warnings (raised by the libraries, often at the
+    project's call sites) are dropped and third-party loggers show errors only; the
+    project's own messages are log lines (``interformer_rec.*``, INFO and above) and
+    still reach the user."""
     warnings.filterwarnings("ignore")
-    warnings.filterwarnings("default", module=r"interformer_rec(\.|$)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("interformer_rec").setLevel(logging.INFO)
     for name in THIRD_PARTY:
@@ -216,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(t)
     t.set_defaults(func=cmd_train)
 
+    e = sub.add_parser(
+        "evaluate", add_help=False,
+        help="score a checkpoint on a split (any world size); see `interformer-rec evaluate --help`",
+    )
+    e.add_argument("args", nargs=argparse.REMAINDER)  # main() hands them to train/evaluate.py
+
     b = sub.add_parser("bench", help="run a benchmark from benchmarks/ (quality, throughput, ...)")
     b.add_argument("name", help="benchmark name: quality, throughput, planted, scaling, serving, data")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
@@ -230,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["evaluate"]:
+        from interformer_rec.train.evaluate import main as evaluate
+
+        return evaluate(argv[1:])
     _quiet()
     args = build_parser().parse_args(argv)
     from interformer_rec.arrays import DataError  # torch-free: predict/serve stay light
