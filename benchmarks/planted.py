@@ -27,12 +27,12 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from torchrec.metrics.auc import compute_auc
 
 from interformer_rec.config import Config, SyntheticConfig
 from interformer_rec.data.reader import ParquetBatchReader
 from interformer_rec.data.synthetic import ORACLE, TERMS, table_logit_terms
 from interformer_rec.export.export import load_model
+from interformer_rec.ops.metrics import auc
 from interformer_rec.train.metrics import compute_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,11 +75,9 @@ def metrics_of(logits: np.ndarray, labels: np.ndarray, groups: Optional[np.ndarr
 
 
 def auc_of(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The AUC of :func:`compute_metrics` alone (TorchRec's ``compute_auc`` of the
-    probabilities), without its gAUC, logloss and NE: the bootstrap's inner loop."""
-    probs = torch.sigmoid(torch.from_numpy(np.asarray(logits, dtype=np.float64))).unsqueeze(0)
-    y = torch.from_numpy(np.asarray(labels, dtype=np.float64)).unsqueeze(0)
-    return float(compute_auc(1, [probs], [y], [torch.ones_like(y)])[0])
+    """The AUC of :func:`compute_metrics` alone (of the probabilities, ties averaged),
+    without its gAUC, logloss and NE: the bootstrap's inner loop."""
+    return auc(labels, torch.sigmoid(torch.from_numpy(np.asarray(logits, dtype=np.float64))))
 
 
 def regress(y: np.ndarray, terms: Dict[str, np.ndarray]) -> Dict[str, Any]:

@@ -16,8 +16,10 @@ the weights). Inputs are random valid rows, histories of uniform length 0..max_l
   Python);
 * compiled: the AOTInductor package (``model.pt2``) as the predictor runs it.
 
-For each (variant, batch size): 3 warm-up calls, then calls until ``--seconds`` have
-passed (at least 5, at most ``--max-iters``); latency is per call, throughput is rows/s.
+For each (variant, batch size): ``torch.utils.benchmark.Timer.blocked_autorange`` for
+``--seconds`` (its warm-up picks a block of calls long enough to make the timer's
+overhead negligible); latency is per call (p50 / p99 over the blocks), throughput is
+rows/s.
 The load test starts ``interformer-rec serve`` in a subprocess and, for each
 ``--concurrency``, keeps that many requests in flight (aiohttp client, one user +
 ``--candidates`` candidates each) for ``--load-seconds``. Client and server share the
@@ -41,18 +43,14 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
+import torch.utils.benchmark as benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from interformer_rec.config import Config, load_config  # noqa: E402
-from interformer_rec.export.export import (  # noqa: E402
-    export,
-    export_program,
-    load_model,
-    random_encoded,
-    serving_module,
-)
+from interformer_rec.export.export import export, export_program, load_model, serving_module  # noqa: E402
+from interformer_rec.export.inputs import random_encoded  # noqa: E402
 from interformer_rec.serving.features import FeatureSpec  # noqa: E402
 from interformer_rec.serving.predictor import Predictor  # noqa: E402
 
@@ -74,22 +72,20 @@ def prepare(cfg: Config, name: str, work: Path, checkpoint: Optional[str]) -> Pa
     return run
 
 
-def time_calls(fn: Callable[[], Any], seconds: float, max_iters: int) -> Dict[str, float]:
-    for _ in range(3):
-        fn()
-    lat: List[float] = []
-    start = time.perf_counter()
-    while (time.perf_counter() - start < seconds or len(lat) < 5) and len(lat) < max_iters:
-        t = time.perf_counter()
-        fn()
-        lat.append(time.perf_counter() - t)
-    total = time.perf_counter() - start
-    a = np.array(lat) * 1000
-    return {"iters": len(lat), "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
-            "mean_ms": float(a.mean()), "calls_per_s": len(lat) / total}
+def time_calls(fn: Callable[[], Any], seconds: float) -> Dict[str, float]:
+    """Latency of ``fn()`` with ``torch.utils.benchmark.Timer.blocked_autorange`` (its
+    warm-up, then blocks of calls for at least ``seconds``), on this process's torch
+    threads; p50 / p99 / mean are over the blocks' per-call times."""
+    m = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
+        min_run_time=seconds
+    )
+    a = np.array(m.times) * 1000
+    iters = m.number_per_run * len(m.raw_times)
+    return {"iters": iters, "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
+            "mean_ms": float(a.mean()), "calls_per_s": iters / sum(m.raw_times)}
 
 
-def bench_variants(export_dir: Path, ckpt: Path, batch_sizes: List[int], seconds: float, max_iters: int) -> List[Dict[str, Any]]:
+def bench_variants(export_dir: Path, ckpt: Path, batch_sizes: List[int], seconds: float) -> List[Dict[str, Any]]:
     model, cfg, _, _ = load_model(ckpt)
     spec = FeatureSpec(cfg.data.schema)
     eager = serving_module(model, spec)
@@ -103,7 +99,7 @@ def bench_variants(export_dir: Path, ckpt: Path, batch_sizes: List[int], seconds
         with torch.inference_mode():
             ref = eager(*x)
             for vname, fn in variants.items():
-                r = time_calls(lambda: fn(*x), seconds, max_iters)
+                r = time_calls(lambda: fn(*x), seconds)
                 diff = float((fn(*x) - ref).abs().max())
                 rows.append({"model": cfg.model.name, "variant": vname, "batch_size": B, **r,
                              "rows_per_s": r["calls_per_s"] * B, "max_abs_diff_vs_eager": diff})
@@ -245,7 +241,6 @@ def main() -> int:
     p.add_argument("--models", nargs="+", default=["interformer", "dlrm_dcn"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 64, 256, 1024])
     p.add_argument("--seconds", type=float, default=1.5, help="timing per (variant, batch size)")
-    p.add_argument("--max-iters", type=int, default=2000)
     p.add_argument("--load-model", default="interformer", help="model of the HTTP load test")
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--candidates", type=int, default=64)
@@ -279,7 +274,7 @@ def main() -> int:
         dirs[m["model"]["name"]] = out
         result["exports"].append({"model": m["model"]["name"], **{k: m["package"][k] for k in ("export_seconds", "compile_seconds", "bytes")},
                                   "parity_max_abs_diff_logit": m["parity"]["max_abs_diff_logit"]})
-        result["latency"] += bench_variants(out, ckpt, args.batch_sizes, args.seconds, args.max_iters)
+        result["latency"] += bench_variants(out, ckpt, args.batch_sizes, args.seconds)
     load_dir = dirs.get(args.load_model) or next(iter(dirs.values()))
     result["load"].append(load_test(load_dir, args.candidates, args.concurrency, args.load_seconds, args.threads, args.max_wait_ms))
     out = Path(args.out)

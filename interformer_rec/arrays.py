@@ -1,7 +1,8 @@
 """Torch-free array helpers shared by the reader, the converters and the serving-side
-encoder: jagged rows, run gathering, the splitmix64 id hash, Parquet path resolution and
-:class:`DataError`. (Kept apart from ``data/reader.py`` so that conversion jobs and the
-predictor import neither torchrec nor the training stack: about 300 MB of RSS.)"""
+encoder: jagged rows (and their ``list<int64>`` Arrow form), run gathering, the
+splitmix64 id hash, Parquet path resolution, :class:`DataError` and
+:class:`ConversionError`. (Kept apart from ``data/reader.py`` so that conversion jobs
+and the predictor import neither torchrec nor the training stack: about 300 MB of RSS.)"""
 
 from __future__ import annotations
 
@@ -10,11 +11,17 @@ from pathlib import Path
 from typing import List, Sequence, Union
 
 import numpy as np
+import pyarrow as pa
 
 
 class DataError(ValueError):
     """Input data that breaks the schema or the bad-input policy of the reader
-    (``reader.py``) or of a converter (``convert.py``)."""
+    (``data/decode.py``) or of a converter (``data/convert.py``)."""
+
+
+class ConversionError(DataError):
+    """A conversion that cannot finish: too many bad rows, an unreadable input, a full
+    disk. No output file is left behind."""
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:
@@ -81,6 +88,12 @@ class Jagged:
         return Jagged(
             np.concatenate([p.lengths for p in parts]), np.concatenate([p.values for p in parts])
         )
+
+
+def list_array(j: Jagged) -> pa.Array:
+    """A ``list<int64>`` Arrow array of a :class:`Jagged` (the converters' and the
+    generator's list columns)."""
+    return pa.ListArray.from_arrays(pa.array(j.offsets.astype(np.int32)), pa.array(j.values, pa.int64()))
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 Every knob of the data schema, the models, the trainer and the distributed setup is a
 field of one of these dataclasses. ``load_config(path)`` reads a YAML file into a
-:class:`Config`; an unknown key or a value of the wrong type is an error that names the
-file and the dotted key, never a silent default.
+:class:`Config` (with :mod:`interformer_rec.typed_yaml`); an unknown key, a value of the
+wrong type or a model size out of range is a :class:`ConfigError` that names the file and
+the dotted key, never a silent default or a traceback from inside the model.
 """
 
 from __future__ import annotations
@@ -11,18 +12,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence, TypeVar
+from typing import Any, ClassVar, Dict, List, Literal, Optional, Sequence, Tuple, TypeVar
 
-import yaml
+from interformer_rec.typed_yaml import Checked, ConfigError, apply_overrides, build, read_yaml, require
+
+__all__ = ["ConfigError"]  # re-exported: the CLI and the models raise it from here
 
 _T = TypeVar("_T")
-
-
-class ConfigError(ValueError):
-    """A config file that cannot be turned into a :class:`Config`."""
 
 
 # --------------------------------------------------------------------------- schema
@@ -74,9 +72,10 @@ class Schema:
     of its table, else an error names file, column and row. ``hash``: every id of every
     sparse/sequence column is passed through a fixed 64-bit mix and taken modulo
     ``num_embeddings`` (the hashing trick, for raw hashed categories such as Criteo's);
-    collisions are then by design, never an accident of wrapping. ``group_key`` is the column whose values group rows for gAUC (usually
-    the user id). ``oracle`` is an optional column with the true click probability
-    (synthetic data), used only for reporting the oracle AUC.
+    collisions are then by design, never an accident of wrapping. ``group_key`` is the
+    column whose values group rows for gAUC (usually the user id). ``oracle`` is an
+    optional column with the true click probability (synthetic data), used only for
+    reporting the oracle AUC.
     """
 
     labels: List[str]
@@ -181,7 +180,7 @@ Interaction = Literal["dot", "dcn", "projection", "dhen", "dhen_flat"]
 
 
 @dataclass
-class InterFormerConfig:
+class InterFormerConfig(Checked):
     """Sizes of InterFormer (arXiv 2411.09852). Defaults follow the paper where it says:
     4 CLS tokens, 2 PMA seeds, 2 most-recent tokens, DHEN interaction (§3.2), RoPE.
     Depth, heads and widths are sized for a CPU; ``configs/paper/`` holds the paper's
@@ -201,7 +200,6 @@ class InterFormerConfig:
     interaction: Interaction = "dhen"
     # DHEN (§3.2): each layer is LayerNorm(Ensemble(DOT(X), DCN(X)) + ShortCut(X));
     # Ensemble "concat" (concatenation, then a linear map back to the token width) or "sum"
-    # (the default: ahead on AUC on all three benchmark data sets, 3 seeds each)
     dhen_layers: int = 1
     dhen_ensemble: Literal["concat", "sum"] = "sum"
     # LayerNorm on the Interaction Arch's residual stream: X^{l+1} = LN(X^l + MLP(...))
@@ -225,9 +223,19 @@ class InterFormerConfig:
     attention_dropout: float = 0.0  # on its attention weights: on CPU SDPA then has no fused kernel
     rope: bool = True
 
+    _key: ClassVar[str] = "model.interformer"
+    _checks: ClassVar[Dict[str, Tuple[str, ...]]] = {
+        "positive": (
+            "num_layers", "num_heads", "num_cls", "dhen_layers", "dcn_num_layers", "dcn_low_rank", "masknet_hidden"
+        ),
+        "non_negative": ("num_pma", "num_recent", "ffn_hidden", "attention_window"),
+        "layers": ("interaction_mlp", "projection_branch1", "projection_branch2", "over_arch"),
+        "rate": ("dropout", "attention_dropout"),
+    }
+
 
 @dataclass
-class DLRMConfig:
+class DLRMConfig(Checked):
     """TorchRec DLRM baselines (``dlrm``, ``dlrm_dcn``, ``dlrm_projection``)."""
 
     dense_arch: List[int] = field(default_factory=lambda: [64])
@@ -238,9 +246,17 @@ class DLRMConfig:
     projection_branch2: List[int] = field(default_factory=lambda: [64, 64])
     dropout: float = 0.0  # after each hidden layer of the over arch
 
+    _key: ClassVar[str] = "model.dlrm"
+    _checks: ClassVar[Dict[str, Tuple[str, ...]]] = {
+        "positive": ("dcn_num_layers", "dcn_low_rank"),
+        "layers": ("dense_arch", "projection_branch1", "projection_branch2"),
+        "hidden": ("over_arch",),
+        "rate": ("dropout",),
+    }
+
 
 @dataclass
-class BSTConfig:
+class BSTConfig(Checked):
     """Behaviour Sequence Transformer baseline: transformer over [history ; target]."""
 
     num_layers: int = 1
@@ -248,9 +264,14 @@ class BSTConfig:
     over_arch: List[int] = field(default_factory=lambda: [128, 64])
     dropout: float = 0.0
 
+    _key: ClassVar[str] = "model.bst"
+    _checks: ClassVar[Dict[str, Tuple[str, ...]]] = {
+        "positive": ("num_layers", "num_heads"), "hidden": ("over_arch",), "rate": ("dropout",)
+    }
+
 
 @dataclass
-class DINConfig:
+class DINConfig(Checked):
     """Deep Interest Network baseline (Zhou et al., 2018): target attention over the
     history with a local activation unit, then an MLP."""
 
@@ -258,18 +279,50 @@ class DINConfig:
     over_arch: List[int] = field(default_factory=lambda: [200, 80])
     dropout: float = 0.0
 
+    _key: ClassVar[str] = "model.din"
+    _checks: ClassVar[Dict[str, Tuple[str, ...]]] = {
+        "layers": ("attention_mlp",), "hidden": ("over_arch",), "rate": ("dropout",)
+    }
+
 
 ModelName = Literal["interformer", "dlrm", "dlrm_dcn", "dlrm_projection", "bst", "din"]
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Checked):
+    """The model ``name`` builds and the sizes of each model; construction checks the
+    section of the model in use against ``embedding_dim``."""
+
     name: ModelName = "interformer"
     embedding_dim: int = 16
     interformer: InterFormerConfig = field(default_factory=InterFormerConfig)
     dlrm: DLRMConfig = field(default_factory=DLRMConfig)
     bst: BSTConfig = field(default_factory=BSTConfig)
     din: DINConfig = field(default_factory=DINConfig)
+
+    _key: ClassVar[str] = "model"
+    _checks: ClassVar[Dict[str, Tuple[str, ...]]] = {"positive": ("embedding_dim",)}
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the key if the model in use cannot be built
+        with these sizes (``build_model`` runs it again, for a config edited in code)."""
+        super().validate()
+        d = self.embedding_dim
+        section = self.dlrm if self.name.startswith("dlrm") else getattr(self, self.name)
+        section.validate()
+        heads = getattr(section, "num_heads", 1)
+        require(d % heads == 0, f"{section._key}.num_heads", heads, f"must divide model.embedding_dim={d}")
+        if self.name == "interformer" and self.interformer.rope:
+            require(d // heads % 2 == 0, "model.interformer.rope", True, f"needs an even head dim, got {d // heads}")
+        if self.name == "dlrm_projection" or (self.name == "interformer" and section.interaction == "projection"):
+            for key in ("projection_branch1", "projection_branch2"):
+                sizes = getattr(section, key)
+                require(
+                    bool(sizes) and sizes[-1] % d == 0,
+                    f"{section._key}.{key}",
+                    sizes,
+                    f"the last layer size must be a multiple of model.embedding_dim={d} (reshaped to [*, {d}])",
+                )
 
 
 _MODEL_SECTIONS = ("interformer", "dlrm", "bst", "din")
@@ -395,108 +448,11 @@ class Config:
 # --------------------------------------------------------------------------- loading
 
 
-def _build(tp: Any, value: Any, where: str) -> Any:
-    """Turn plain YAML ``value`` into an instance of type ``tp``, checking as it goes."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin is typing.Union:
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _build(inner[0], value, where)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
-        return value
-    if origin in (list, List):
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin in (dict, Dict):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {k: _build(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        hints = typing.get_type_hints(tp)
-        fields = {f.name for f in dataclasses.fields(tp)}
-        unknown = set(value) - fields
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(fields)}")
-        # a partial mapping for a nested dataclass completes that field's own default
-        # (e.g. train.embedding_optimizer: {lr: 0.02} keeps the default name adagrad)
-        defaults = {
-            f.name: dataclasses.asdict(f.default_factory())
-            for f in dataclasses.fields(tp)
-            if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(hints[f.name])
-        }
-        value = {
-            k: _merge(defaults[k], v) if k in defaults and isinstance(v, dict) else v
-            for k, v in value.items()
-        }
-        kwargs = {k: _build(hints[k], v, f"{where}.{k}" if where else k) for k, v in value.items()}
-        try:
-            return tp(**kwargs)
-        except TypeError as e:
-            raise ConfigError(f"{where or 'config'}: {e}") from None
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool):
-        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported type {tp}")
-
-
 def config_from_dict(raw: Dict[str, Any], where: str = "") -> Config:
     try:
-        return _build(Config, raw, where)
+        return build(Config, raw, "")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}" if where else str(e)) from None
-
-
-def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
-    """Deep merge: mappings merge key by key, anything else in ``over`` replaces."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _read_yaml(path: Path, seen: tuple = ()) -> Dict[str, Any]:
-    """Read a YAML config; a top-level ``base: other.yaml`` (relative to this file) is
-    read first and this file's keys are deep-merged over it."""
-    if path.resolve() in seen:
-        raise ConfigError(f"{path}: 'base' chain loops back to itself")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    base = raw.pop("base", None)
-    if base is None:
-        return raw
-    return _merge(_read_yaml(path.parent / base, (*seen, path.resolve())), raw)
-
-
-def _apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
-    """Set ``dotted.key=value`` strings (value parsed as YAML) in the mapping ``raw``."""
-    for item in overrides:
-        key, sep, val = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r}: expected dotted.key=value")
-        node = raw
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(val)
-    return raw
 
 
 def load_config(path: str | Path, overrides: Optional[List[str]] = None) -> Config:
@@ -504,10 +460,10 @@ def load_config(path: str | Path, overrides: Optional[List[str]] = None) -> Conf
     directory. ``overrides`` are ``dotted.key=value`` strings (value parsed as YAML),
     e.g. ``train.epochs=1``."""
     path = Path(path)
-    return config_from_dict(_apply_overrides(_read_yaml(path), overrides or []), str(path))
+    return config_from_dict(apply_overrides(read_yaml(path), overrides or []), str(path))
 
 
 def with_overrides(cfg: _T, overrides: Sequence[str], where: str = "") -> _T:
     """A copy of the config dataclass ``cfg`` with ``dotted.key=value`` overrides below
     it (e.g. ``interformer.dropout=0`` on a :class:`ModelConfig`), checked like a file."""
-    return _build(type(cfg), _apply_overrides(dataclasses.asdict(cfg), overrides), where)
+    return build(type(cfg), apply_overrides(dataclasses.asdict(cfg), overrides), where)

@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import re
 import sys
+import textwrap
 import typing
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -24,7 +25,7 @@ def field_comments(cls: type) -> Dict[str, str]:
     comment at the end of its line, joined."""
     out: Dict[str, str] = {}
     above: List[str] = []
-    for line in inspect.getsource(cls).splitlines()[1:]:
+    for line in textwrap.dedent(inspect.getsource(cls)).splitlines()[1:]:
         stripped = line.strip()
         if stripped.startswith("#") and line.startswith("    ") and not line.startswith("     "):
             above.append(stripped.lstrip("#").strip())

@@ -1,4 +1,4 @@
-"""The reader's bad-input policy (module docstring of interformer_rec/data/reader.py)."""
+"""The reader's bad-input policy (module docstring of interformer_rec/data/decode.py)."""
 
 import dataclasses
 import re

@@ -187,3 +187,44 @@ def test_a_malformed_meta_json_is_a_clear_error(tmp_path: Path) -> None:
         (ckpt / "meta.json").write_text(text)
         with pytest.raises(checkpoint.CheckpointError, match=match):
             checkpoint.load_checkpoint(ckpt, _model(0))
+
+
+def _optimizer(model: nn.Module):
+    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+
+    params = dict(model.named_parameters())
+    return CombinedOptimizer([KeyedOptimizerWrapper(params, lambda p: torch.optim.Adagrad(p, lr=0.1))])
+
+
+def test_optimizer_entries_missing_from_a_checkpoint_keep_their_fresh_values(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    saved = _save(tmp_path, "epoch_0000", 1, 10)  # model only: every optimizer entry is missing
+    fresh = _model(0)
+    opt = _optimizer(fresh)
+    with caplog.at_level("WARNING", logger="interformer_rec.train.checkpoint"):
+        checkpoint.load_checkpoint(checkpoint.resolve(tmp_path), fresh, opt)
+    assert _same(fresh, saved)
+    assert "optimizer entries not in the checkpoint, kept fresh" in caplog.text and "optim.state" in caplog.text
+    assert all(torch.equal(s["sum"], torch.zeros_like(s["sum"])) for s in opt.state.values())
+
+
+def test_a_model_entry_missing_from_a_checkpoint_is_an_error(tmp_path: Path) -> None:
+    _save(tmp_path, "epoch_0000", 1, 10)
+    bigger = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 1), nn.Linear(1, 1))
+    with pytest.raises(KeyError, match=r"the checkpoint has no \['model\.2\.bias', 'model\.2\.weight'\]"):
+        checkpoint.load_checkpoint(checkpoint.resolve(tmp_path), bigger)
+
+
+def test_a_checkpoint_with_its_optimizer_restores_both(tmp_path: Path) -> None:
+    model = _model(1)
+    opt = _optimizer(model)
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()
+    checkpoint.save_checkpoint(tmp_path, "epoch_0000", model, opt, {"global_step": 1})
+    fresh = _model(0)
+    fresh_opt = _optimizer(fresh)
+    checkpoint.load_checkpoint(checkpoint.resolve(tmp_path), fresh, fresh_opt)
+    assert _same(fresh, model)
+    for key, s in opt.state_dict()["state"].items():
+        assert torch.equal(fresh_opt.state_dict()["state"][key]["sum"], s["sum"]), key

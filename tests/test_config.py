@@ -1,12 +1,13 @@
 """Configs: every file in configs/ loads and builds its model; `base:` inheritance;
-clear errors for unknown keys and wrong types; each baseline trains a few steps."""
+clear errors for unknown keys, wrong types and model sizes out of range (at load, naming
+the key); each baseline trains a few steps."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
-from interformer_rec.config import ConfigError, SyntheticConfig, load_config
+from interformer_rec.config import ConfigError, InterFormerConfig, SyntheticConfig, load_config
 from interformer_rec.data.synthetic import generate
 from interformer_rec.models import build_model, num_parameters
 from interformer_rec.train.trainer import Trainer
@@ -47,6 +48,51 @@ def test_base_inheritance_and_overrides(tmp_path):
 def test_config_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(ROOT / "configs" / "synthetic.yaml", [override])
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["model.interformer.num_cls=0"], "model.interformer.num_cls=0: must be >= 1"),
+        (["model.interformer.num_layers=-1"], "model.interformer.num_layers=-1"),
+        (["model.interformer.num_pma=-2"], "model.interformer.num_pma=-2: must be >= 0"),
+        (["model.interformer.attention_window=-1"], "model.interformer.attention_window=-1"),
+        (["model.interformer.interaction_mlp=[16, 0]"], r"model.interformer.interaction_mlp=\[16, 0\]"),
+        (["model.interformer.dropout=1.0"], r"model.interformer.dropout=1.0: must lie in \[0, 1\)"),
+        (["model.interformer.num_heads=3"], "model.interformer.num_heads=3: must divide model.embedding_dim=16"),
+        (["model.interformer.num_heads=16"], "model.interformer.rope=True: needs an even head dim"),
+        (["model.interformer.dhen_ensemble=max"], "model.interformer.dhen_ensemble"),
+        (["model.interformer.pffn_generator=big"], "model.interformer.pffn_generator"),
+        (["model.embedding_dim=0"], "model.embedding_dim=0"),
+        (
+            ["model.interformer.interaction=projection", "model.interformer.projection_branch1=[20]"],
+            "model.interformer.projection_branch1=.*multiple of model.embedding_dim=16",
+        ),
+        (["model.name=bst", "model.bst.num_heads=5"], "model.bst.num_heads=5: must divide"),
+        (["model.name=dlrm", "model.dlrm.over_arch=[]"], "model.dlrm.over_arch"),
+        (["model.din.dropout=-0.1"], "model.din.dropout"),
+    ],
+)
+def test_model_config_errors_name_the_key_at_load(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(ROOT / "configs" / "synthetic.yaml", overrides)
+
+
+def test_model_sizes_are_checked_for_the_model_in_use_only():
+    # BST's heads do not have to divide the width of an InterFormer
+    cfg = load_config(ROOT / "configs" / "synthetic.yaml", ["model.bst.num_heads=5"])
+    assert cfg.model.name == "interformer" and cfg.model.bst.num_heads == 5
+
+
+def test_a_config_built_or_edited_in_code_is_checked_too():
+    with pytest.raises(ConfigError, match="model.interformer.num_cls=0"):
+        InterFormerConfig(num_cls=0)
+    with pytest.raises(ConfigError, match="model.interformer.interaction='cross'"):
+        InterFormerConfig(interaction="cross")
+    cfg = load_config(ROOT / "configs" / "synthetic.yaml")
+    cfg.model.interformer.num_recent = -1
+    with pytest.raises(ConfigError, match="model.interformer.num_recent=-1"):
+        build_model(cfg.data.schema, cfg.model)
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

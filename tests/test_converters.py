@@ -32,7 +32,8 @@ from interformer_rec.data.amazon import (
     build_amazon_din,
     convert_amazon_din,
 )
-from interformer_rec.data.convert import BadRowPolicy, ConversionError, read_blocks
+from interformer_rec.data.convert import BadRowPolicy, ConversionError
+from interformer_rec.data.text import read_blocks
 from interformer_rec.data.criteo import convert_criteo, criteo_schema
 from interformer_rec.data.reader import ParquetBatchReader
 from interformer_rec.data.taobao import (
@@ -636,7 +637,7 @@ tokens = st.lists(
 @given(tokens)
 def test_parse_int_and_hex_match_a_regex_reference(ts) -> None:
     """The vectorised (SWAR) number parsers against Python's int() behind a strict regex."""
-    from interformer_rec.data.convert import parse_hex, parse_int
+    from interformer_rec.data.text import parse_hex, parse_int
 
     buf, s, e = _spans(ts)
     v, ok, empty = parse_int(buf, s, e)

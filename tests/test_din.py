@@ -24,8 +24,9 @@ from interformer_rec.config import (
 )
 from interformer_rec.models import DIN, build_model, num_parameters
 from interformer_rec.models.din import DINAttentionPooling, LocalActivationUnit
+from interformer_rec.ops.metrics import auc as roc_auc
 
-from test_baselines import MAX_LEN, _auc, _membership_data, _row, make_cfg, make_inputs, make_schema
+from test_baselines import MAX_LEN, _membership_data, _row, make_cfg, make_inputs, make_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,7 +153,7 @@ def _train_membership(ablate: Optional[str], seed: int = 0) -> float:
             loss.backward()
             opt.step()
     with torch.no_grad():
-        return _auc(model(*test_inputs).squeeze(1), test_labels.squeeze(1))
+        return roc_auc(test_labels.squeeze(1), model(*test_inputs).squeeze(1))
 
 
 @pytest.fixture

@@ -87,6 +87,7 @@ def _overrides(data: Path, out: Path, batch: int, tables: Dict[str, Any], *extra
         f"train.batch_size={batch}",
         "train.eval_batch_size=256",
         f"train.max_steps_per_epoch={STEPS}",
+        f"train.log_every={STEPS // 2}",
         "train.progress=false",
         "train.embedding_optimizer={name: sgd, lr: 0.5}",
         "train.dense_optimizer={name: sgd, lr: 0.05}",
@@ -111,7 +112,8 @@ def _worker(rank: int, world: int, port: int, jobs: List[Dict[str, Any]]) -> Non
     import torch.distributed as dist
 
     from interformer_rec.train import checkpoint
-    from interformer_rec.train.dist import plan_summary, table_weights
+    from interformer_rec.train.dist import plan_summary
+    from interformer_rec.train.tables import table_weights
     from interformer_rec.train.trainer import Trainer
 
     created = not dist.is_initialized()  # in the test process, an earlier test's 1-rank group may exist
@@ -301,7 +303,7 @@ def _table_deltas(ckpt_root: Path, cfg_overrides: List[str]) -> Dict[str, torch.
     checkpoint into an unsharded model."""
     from interformer_rec.models import build_model
     from interformer_rec.train import checkpoint
-    from interformer_rec.train.dist import table_weights, table_init_values
+    from interformer_rec.train.tables import table_init_values, table_weights
     from interformer_rec.train.trainer import RankingTrain
 
     cfg = load_config(CONFIG, cfg_overrides)
@@ -341,6 +343,21 @@ def test_two_ranks_match_one_rank(runs: Dict[str, Any]) -> None:
             rels[table] = float((delta - d2[table]).norm() / delta.norm())
         print(f"{name}: relative difference of each table's update vs 1 rank", {k: f"{v:.1e}" for k, v in rels.items()})
         assert max(rels.values()) < 5e-3, (name, rels)
+
+
+@pytest.mark.timeout(700)
+def test_rank_0_logs_the_windowed_training_metrics_of_all_ranks(runs: Dict[str, Any]) -> None:
+    """The RecMetricModule's window holds every rank's rows: 2 ranks of B rows log the
+    windowed AUC that 1 rank of 2B rows (the same rows, the same model) logs."""
+    from test_train_metrics import scalars
+
+    tag = "train_metrics/auc-click/window_auc"
+    one, two = scalars(runs["tmp"] / "ref")[tag], scalars(runs["tmp"] / "a")[tag]
+    assert set(one) == set(two) == {STEPS // 2, STEPS}
+    assert len(list((runs["tmp"] / "a" / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0's
+    for step, value in two.items():
+        assert value == pytest.approx(one[step], abs=1e-4), (step, value, one[step])
+    print(f"windowed training AUC, 1 rank vs 2 ranks: {one} vs {two}")
 
 
 @pytest.mark.timeout(700)
@@ -456,7 +473,7 @@ def test_unconstrained_sequence_tables_stay_off_data_parallel_on_cpu() -> None:
 
 def test_table_init_is_independent_of_sharding() -> None:
     from interformer_rec.modules.embeddings import init_range
-    from interformer_rec.train.dist import table_init_values
+    from interformer_rec.train.tables import table_init_values
 
     full = table_init_values(3, "t", 10000, 16, (0, 10000), (0, 16))
     assert full.abs().max() <= init_range(16)  # the range the models build their tables with

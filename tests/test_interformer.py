@@ -8,7 +8,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from interformer_rec.config import InterFormerConfig, ModelConfig, Schema, SequenceFeature, SparseFeature, TableConfig
-from interformer_rec.models.interformer import InterFormer, SimilarityTokens, num_parameters
+from interformer_rec.models import num_parameters
+from interformer_rec.models.interformer import InterFormer, SimilarityTokens
 
 T = 8
 D = 8

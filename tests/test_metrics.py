@@ -29,11 +29,31 @@ def test_metrics_match_sklearn():
     assert m["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
     assert m["logloss"] == pytest.approx(log_loss(y, p), abs=1e-9)
     per_group = [roc_auc_score(y[g == k], p[g == k]) for k in np.unique(g) if 0 < y[g == k].mean() < 1]
-    assert m["gauc"] == pytest.approx(np.mean(per_group), abs=1e-6)
+    assert m["gauc"] == pytest.approx(np.mean(per_group), abs=1e-12)
     base = y.mean()
     entropy = -(base * math.log(base) + (1 - base) * math.log(1 - base))
     assert m["ne"] == pytest.approx(log_loss(y, p) / entropy, rel=1e-6)
     assert m["rows"] == len(y)
+
+
+def test_two_tasks_report_each_task_s_auc():
+    logits, labels, groups = _data()
+    g = torch.Generator().manual_seed(5)
+    second = (torch.rand(len(labels), 1, generator=g) < 0.6).double()  # another label column
+    logits2 = torch.cat([logits, second * 0.7 + torch.randn(len(labels), 1, generator=g)], 1)
+    m = compute_metrics(logits2, torch.cat([labels, second], 1), groups)
+    p = torch.sigmoid(logits2).numpy()
+    assert m["auc_per_task"] == pytest.approx(
+        [roc_auc_score(labels.squeeze(1).numpy(), p[:, 0]), roc_auc_score(second.squeeze(1).numpy(), p[:, 1])], abs=1e-12
+    )
+    assert m["auc"] == m["auc_per_task"][0] and m["auc_per_task"][1] != m["auc_per_task"][0]
+    first = compute_metrics(logits, labels, groups)  # the headline metrics are the first task's
+    assert {k: m[k] for k in first} == pytest.approx(first, abs=1e-12)
+
+
+def test_a_split_with_one_class_has_auc_one_half():
+    m = compute_metrics(torch.randn(10, 1), torch.ones(10, 1), torch.zeros(10, dtype=torch.long))
+    assert m["auc"] == 0.5 and math.isnan(m["gauc"])
 
 
 def test_gauc_differs_from_auc_when_groups_shift_scores():

@@ -1,5 +1,7 @@
 """InterFormer's modules: shapes, masks, padding invariance, summaries that read the
-right positions, and interaction variants that learn a planted pairwise interaction."""
+right positions, MaskNet and LCE against their formulas, local attention in the module
+and in the whole model, and interaction variants that learn a planted pairwise
+interaction."""
 
 import pytest
 import torch
@@ -9,19 +11,12 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from interformer_rec.config import InterFormerConfig, ModelConfig, Schema, SequenceFeature, SparseFeature, TableConfig
 from interformer_rec.models.interformer import InterFormer
-from interformer_rec.modules.cross import LCE, PMA, CrossArch, SelfGating, SequenceSummary, gather_recent
+from interformer_rec.modules.cross import LCE, PMA, CrossArch, SelfGating, SequenceSummary
 from interformer_rec.modules.embeddings import DenseTokens
 from interformer_rec.modules.interaction import InteractionArch, build_interaction
-from interformer_rec.modules.sequence import (
-    PFFN,
-    MaskNet,
-    MultiHeadSelfAttention,
-    SequenceArch,
-    apply_rotary,
-    recency_positions,
-    rotary,
-    rotary_angles,
-)
+from interformer_rec.modules.sequence import PFFN, MaskNet, MultiHeadSelfAttention, SequenceArch
+from interformer_rec.ops.positions import apply_rotary, recency_positions, rotary_angles
+from interformer_rec.ops.sequences import gather_recent
 
 B, D, H = 4, 8, 2
 C, P, K = 2, 2, 3  # CLS, PMA seeds, recent
@@ -54,25 +49,22 @@ def test_shapes_of_every_arch():
     assert LCE(n, C)(x).shape == (B, C, D)
     assert SelfGating(n, D)(x).shape == (B, n, D)
     assert PMA(P, D, H)(s, valid).shape == (B, P, D)
-    assert gather_recent(s, lengths, K, offset=C).shape == (B, K, D)
     x_sum, s_sum = CrossArch(n, C, P, K, D, H)(x, s, valid, lengths)
     assert x_sum.shape == (B, C, D) and s_sum.shape == (B, C + P + K, D)
     assert MaskNet(2 * D, 16, D)(torch.randn(B, T, 2 * D), valid[:, C:]).shape == (B, T, D)
-    assert rotary(torch.randn(B, H, T, D // H)).shape == (B, H, T, D // H)
     assert MultiHeadSelfAttention(D, H)(s, valid).shape == (B, C + T, D)
     assert PFFN(C, D)(s, x_sum).shape == (B, C + T, D)
     assert SequenceArch(C, D, H, 16)(s, x_sum, valid).shape == (B, C + T, D)
     for kind in ["dot", "dcn", "projection", "dhen", "dhen_flat"]:
-        cfg = InterFormerConfig(interaction=kind, interaction_mlp=[16], projection_branch1=[16], projection_branch2=[24])
         tokens = torch.cat([x, s_sum], dim=1)
-        inter = build_interaction(cfg, n + C + P + K, D)
+        inter = build_interaction(kind, n + C + P + K, D, projection_branch1=[16], projection_branch2=[24])
         assert inter(tokens).shape == (B, inter.out_dim), kind
-        assert InteractionArch(n, C + P + K, D, cfg)(x, s_sum).shape == (B, n, D)
+        assert InteractionArch(n, D, inter, [16])(x, s_sum).shape == (B, n, D)
 
 
 def test_dot_interaction_holds_tokens_and_all_pairwise_dots():
     tokens = torch.randn(B, 4, D)
-    out = build_interaction(InterFormerConfig(interaction="dot"), 4, D)(tokens)
+    out = build_interaction("dot", 4, D)(tokens)
     dots = torch.einsum("bid,bjd->bij", tokens, tokens)
     i, j = torch.triu_indices(4, 4, offset=1)
     ref = torch.cat([tokens[:, 0], dots[:, i, j], tokens[:, 1:].flatten(1)], dim=1)
@@ -81,38 +73,10 @@ def test_dot_interaction_holds_tokens_and_all_pairwise_dots():
 
 def test_projection_rejects_branch_not_multiple_of_dim():
     with pytest.raises(ValueError, match="multiple of embedding_dim"):
-        build_interaction(InterFormerConfig(interaction="projection", projection_branch1=[10]), 4, D)
+        build_interaction("projection", 4, D, projection_branch1=[10])
 
 
 # --------------------------------------------------------------------------- cross arch
-
-
-def test_recent_k_gathers_last_real_steps():
-    T = 5
-    lengths = torch.tensor([0, 1, 2, 5])
-    # value at row b, step t = 100 b + t + 1 (CLS positions hold -1)
-    steps = (100 * torch.arange(B).view(B, 1) + torch.arange(T).view(1, T) + 1).float()
-    s = torch.cat([-torch.ones(B, C), steps], dim=1).unsqueeze(-1).expand(B, C + T, D)
-    out = gather_recent(s, lengths, K, offset=C)[..., 0]
-    expected = torch.tensor(
-        [
-            [0.0, 0.0, 0.0],  # no real steps: all zeros
-            [101.0, 0.0, 0.0],  # one step
-            [202.0, 201.0, 0.0],  # two steps, most recent first
-            [305.0, 304.0, 303.0],  # full: the last real steps, not padding
-        ]
-    )
-    torch.testing.assert_close(out, expected)
-
-
-def test_recent_k_ignores_padded_positions():
-    T = 7
-    lengths = torch.tensor([0, 2, 3, 7])
-    valid = _valid(lengths, T)
-    s = torch.randn(B, C + T, D) * valid.unsqueeze(-1)
-    torch.testing.assert_close(
-        gather_recent(s, lengths, K, offset=C), gather_recent(_garbage_padded(s, valid), lengths, K, offset=C)
-    )
 
 
 def test_pma_ignores_padded_positions_and_equals_pma_on_truncated_sequence():
@@ -173,6 +137,21 @@ def test_sequence_summary_reads_cls_positions_and_recent_steps():
     torch.testing.assert_close(tokens[2, C + P], s[2, C + 2])  # most recent real step of row 2
 
 
+def test_lce_is_a_linear_map_over_the_token_axis():
+    lce = LCE(3, 2)
+    with torch.no_grad():
+        lce.proj.weight.copy_(torch.tensor([[1.0, 0.0, 1.0], [0.0, 2.0, 0.0]]))
+        lce.proj.bias.copy_(torch.tensor([0.5, -1.0]))
+    x = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]])  # [1, 3 tokens, d = 2]
+    # out[:, j] = sum_i W[j, i] X[:, i] + b[j]
+    torch.testing.assert_close(lce(x), torch.tensor([[[6.5, 8.5], [5.0, 7.0]]]))
+    torch.manual_seed(0)
+    lce = LCE(5, 3)
+    x = torch.randn(B, 5, D)
+    want = torch.einsum("ji,bid->bjd", lce.proj.weight, x) + lce.proj.bias.view(1, 3, 1)
+    torch.testing.assert_close(lce(x), want)
+
+
 def test_self_gating_is_x_times_sigmoid_mlp():
     g = SelfGating(3, D)
     x = torch.randn(B, 3, D)
@@ -181,51 +160,6 @@ def test_self_gating_is_x_times_sigmoid_mlp():
 
 
 # --------------------------------------------------------------------------- sequence arch
-
-
-def test_rope_scores_depend_only_on_relative_position():
-    torch.manual_seed(0)
-    q, k = torch.randn(1, 1, 1, D), torch.randn(1, 1, 1, D)
-    T = 8
-    rq = rotary(q.expand(1, 1, T, D).contiguous())
-    rk = rotary(k.expand(1, 1, T, D).contiguous())
-    scores = (rq[0, 0] @ rk[0, 0].T)  # [T, T]
-    torch.testing.assert_close(scores[1, 4], scores[3, 6], atol=1e-5, rtol=0)
-    torch.testing.assert_close(scores[0, 0], scores[5, 5], atol=1e-5, rtol=0)
-    assert not torch.allclose(scores[0, 1], scores[0, 3])
-
-
-def test_recency_positions_count_back_from_the_most_recent_step():
-    pos = recency_positions(torch.tensor([2, 4, 0]), num_cls=2, max_len=4)
-    assert pos.tolist() == [
-        [0, 1, 3, 2, 1, 0],  # 2 steps: the most recent (index 1) at c = 2, padded below c
-        [0, 1, 5, 4, 3, 2],
-        [0, 1, 1, 0, -1, -2],  # no steps: all padded
-    ]
-
-
-def test_recency_positions_make_the_cls_to_step_score_depend_on_age_not_length():
-    """Same query at CLS 0, same key at every step: under RoPE with recency positions the
-    CLS-to-step score of the step of age a is the same in histories of any length; with
-    left-aligned indices it is not (the most recent step moves with the length)."""
-    torch.manual_seed(0)
-    c, T = 2, 6
-    lengths = torch.tensor([2, 4, 6])
-    q, k = torch.randn(D), torch.randn(D)
-    x = torch.cat([q.expand(3, c, D), k.expand(3, T, D)], dim=1)  # [3, c + T, D]
-
-    def cls_scores(positions):
-        rx = apply_rotary(x, *rotary_angles(positions, D))
-        return (rx[:, c:] * rx[:, :1]).sum(-1)  # [3, T]: CLS 0 against every step
-
-    by_age = cls_scores(recency_positions(lengths, c, T))
-    for age in range(2):  # ages 0 and 1 exist in every row
-        at = [by_age[b, lengths[b] - 1 - age] for b in range(3)]
-        torch.testing.assert_close(at[0], at[1], atol=1e-5, rtol=0)
-        torch.testing.assert_close(at[0], at[2], atol=1e-5, rtol=0)
-    by_index = cls_scores(torch.arange(c + T))
-    most_recent = [by_index[b, lengths[b] - 1] for b in range(3)]
-    assert not torch.allclose(most_recent[0], most_recent[2], atol=1e-3)
 
 
 def test_attention_ignores_padded_keys():
@@ -253,8 +187,19 @@ def _window_allowed(c, T, W):
     return allowed
 
 
+def _attention_reference(mha, s, valid, positions, mask):
+    """MultiHeadSelfAttention written out with its own weights: qkv, RoPE at
+    ``positions``, SDPA under ``mask [B, L, L]``, output projection."""
+    B, L, d = s.shape
+    h = mha.num_heads
+    q, k, v = mha.qkv(s).view(B, L, 3, h, d // h).permute(2, 0, 3, 1, 4)
+    cos, sin = (a.unsqueeze(1) for a in rotary_angles(positions, d // h))
+    o = F.scaled_dot_product_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v, attn_mask=mask[:, None])
+    return mha.out(o.transpose(1, 2).reshape(B, L, d))
+
+
 @pytest.mark.parametrize("T,W", [(7, 3), (9, 3), (12, 5)])
-def test_local_attention_matches_full_attention_under_the_window_mask(T, W):
+def test_local_attention_matches_the_reference_under_the_window_mask(T, W):
     torch.manual_seed(0)
     mha = MultiHeadSelfAttention(D, H, rope=True, num_global=C, window=W)
     lengths = _lengths(T)
@@ -262,13 +207,14 @@ def test_local_attention_matches_full_attention_under_the_window_mask(T, W):
     pos = recency_positions(lengths, C, T)
     s = torch.randn(B, C + T, D)
     out = mha(s, valid, pos)
-    # reference: the same weights, full attention with the window rule folded into the mask
-    full = MultiHeadSelfAttention(D, H, rope=True)
-    full.load_state_dict(mha.state_dict())
-    mask = _window_allowed(C, T, W)[None] & valid[:, None, :]  # [B, L, L]
-    orig = full._attend
-    full._attend = lambda q, k, v, m: orig(q, k, v, mask[:, None])
-    torch.testing.assert_close(out[valid], full(s, valid, pos)[valid], atol=1e-5, rtol=0)
+    padding = valid[:, None, :].expand(B, C + T, C + T)
+    with torch.no_grad():
+        # the reference is the full-attention module when only padding is masked
+        full = MultiHeadSelfAttention(D, H, rope=True)
+        full.load_state_dict(mha.state_dict())
+        torch.testing.assert_close(full(s, valid, pos), _attention_reference(mha, s, valid, pos, padding))
+        ref = _attention_reference(mha, s, valid, pos, _window_allowed(C, T, W)[None] & padding)
+    torch.testing.assert_close(out[valid], ref[valid], atol=1e-5, rtol=0)
     # padded keys are ignored on the local path too
     torch.testing.assert_close(mha(_garbage_padded(s, valid), valid, pos)[valid], out[valid], atol=1e-5, rtol=0)
 
@@ -323,6 +269,32 @@ def test_masknet_zeroes_padded_steps():
     valid = _valid(lengths, T, c=0)
     out = MaskNet(2 * D, 16, D)(torch.randn(B, T, 2 * D), valid)
     assert torch.all(out[~valid] == 0) and torch.all(out[valid].abs().sum(-1) > 0)
+
+
+def test_masknet_is_lce_of_the_input_gated_by_its_instance_mask():
+    torch.manual_seed(0)
+    net = MaskNet(4, 3, 2)
+    e = torch.randn(2, 3, 4)
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    (hidden, last), lce = [p._linear for p in net.mlp_mask._mlp], net.mlp_lce
+    # MaskNet(S) = MLP_lce(S ⊙ MLP_mask(S)), MLP_mask = Linear(SiLU(Linear(S)))
+    mask = last(F.silu(hidden(e)))
+    want = torch.where(valid.unsqueeze(-1), lce(e * mask), torch.zeros(2, 3, 2))
+    torch.testing.assert_close(net(e, valid), want)
+    # by hand: a constant mask (2, 0, 1, 1) scales the first input, drops the second
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([2.0, 0.0, 1.0, 1.0]))
+        lce.weight.copy_(torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 0.0, -1.0]]))
+        lce.bias.copy_(torch.tensor([0.5, 0.0]))
+    x = torch.tensor([[[1.0, 7.0, 3.0, 4.0]]])
+    torch.testing.assert_close(net(x, torch.ones(1, 1, dtype=torch.bool)), torch.tensor([[[2 + 3 + 0.5, -4.0]]]))
+
+
+def test_masknet_mask_starts_near_one():
+    """At init the last mask layer's bias is 1, so the mask is ``1 + W·SiLU(...)``."""
+    net = MaskNet(4, 3, 2)
+    torch.testing.assert_close(net.mlp_mask._mlp[-1]._linear.bias, torch.ones(4))
 
 
 # --------------------------------------------------------------------------- whole model padding
@@ -382,6 +354,28 @@ def test_model_padding_invariance_larger_T_and_garbage():
     torch.testing.assert_close(model.forward_embedded(x, steps, lens), out, atol=1e-6, rtol=0)
 
 
+def test_model_local_attention_changes_only_rows_longer_than_the_window():
+    """Whole model: a window covering the sequence is full attention; a window of 2
+    steps changes the rows whose history is longer than one window (their steps no longer
+    see the oldest ones) and no other row."""
+    def model(window):
+        cfg = _model_cfg()
+        cfg.interformer.attention_window = window
+        return InterFormer(_schema(6), cfg).eval()
+
+    torch.manual_seed(0)
+    full = model(0)
+    inputs = _inputs(torch.tensor([0, 2, 5, 6]))
+    out = full(*inputs)
+    for window, changed in ((6, []), (2, [2, 3])):
+        local = model(window)
+        local.load_state_dict(full.state_dict())
+        got = local(*inputs)
+        same = [b for b in range(B) if b not in changed]
+        torch.testing.assert_close(got[same], out[same], atol=1e-6, rtol=0)
+        assert all(not torch.allclose(got[b], out[b], atol=1e-4) for b in changed), window
+
+
 def test_model_rows_are_independent_of_batch_mates():
     torch.manual_seed(0)
     model = InterFormer(_schema(6), _model_cfg()).eval()
@@ -437,7 +431,5 @@ def test_no_interaction_baseline_cannot_learn_planted_product():
 
 @pytest.mark.parametrize("kind", ["dot", "dcn", "projection", "dhen", "dhen_flat"])
 def test_interaction_learns_planted_pairwise_product(kind):
-    cfg = InterFormerConfig(
-        interaction=kind, dcn_num_layers=2, dcn_low_rank=8, projection_branch1=[16], projection_branch2=[16]
-    )
-    assert _fit_accuracy(build_interaction(cfg, 3, 4)) > 0.85
+    inter = build_interaction(kind, 3, 4, dcn_layers=2, low_rank=8, projection_branch1=[16], projection_branch2=[16])
+    assert _fit_accuracy(inter) > 0.85

@@ -226,7 +226,7 @@ def test_bad_patience_is_a_config_error(tiny_data: Path, tmp_path: Path) -> None
 
 def _tables(trainer) -> Dict[str, torch.Tensor]:
     """Each table's full weights (one rank: a sharded table is in its one shard)."""
-    from interformer_rec.train.dist import table_weights
+    from interformer_rec.train.tables import table_weights
 
     return {
         t: (w.local_shards()[0].tensor if hasattr(w, "local_shards") else w).detach().clone()

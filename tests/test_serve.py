@@ -1,11 +1,14 @@
 """HTTP scoring endpoint, on loopback and bounded in time: a valid ranking request,
 malformed requests (clear 4xx, never a crash), huge payloads, concurrent requests
-(micro-batched, same scores as alone), overload (503), draining on shutdown, and the
-``interformer-rec serve`` process stopping cleanly on SIGTERM."""
+(micro-batched, same scores as alone), overload (503), scoring past the request timeout
+(504), draining on shutdown, the ``interformer-rec serve`` flags (the ServerConfig
+defaults) and the process stopping cleanly on SIGTERM."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -20,9 +23,13 @@ import numpy as np
 import pytest
 import requests
 
-from export_helpers import exported
+from export_helpers import SYNTH, exported
+from interformer_rec.data.synthetic import synthetic_schema
+from interformer_rec.export.inputs import random_encoded
+from interformer_rec.serving.features import FeatureSpec
 from interformer_rec.serving.predictor import Predictor
 from interformer_rec.serving.server import BackgroundServer, MicroBatcher, Overloaded, ServerConfig
+from interformer_rec.serving.server_config import add_server_flags, server_config_from_flags
 
 TIMEOUT = 20  # seconds, every HTTP call
 
@@ -174,11 +181,6 @@ def test_overload_is_503_not_a_crash():
         return np.zeros((len(enc), 1), np.float32)
 
     async def run():
-        from interformer_rec.export.export import random_encoded
-        from interformer_rec.serving.features import FeatureSpec
-        from interformer_rec.data.synthetic import synthetic_schema
-        from export_helpers import SYNTH
-
         spec = FeatureSpec(synthetic_schema(SYNTH))
         batcher = MicroBatcher(slow, max_rows=4, max_wait_s=0.001, max_pending=3)
         batcher.start()
@@ -192,6 +194,52 @@ def test_overload_is_503_not_a_crash():
     rejected = [r for r in results if isinstance(r, Overloaded)]
     assert len(ok) + len(rejected) == 12 and ok and rejected
     assert all(r.shape == (2, 1) for r in ok) and stats["rejected"] == len(rejected)
+
+
+def test_scoring_past_the_request_timeout_is_504(model_dir):
+    """A model call slower than request_timeout_s: 504 at the timeout (not when the call
+    ends); the server then serves the next request."""
+    predictor = Predictor(model_dir)
+    real = predictor.predict_encoded
+    slow_calls = threading.Semaphore(1)  # the first call sleeps, later ones do not
+    done = threading.Event()
+
+    def slow_once(enc):
+        if slow_calls.acquire(blocking=False):
+            time.sleep(2.0)
+            done.set()
+        return real(enc)
+
+    predictor.predict_encoded = slow_once  # type: ignore[method-assign]
+    with BackgroundServer(predictor, ServerConfig(port=0, request_timeout_s=0.3)) as server:
+        start = time.perf_counter()
+        r = post(server, request_body())
+        elapsed = time.perf_counter() - start
+        assert r.status_code == 504, r.text
+        assert r.json() == {"error": "scoring took longer than 0.3s", "status": 504}
+        assert elapsed < 1.5  # answered at the timeout, not after the 2 s call
+        assert done.wait(TIMEOUT)
+        r = post(server, request_body())
+        assert r.status_code == 200, r.text
+
+
+def test_serve_flags_parse_to_the_config_defaults():
+    """``interformer-rec serve`` has one flag per ServerConfig field, whose default and
+    help are the field's, and flags parse back to a ServerConfig."""
+    from interformer_rec.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--model", "m"])
+    assert server_config_from_flags(args) == ServerConfig()
+    args = build_parser().parse_args(["serve", "--model", "m", "--port", "0", "--max-wait-ms", "5.5"])
+    assert server_config_from_flags(args) == dataclasses.replace(ServerConfig(), port=0, max_wait_ms=5.5)
+    parser = argparse.ArgumentParser()
+    add_server_flags(parser)
+    actions = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(ServerConfig):
+        flag = actions[f.name]
+        assert flag.option_strings == ["--" + f.name.replace("_", "-")]
+        assert flag.default == f.default and flag.type is type(f.default)
+        assert flag.help.startswith(f.metadata["help"])
 
 
 def test_shutdown_drains_in_flight_requests(model_dir):

@@ -38,25 +38,27 @@ import ast
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
 
+from interformer_rec.arrays import ConversionError, Jagged, gather, list_array
 from interformer_rec.config import Schema, SequenceFeature, SparseFeature, TableConfig
 from interformer_rec.data.convert import (
     AtomicParquetWriter,
     BadRowPolicy,
     BadRows,
-    Block,
-    ConversionError,
     Parsed,
     PathLike,
     Reasons,
     TextFormat,
     convert_text,
-    list_array,
+)
+from interformer_rec.data.text import (
+    Block,
     parse_int,
     parse_int_lists,
     parse_label,
@@ -64,7 +66,6 @@ from interformer_rec.data.convert import (
     split,
     token,
 )
-from interformer_rec.arrays import Jagged, gather
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +261,109 @@ def _negatives(
     raise ConversionError("negative sampling: a user reviewed (nearly) every item")
 
 
+def _read_reviews(path: Path, bad: BadRows, block_bytes: int) -> Tuple[List[str], List[str], List[int], int]:
+    """``(users, asins, times, lines)`` of the well-formed reviews; bad ones go to ``bad``."""
+    users: List[str] = []
+    asins: List[str] = []
+    times: List[int] = []
+    lines = 0
+    for line, obj in _json_lines(path, bad, block_bytes):
+        lines += 1
+        u, a, t = obj.get("reviewerID"), obj.get("asin"), obj.get("unixReviewTime")
+        if not isinstance(u, str) or not isinstance(a, str) or not u or not a:
+            bad.add(path, line, "reviewerID / asin missing or not a string")
+        elif isinstance(t, bool) or not isinstance(t, int):
+            bad.add(path, line, f"unixReviewTime {t!r} is not an integer")
+        else:
+            users.append(u)
+            asins.append(a)
+            times.append(t)
+    return users, asins, times, lines
+
+
+def _read_categories(path: Path, wanted: Set[str], bad: BadRows, block_bytes: int) -> Tuple[Dict[str, str], int]:
+    """``({asin: leaf category}, lines)`` of the metadata of the ``wanted`` items."""
+    cat_of_asin: Dict[str, str] = {}
+    lines = 0
+    for line, obj in _json_lines(path, bad, block_bytes):
+        lines += 1
+        a, cats = obj.get("asin"), obj.get("categories")
+        if not isinstance(a, str):
+            bad.add(path, line, "asin missing or not a string")
+            continue
+        if a not in wanted:
+            continue
+        if (not isinstance(cats, list) or not cats or not isinstance(cats[0], list)
+                or not cats[0] or not isinstance(cats[0][-1], str)):
+            bad.add(path, line, f"categories {cats!r} is not a non-empty list of category paths")
+            continue
+        cat_of_asin[a] = cats[0][-1]
+    return cat_of_asin, lines
+
+
+@dataclass
+class _Timeline:
+    """Every review, sorted by user, then time, then file order.
+
+    Attributes:
+        user, item: ``[R]`` ids. k: ``[R]`` index of the review within its user's.
+        neg: ``[R]`` a sampled item the user never reviewed. cat_of_item: ``[I + 1]``.
+        max_len: history length cap.
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    k: np.ndarray
+    neg: np.ndarray
+    cat_of_item: np.ndarray
+    max_len: int
+
+    def rows(self, idx: np.ndarray) -> pa.Table:
+        """The DIN rows of reviews ``idx``: each review's positive, then its negative."""
+        lens = np.minimum(self.k[idx], self.max_len)
+        hist = Jagged(lens, gather(self.item, idx - lens, lens))
+        hcat = Jagged(lens, self.cat_of_item[hist.values])
+        both = np.r_[idx, idx]
+        target = np.r_[self.item[idx], self.neg[idx]]
+        label = np.r_[np.ones(len(idx), np.int8), np.zeros(len(idx), np.int8)]
+        # interleave positive and negative of one review
+        inter = np.arange(2 * len(idx)).reshape(2, -1).T.ravel()
+        pick = np.r_[np.arange(len(idx)), np.arange(len(idx))][inter]
+        return pa.table(
+            {
+                "label": pa.array(label[inter]),
+                "log_hist_len": pa.array(np.log1p(self.k[both][inter]).astype(np.float32)),
+                "item_id": pa.array(target[inter]),
+                "cat_id": pa.array(self.cat_of_item[target[inter]]),
+                "hist_item_ids": list_array(hist.take(pick)),
+                "hist_cat_ids": list_array(hcat.take(pick)),
+                "user_id": pa.array(self.user[both][inter]),
+            }
+        )
+
+
+def _timeline(user: np.ndarray, item: np.ndarray, ts: np.ndarray, cat_of_item: np.ndarray,
+              max_len: int, seed: int) -> _Timeline:
+    order = np.lexsort((np.arange(len(user)), ts, user))  # by user, then time, then file order
+    u, it = user[order], item[order]
+    first = np.r_[True, u[1:] != u[:-1]]
+    pos = np.arange(len(u))
+    k = pos - np.maximum.accumulate(np.where(first, pos, 0))
+    neg = _negatives(u, it, len(cat_of_item) - 1, np.random.default_rng(seed))
+    return _Timeline(u, it, k, neg, cat_of_item, max_len)
+
+
+def _write_split(w: AtomicParquetWriter, tl: _Timeline, idx: np.ndarray, row_group_size: int) -> Dict[str, Any]:
+    """Write the rows of reviews ``idx`` in row groups of about ``row_group_size``."""
+    positives = 0
+    step = max(row_group_size // 2, 1)
+    for lo in range(0, len(idx), step):
+        table = tl.rows(idx[lo : lo + step])
+        positives += int(np.sum(table.column("label").to_numpy()))
+        w.write(table)
+    return {"path": str(w.path), "rows": w.rows, "positive_rate": round(positives / w.rows, 4) if w.rows else None}
+
+
 def build_amazon_din(
     reviews: PathLike,
     meta: PathLike,
@@ -281,7 +385,6 @@ def build_amazon_din(
         ``num_items + 1`` and ``num_cats + 1`` rows.
     """
     t0 = time.perf_counter()
-    policy = policy or BadRowPolicy()
     reviews, meta, out_dir = Path(reviews), Path(meta), Path(out_dir)
     for p in (reviews, meta):
         if not p.is_file():
@@ -289,106 +392,29 @@ def build_amazon_din(
     out_dir.mkdir(parents=True, exist_ok=True)
     report = out_dir / "bad_rows.txt"
     report.unlink(missing_ok=True)
-    bad = BadRows(policy, report)
+    bad = BadRows(policy or BadRowPolicy(), report)
     writers: Dict[str, AtomicParquetWriter] = {}
     try:
-        users: List[str] = []
-        asins: List[str] = []
-        times: List[int] = []
-        lines = 0
-        for line, obj in _json_lines(reviews, bad, block_bytes):
-            lines += 1
-            u, a, t = obj.get("reviewerID"), obj.get("asin"), obj.get("unixReviewTime")
-            if not isinstance(u, str) or not isinstance(a, str) or not u or not a:
-                bad.add(reviews, line, "reviewerID / asin missing or not a string")
-            elif isinstance(t, bool) or not isinstance(t, int):
-                bad.add(reviews, line, f"unixReviewTime {t!r} is not an integer")
-            else:
-                users.append(u)
-                asins.append(a)
-                times.append(t)
+        users, asins, times, lines = _read_reviews(reviews, bad, block_bytes)
         lines_reviews = lines + bad.count
-        cat_of_asin: Dict[str, str] = {}
-        wanted = set(asins)
-        meta_lines = 0
-        for line, obj in _json_lines(meta, bad, block_bytes):
-            meta_lines += 1
-            a, cats = obj.get("asin"), obj.get("categories")
-            if not isinstance(a, str):
-                bad.add(meta, line, "asin missing or not a string")
-                continue
-            if a not in wanted:
-                continue
-            if (not isinstance(cats, list) or not cats or not isinstance(cats[0], list)
-                    or not cats[0] or not isinstance(cats[0][-1], str)):
-                bad.add(meta, line, f"categories {cats!r} is not a non-empty list of category paths")
-                continue
-            cat_of_asin[a] = cats[0][-1]
+        cat_of_asin, meta_lines = _read_categories(meta, set(asins), bad, block_bytes)
         bad.check(lines_reviews + meta_lines)
         if not users:
             raise ConversionError(f"{reviews}: no valid reviews")
-
         user_ids, user = _vocab(users)
         item_ids, item = _vocab(asins)
         cat_ids, _ = _vocab(list(cat_of_asin.values()))
-        del users
         cat_of_item = np.zeros(len(item_ids) + 1, np.int64)
         for a, i in item_ids.items():
             cat_of_item[i] = cat_ids.get(cat_of_asin.get(a, ""), 0)
-        ts = np.asarray(times, np.int64)
-        del times, asins
-
-        order = np.lexsort((np.arange(len(user)), ts, user))  # by user, then time, then file order
-        u, it = user[order], item[order]
-        first = np.r_[True, u[1:] != u[:-1]]
-        pos = np.arange(len(u))
-        group_start = np.maximum.accumulate(np.where(first, pos, 0))
-        k = pos - group_start  # index of the review within its user
-        last = np.r_[u[1:] != u[:-1], True]
-        example = k >= 1
-        rng = np.random.default_rng(seed)
-        neg = _negatives(u, it, len(item_ids), rng)
-        length = np.minimum(k, max_len)
-
-        def rows(sel: np.ndarray) -> pa.Table:
-            idx = np.flatnonzero(sel)
-            lens = length[idx]
-            hist = Jagged(lens, gather(it, idx - lens, lens))
-            hcat = Jagged(lens, cat_of_item[hist.values])
-            both = np.r_[idx, idx]
-            target = np.r_[it[idx], neg[idx]]
-            label = np.r_[np.ones(len(idx), np.int8), np.zeros(len(idx), np.int8)]
-            # interleave positive and negative of one review
-            inter = np.arange(2 * len(idx)).reshape(2, -1).T.ravel()
-            pick = np.r_[np.arange(len(idx)), np.arange(len(idx))][inter]
-            return pa.table(
-                {
-                    "label": pa.array(label[inter]),
-                    "log_hist_len": pa.array(np.log1p(k[both][inter]).astype(np.float32)),
-                    "item_id": pa.array(target[inter]),
-                    "cat_id": pa.array(cat_of_item[target[inter]]),
-                    "hist_item_ids": list_array(hist.take(pick)),
-                    "hist_cat_ids": list_array(hcat.take(pick)),
-                    "user_id": pa.array(u[both][inter]),
-                }
-            )
-
+        tl = _timeline(user, item, np.asarray(times, np.int64), cat_of_item, max_len, seed)
+        del users, asins, times
+        last = np.r_[tl.user[1:] != tl.user[:-1], True]
         schema = ARROW_SCHEMA.append(pa.field("user_id", pa.int64()))
         summary: Dict[str, Any] = {}
-        for name, sel in (("train", example & ~last), ("test", example & last)):
-            w = writers[name] = AtomicParquetWriter(out_dir / f"{name}.parquet", schema)
-            positives = 0
-            idx = np.flatnonzero(sel)
-            for lo in range(0, len(idx), max(row_group_size // 2, 1)):
-                part = np.zeros(len(sel), bool)
-                part[idx[lo : lo + max(row_group_size // 2, 1)]] = True
-                table = rows(part)
-                positives += int(np.sum(table.column("label").to_numpy()))
-                w.write(table)
-            summary[name] = {
-                "path": str(w.path), "rows": w.rows,
-                "positive_rate": round(positives / w.rows, 4) if w.rows else None,
-            }
+        for name, sel in (("train", (tl.k >= 1) & ~last), ("test", (tl.k >= 1) & last)):
+            writers[name] = AtomicParquetWriter(out_dir / f"{name}.parquet", schema)
+            summary[name] = _write_split(writers[name], tl, np.flatnonzero(sel), row_group_size)
         for w in writers.values():
             w.commit()
     except BaseException:

@@ -38,18 +38,13 @@ import pyarrow as pa
 from interformer_rec.config import Schema, SparseFeature, TableConfig
 from interformer_rec.data.convert import (
     BadRowPolicy,
-    Block,
     Parsed,
     PathLike,
     Reasons,
     TextFormat,
     convert_text,
-    parse_hex,
-    parse_int,
-    parse_label,
-    split,
-    token,
 )
+from interformer_rec.data.text import Block, parse_hex, parse_int, parse_label, split, token
 
 NUM_INT = 13
 NUM_CAT = 26

@@ -83,23 +83,17 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 
-from interformer_rec.arrays import Jagged, gather
+from interformer_rec.arrays import ConversionError, Jagged, gather, list_array
 from interformer_rec.config import Schema, SequenceFeature, SparseFeature, TableConfig
 from interformer_rec.data.amazon import _negatives
 from interformer_rec.data.convert import (
     AtomicParquetWriter,
     BadRowPolicy,
     BadRows,
-    Block,
-    ConversionError,
     PathLike,
     Reasons,
-    list_array,
-    parse_int,
-    read_blocks,
-    split,
-    token,
 )
+from interformer_rec.data.text import Block, parse_int, read_blocks, split, token
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from interformer_rec.arrays import DataError, resolve_paths, splitmix64
 from interformer_rec.config import Schema
-from interformer_rec.data.reader import DataError, Paths, _open, resolve_paths, splitmix64
+from interformer_rec.data.decode import Paths, open_parquet
 
 LENGTH_BINS = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]  # histogram bin lower edges
 
@@ -156,7 +157,7 @@ def inspect_data(paths: Paths, schema: Optional[Schema] = None) -> Dict[str, Any
     checks: Dict[str, Dict[str, int]] = {"out_of_range_ids": {}, "truncated_sequences": {},
                                          "unequal_parallel_sequences": {}}
     for path in files:
-        pf = _open(path)
+        pf = open_parquet(path)
         names = pf.schema_arrow.names
         if schema is not None:
             need = set(schema.all_columns()) | ({schema.group_key} if schema.group_key else set())
@@ -183,46 +184,67 @@ def inspect_data(paths: Paths, schema: Optional[Schema] = None) -> Dict[str, Any
         "row_groups": groups,
         "columns": {n: s.to_dict() for n, s in stats.items()},
     }
+    problems += _column_problems(stats)
+    if schema is not None:
+        report["labels"] = _label_rates(stats, schema, problems)
+        report["schema_checks"] = checks
+        problems += _schema_problems(stats, schema, checks, rows)
+    report["problems"] = problems
+    return report
+
+
+def _column_problems(stats: Dict[str, ColumnStats]) -> List[str]:
+    """Columns entirely null, constant, or with NaN/infinite values."""
+    problems = []
     for name, st in stats.items():
-        d = report["columns"][name]
         if st.rows and st.nulls == st.rows:
             problems.append(f"column {name!r} is entirely null")
         if st.non_finite:
             problems.append(f"column {name!r} has {st.non_finite} NaN/infinite values")
-        if st.rows and d["distinct_estimate"] == 1 and st.nulls == 0:
+        if st.rows and st.distinct.estimate() == 1 and st.nulls == 0:
             problems.append(f"column {name!r} is constant")
-    if schema is not None:
-        report["labels"] = {}
-        for lab in schema.labels:
-            st = stats.get(lab)
-            if st is None or not st.count:
-                continue
-            rate = st.total / st.count
-            report["labels"][lab] = round(rate, 6)
-            if st.minimum is not None and (st.minimum < 0 or st.maximum > 1):
-                problems.append(f"label {lab!r} has values outside [0, 1] ({st.minimum}..{st.maximum})")
-            elif rate in (0.0, 1.0):
-                problems.append(f"label {lab!r} is constant ({rate})")
-        for name in schema.dense + schema.labels:
-            st = stats.get(name)
-            if st is not None and st.nulls:
-                problems.append(f"{name!r}: {st.nulls} null values (the reader rejects them)")
-        for f in schema.target_features:
-            st = stats.get(f.name)
-            if st is not None and st.nulls:
-                problems.append(f"target feature {f.name!r}: {st.nulls} nulls (the reader rejects them)")
-        report["schema_checks"] = checks
-        for c, n in checks["out_of_range_ids"].items():
-            if n and schema.id_policy == "reject":
-                problems.append(f"{c!r}: {n} ids outside its table (id_policy 'reject' stops the reader)")
-        for c, n in checks["truncated_sequences"].items():
-            if n:
-                problems.append(f"{c!r}: {n} rows ({n / max(rows, 1):.1%}) longer than max_len, oldest steps dropped")
-        for c, n in checks["unequal_parallel_sequences"].items():
-            if n:
-                problems.append(f"{c}: {n} rows with unequal parallel sequence lengths (the reader rejects them)")
-    report["problems"] = problems
-    return report
+    return problems
+
+
+def _label_rates(stats: Dict[str, ColumnStats], schema: Schema, problems: List[str]) -> Dict[str, float]:
+    """The positive rate of each label; labels outside [0, 1] or constant go to ``problems``."""
+    rates: Dict[str, float] = {}
+    for lab in schema.labels:
+        st = stats.get(lab)
+        if st is None or not st.count:
+            continue
+        rate = st.total / st.count
+        rates[lab] = round(rate, 6)
+        if st.minimum is not None and (st.minimum < 0 or st.maximum > 1):
+            problems.append(f"label {lab!r} has values outside [0, 1] ({st.minimum}..{st.maximum})")
+        elif rate in (0.0, 1.0):
+            problems.append(f"label {lab!r} is constant ({rate})")
+    return rates
+
+
+def _schema_problems(
+    stats: Dict[str, ColumnStats], schema: Schema, checks: Dict[str, Dict[str, int]], rows: int
+) -> List[str]:
+    """What the reader would reject or drop, from the stats and the schema checks."""
+    problems = []
+    for name in schema.dense + schema.labels:
+        st = stats.get(name)
+        if st is not None and st.nulls:
+            problems.append(f"{name!r}: {st.nulls} null values (the reader rejects them)")
+    for f in schema.target_features:
+        st = stats.get(f.name)
+        if st is not None and st.nulls:
+            problems.append(f"target feature {f.name!r}: {st.nulls} nulls (the reader rejects them)")
+    for c, n in checks["out_of_range_ids"].items():
+        if n and schema.id_policy == "reject":
+            problems.append(f"{c!r}: {n} ids outside its table (id_policy 'reject' stops the reader)")
+    for c, n in checks["truncated_sequences"].items():
+        if n:
+            problems.append(f"{c!r}: {n} rows ({n / max(rows, 1):.1%}) longer than max_len, oldest steps dropped")
+    for c, n in checks["unequal_parallel_sequences"].items():
+        if n:
+            problems.append(f"{c}: {n} rows with unequal parallel sequence lengths (the reader rejects them)")
+    return problems
 
 
 def _schema_checks(table: pa.Table, schema: Schema, checks: Dict[str, Dict[str, int]]) -> None:

@@ -31,9 +31,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from interformer_rec.arrays import Jagged, gather, list_array
 from interformer_rec.config import Schema, SequenceFeature, SparseFeature, TableConfig
 from interformer_rec.data.corating import corating_embeddings
-from interformer_rec.data.reader import Jagged, gather
 
 NUM_USERS = 944  # ids 1..943
 NUM_ITEMS = 1683  # ids 1..1682
@@ -178,10 +178,6 @@ def _histories(r: Dict[str, np.ndarray], max_len: int) -> Tuple[Jagged, np.ndarr
 # --------------------------------------------------------------------------- convert
 
 
-def _list_column(j: Jagged) -> pa.Array:
-    return pa.ListArray.from_arrays(pa.array(j.offsets.astype(np.int32)), pa.array(j.values))
-
-
 def _split_bounds(ts: np.ndarray, valid_frac: float, test_frac: float) -> Tuple[int, int]:
     """Timestamps ``(t1, t2)``: train ``ts < t1``, valid ``t1 <= ts < t2``, test ``ts >= t2``."""
     s = np.sort(ts)
@@ -216,11 +212,44 @@ def convert_movielens(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     r = _read_ratings(raw_dir)
-    users = _read_users(raw_dir)
-    items, item_genres = _read_items(raw_dir)
-    user, item, ts = r["user"], r["item"], r["ts"]
     label = (r["rating"] >= 4).astype(np.int8)
+    table = _columns(r, label, _read_users(raw_dir), *_read_items(raw_dir), max_len)
+    ts = r["ts"]
+    time_order = np.lexsort((np.arange(len(ts)), ts))
+    t1, t2 = _split_bounds(ts, valid_frac, test_frac)
+    cuts = np.searchsorted(ts[time_order], [t1, t2])
+    bounds = {"train": (0, cuts[0]), "valid": (cuts[0], cuts[1]), "test": (cuts[1], len(ts))}
+    splits = {
+        split: _write_split(table.take(pa.array(time_order[lo:hi])), out_dir / f"{split}.parquet")
+        for split, (lo, hi) in bounds.items()
+    }
+    train_rows = time_order[: cuts[0]]
+    corating = out_dir / f"item_corating{corating_dim}.npy"
+    user, item = r["user"][train_rows], r["item"][train_rows]
+    np.save(corating, corating_embeddings(user, item, label[train_rows], NUM_USERS, NUM_ITEMS, corating_dim))
+    return {
+        "out_dir": str(out_dir),
+        "max_len": max_len,
+        "split_times": [_iso(t1), _iso(t2)],
+        "corating": str(corating),
+        "splits": splits,
+    }
 
+
+def _iso(t: int) -> str:
+    return datetime.fromtimestamp(int(t), timezone.utc).isoformat()
+
+
+def _columns(
+    r: Dict[str, np.ndarray],
+    label: np.ndarray,
+    users: Dict[str, np.ndarray],
+    items: Dict[str, np.ndarray],
+    item_genres: Jagged,
+    max_len: int,
+) -> pa.Table:
+    """Every column of the module docstring, one row per rating (file order)."""
+    user, item, ts = r["user"], r["item"], r["ts"]
     hist_rows, n_history = _histories(r, max_len)
     hist_items = Jagged(hist_rows.lengths, item[hist_rows.values])
     order, group_start, run_start = _earlier(item, ts)
@@ -228,7 +257,6 @@ def convert_movielens(
     n_item_earlier[order] = run_start - group_start
     release = items["release"][item]
     item_age = np.where(release >= 0, np.clip((ts - release) / (365.25 * 86400), 0, 80) / 80, 0)
-
     cols: Dict[str, pa.Array] = {
         "label": pa.array(label),
         "hour_of_day": pa.array(((ts % 86400) // 3600 / 23).astype(np.float32)),
@@ -240,48 +268,26 @@ def convert_movielens(
         **{k: pa.array(v[user]) for k, v in users.items()},
         "item_id": pa.array(item),
         "item_genre": pa.array(items["genre"][item]),
-        "item_genres": _list_column(item_genres.take(item)),
+        "item_genres": list_array(item_genres.take(item)),
         "release_year": pa.array(items["year"][item]),
-        "hist_item_ids": _list_column(hist_items),
-        "hist_genre_ids": _list_column(
-            Jagged(hist_items.lengths, items["genre"][hist_items.values])
-        ),
-        "hist_ratings": _list_column(Jagged(hist_rows.lengths, r["rating"][hist_rows.values])),
+        "hist_item_ids": list_array(hist_items),
+        "hist_genre_ids": list_array(Jagged(hist_items.lengths, items["genre"][hist_items.values])),
+        "hist_ratings": list_array(Jagged(hist_rows.lengths, r["rating"][hist_rows.values])),
         "timestamp": pa.array(ts),
     }
-    table = pa.table(cols)
-    time_order = np.lexsort((np.arange(len(ts)), ts))
-    t1, t2 = _split_bounds(ts, valid_frac, test_frac)
-    sorted_ts = ts[time_order]
-    cuts = np.searchsorted(sorted_ts, [t1, t2])
-    bounds = {"train": (0, cuts[0]), "valid": (cuts[0], cuts[1]), "test": (cuts[1], len(ts))}
+    return pa.table(cols)
 
-    def iso(t: int) -> str:
-        return datetime.fromtimestamp(int(t), timezone.utc).isoformat()
 
-    splits: Dict[str, Any] = {}
-    for split, (lo, hi) in bounds.items():
-        part = table.take(pa.array(time_order[lo:hi]))
-        path = out_dir / f"{split}.parquet"
-        pq.write_table(part, path, row_group_size=ROW_GROUP_SIZE)
-        labels = part.column("label").to_numpy()
-        splits[split] = {
-            "path": str(path),
-            "rows": int(hi - lo),
-            "positive_rate": round(float(labels.mean()), 4) if hi > lo else None,
-            "first": iso(sorted_ts[lo]) if hi > lo else None,
-            "last": iso(sorted_ts[hi - 1]) if hi > lo else None,
-        }
-    train_rows = time_order[: cuts[0]]
-    corating = out_dir / f"item_corating{corating_dim}.npy"
-    np.save(
-        corating,
-        corating_embeddings(user[train_rows], item[train_rows], label[train_rows], NUM_USERS, NUM_ITEMS, corating_dim),
-    )
+def _write_split(part: pa.Table, path: Path) -> Dict[str, Any]:
+    """Write one split (rows in time order); its summary."""
+    pq.write_table(part, path, row_group_size=ROW_GROUP_SIZE)
+    labels = part.column("label").to_numpy()
+    ts = part.column("timestamp").to_numpy()
+    n = part.num_rows
     return {
-        "out_dir": str(out_dir),
-        "max_len": max_len,
-        "split_times": [iso(t1), iso(t2)],
-        "corating": str(corating),
-        "splits": splits,
+        "path": str(path),
+        "rows": n,
+        "positive_rate": round(float(labels.mean()), 4) if n else None,
+        "first": _iso(ts[0]) if n else None,
+        "last": _iso(ts[-1]) if n else None,
     }

@@ -7,26 +7,11 @@ with ``pyarrow.compute`` and numpy, without per-row Python loops.
 
 Bad-input policy
 ----------------
-Every error is a :class:`DataError` naming the file and, where it applies, the column and
-the row (0-based within the file, whatever the row group).
-
-* Opening: a file that is not readable Parquet, a missing column, or a column of the
-  wrong Arrow type (labels and dense: integer or floating point, labels also boolean;
-  pooled sparse: integer or ``list<integer>``; target sparse, i.e. sharing a table with
-  a sequence: integer; sequences: ``list<integer>``; group key: integer) is an error
-  when the reader is built, before any step runs.
-* Dense and label columns: a null, NaN or infinite value is an error; a label outside
-  {0, 1} is an error.
-* Sparse columns: a null row is an empty bag for a pooled feature and an error for a
-  target feature (it needs exactly one id). A null id inside a list is an error.
-* Sequences: a null row is an empty sequence. The parallel sequences of one row must
-  have equal lengths, else an error names the row and the columns. A sequence longer
-  than ``max_len`` keeps its ``max_len`` most recent (last) steps.
-* Ids, ``schema.id_policy == "reject"``: an id outside ``[0, num_embeddings)`` of its
-  table is an error naming the table and its size (every id of a column is checked,
-  including steps that truncation would drop). ``"hash"``: every id of every sparse and
-  sequence column is mixed by splitmix64 (as a 64-bit unsigned integer) and taken modulo
-  ``num_embeddings``, so collisions are by design and no id is silently wrapped.
+The rules are those of :mod:`interformer_rec.data.decode` (shared with serving). Every
+error is a :class:`DataError` naming the file and, where it applies, the column and the
+row (0-based within the file, whatever the row group). A file that is not readable
+Parquet, a missing column or a column of the wrong Arrow type is an error when the
+reader is built, before any step runs.
 
 Every rank decodes and checks every row group that the epoch's global batches use (the
 whole global batch, not only its own slice), so a bad row stops all ranks alike, at the
@@ -38,9 +23,9 @@ The row stream is the files in sorted order, row groups in order. With ``shuffle
 row groups are permuted and grouped into consecutive windows of at least
 ``shuffle_window`` rows, and the rows within each window are permuted, all from one
 generator seeded with ``(seed, epoch)`` (see ``set_epoch``) and drawn in stream order
-(the plan records its state at each window, so a worker can start anywhere). The stream does not depend on the rank, the
-world size or the number of DataLoader workers. It is cut into global
-batches of ``batch_size * world_size`` rows, and rank ``r`` takes rows
+(the plan records its state at each window, so a worker can start anywhere). The stream
+does not depend on the rank, the world size or the number of DataLoader workers. It is
+cut into global batches of ``batch_size * world_size`` rows, and rank ``r`` takes rows
 ``[r * batch_size, (r + 1) * batch_size)`` of each, so one rank with batch ``2B`` sees
 exactly the union of what two ranks with batch ``B`` see, in the same order. The last
 partial global batch of ``R`` rows is dropped if ``drop_last``; else it is split as
@@ -51,8 +36,9 @@ empty batch, every rank runs ``len(reader)`` steps, and at most ``world_size - 1
 of a split go unseen (none with one rank).
 
 DataLoader workers: ``reader.loader(num_workers=N)`` (or, slower,
-``DataLoader(reader, batch_size=None, num_workers=N)``) splits the epoch's global batches into ``N`` contiguous ranges of nearly equal length (the first
-``T % N`` workers get one more), worker ``w`` yields its range, and the DataLoader
+``DataLoader(reader, batch_size=None, num_workers=N)``) splits the epoch's global
+batches into ``N`` contiguous ranges of nearly equal length (the first ``T % N`` workers
+get one more), worker ``w`` yields its range, and the DataLoader
 interleaves the workers round robin. Every batch of the epoch is yielded exactly once,
 on every rank alike (the split does not depend on the rank), and a worker decodes only
 the row groups its range touches (plus at most one window at its range's boundary).
@@ -72,104 +58,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, NamedTuple, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from interformer_rec.arrays import DataError, resolve_paths, splitmix64  # noqa: F401 - re-exported
 from interformer_rec.config import Schema
-from interformer_rec.arrays import (  # noqa: F401 - re-exported, part of this module's API
-    DataError,
-    Jagged,
-    _offsets,
-    _row_of,
-    gather,
-    resolve_paths,
-    splitmix64,
-)
 from interformer_rec.data.batch import Batch
-
-PathLike = Union[str, Path]
-Paths = Union[PathLike, Sequence[PathLike]]
-
-
-def _error(path: Path, msg: str, column: str | None = None, row: int | None = None) -> DataError:
-    where = [str(path)]
-    if column is not None:
-        where.append(f"column {column!r}")
-    if row is not None:
-        where.append(f"row {row}")
-    return DataError(f"{', '.join(where)}: {msg}")
+from interformer_rec.data.decode import InFile, Paths, Rows, check_columns, decode_table, open_parquet
 
 
 # --------------------------------------------------------------------------- files
 
 
-def _open(path: Path) -> pq.ParquetFile:
-    try:
-        return pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
-        raise _error(path, f"not a readable Parquet file ({e})") from None
-
-
-def _is_int(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t)
-
-
-def _is_int_list(t: pa.DataType) -> bool:
-    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and _is_int(t.value_type)
-
-
-def _is_number(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t) or pa.types.is_floating(t)
-
-
-_Check = Tuple[str, Callable[[pa.DataType], bool]]
-_NUMBER: _Check = ("integer or floating point", _is_number)
-_LABEL: _Check = (
-    "integer, floating point or boolean",
-    lambda t: _is_number(t) or pa.types.is_boolean(t),
-)
-_INT: _Check = ("integer (int64)", _is_int)
-_INT_OR_LIST: _Check = ("integer (int64) or list<int64>", lambda t: _is_int(t) or _is_int_list(t))
-_LIST: _Check = ("list<int64>", _is_int_list)
-
-
-def _expected_types(schema: Schema) -> Dict[str, _Check]:
-    """Column name -> (description, predicate) of the Arrow types the reader accepts."""
-    expected: Dict[str, _Check] = {c: _LABEL for c in schema.labels}
-    expected.update({c: _NUMBER for c in schema.dense})
-    expected.update({f.name: _INT_OR_LIST for f in schema.pooled_features})
-    expected.update({f.name: _INT for f in schema.target_features})
-    expected.update({s.name: _LIST for s in schema.sequence})
-    if schema.group_key is not None:
-        expected[schema.group_key] = _INT  # one group per row, even if also a pooled feature
-    return expected
-
-
-def validate_file(path: PathLike, schema: Schema) -> pq.ParquetFile:
+def validate_file(path: Union[str, Path], schema: Schema) -> pq.ParquetFile:
     """Open ``path`` and check that it has every column of ``schema`` with an accepted
     Arrow type (values are checked as they are read). Returns the open file."""
-    path = Path(path)
-    pf = _open(path)
-    arrow = pf.schema_arrow
-    for name, (expected, ok) in _expected_types(schema).items():
-        if name not in arrow.names:
-            raise _error(path, f"missing column (file has {arrow.names})", column=name)
-        actual = arrow.field(name).type
-        if not ok(actual):
-            raise _error(path, f"expected {expected}, got {actual}", column=name)
+    pf = open_parquet(path)
+    check_columns(pf.schema_arrow, schema, InFile(str(path)))
     return pf
 
 
 def count_rows(paths: Paths) -> int:
     """Number of rows of ``paths``, from the Parquet metadata only."""
-    return sum(_open(p).metadata.num_rows for p in resolve_paths(paths))
+    return sum(open_parquet(p).metadata.num_rows for p in resolve_paths(paths))
 
 
 def oracle_auc(paths: Paths, schema: Schema) -> float:
@@ -182,10 +99,10 @@ def oracle_auc(paths: Paths, schema: Schema) -> float:
     label, oracle = schema.labels[0], schema.oracle
     ys, ps = [], []
     for path in resolve_paths(paths):
-        pf = _open(path)
+        pf = open_parquet(path)
         for name in (label, oracle):
             if name not in pf.schema_arrow.names:
-                raise _error(path, "missing column", column=name)
+                raise InFile(str(path)).error("missing column", column=name)
         for rb in pf.iter_batches(columns=[label, oracle]):
             ys.append(rb.column(label).to_numpy(zero_copy_only=False))
             ps.append(rb.column(oracle).to_numpy(zero_copy_only=False))
@@ -194,76 +111,15 @@ def oracle_auc(paths: Paths, schema: Schema) -> float:
     return float(binary_auroc(p, y))
 
 
-# --------------------------------------------------------------------------- jagged rows
+def columns_of(schema: Schema) -> List[str]:
+    """Columns the reader reads: the schema's, and the group key."""
+    cols = schema.all_columns()
+    if schema.group_key is not None and schema.group_key not in cols:
+        cols.append(schema.group_key)
+    return cols
 
 
-@dataclass
-class Rows:
-    """Decoded rows, before batching: numpy counterparts of :class:`Batch`.
-
-    Attributes:
-        dense: ``[n, n_dense]`` float32.
-        labels: ``[n, tasks]`` float32.
-        groups: ``[n]`` int64.
-        sparse: one :class:`Jagged` per ``Schema.pooled_features``.
-        sequence: one :class:`Jagged` per ``Schema.unpooled_keys``.
-    """
-
-    dense: np.ndarray
-    labels: np.ndarray
-    groups: np.ndarray
-    sparse: List[Jagged]
-    sequence: List[Jagged]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def take(self, idx: np.ndarray) -> "Rows":
-        return Rows(
-            self.dense[idx],
-            self.labels[idx],
-            self.groups[idx],
-            [j.take(idx) for j in self.sparse],
-            [j.take(idx) for j in self.sequence],
-        )
-
-    def slice(self, start: int, stop: int) -> "Rows":
-        return Rows(
-            self.dense[start:stop],
-            self.labels[start:stop],
-            self.groups[start:stop],
-            [j.slice(start, stop) for j in self.sparse],
-            [j.slice(start, stop) for j in self.sequence],
-        )
-
-    @staticmethod
-    def concat(parts: Sequence["Rows"]) -> "Rows":
-        if len(parts) == 1:
-            return parts[0]
-        return Rows(
-            np.concatenate([p.dense for p in parts]),
-            np.concatenate([p.labels for p in parts]),
-            np.concatenate([p.groups for p in parts]),
-            [Jagged.concat(js) for js in zip(*(p.sparse for p in parts))],
-            [Jagged.concat(js) for js in zip(*(p.sequence for p in parts))],
-        )
-
-    def to_batch(self, schema: Schema) -> Batch:
-        """A :class:`Batch` owning copies of these rows (so no window buffer is kept)."""
-        return self.pack(schema).to_batch(schema)
-
-    def pack(self, schema: Schema) -> "Packed":
-        """These rows as a :class:`Packed` batch (copies, in ``Batch`` layout)."""
-
-        def flat(features: List[Jagged]) -> Tuple[np.ndarray, np.ndarray]:
-            if not features:
-                return np.zeros(0, np.int64), np.zeros(0, np.int32)
-            return (np.concatenate([f.values for f in features]).astype(np.int64, copy=False),
-                    np.concatenate([f.lengths for f in features]).astype(np.int32))
-
-        sv, sl = flat(self.sparse)
-        qv, ql = flat(self.sequence)
-        return Packed(self.dense.copy(), self.labels.copy(), self.groups.copy(), sv, sl, qv, ql)
+# --------------------------------------------------------------------------- batches
 
 
 class Packed(NamedTuple):
@@ -273,7 +129,8 @@ class Packed(NamedTuple):
 
     Attributes:
         dense: ``[B, n_dense]`` float32. labels: ``[B, tasks]`` float32. groups: ``[B]``.
-        sparse_values, sparse_lengths: the pooled KJT's (key-major, lengths int32).
+        sparse_values, sparse_lengths: the pooled KJT's (key-major; lengths
+            ``[n_pooled, B]`` int32).
         sequence_values, sequence_lengths: the unpooled KJT's.
     """
 
@@ -285,12 +142,19 @@ class Packed(NamedTuple):
     sequence_values: np.ndarray
     sequence_lengths: np.ndarray
 
+    @staticmethod
+    def of(rows: Rows) -> "Packed":
+        """Copies of decoded training ``rows`` (so no window buffer is kept)."""
+        dense, sv, sl, qv, ql = rows.model_inputs()
+        assert rows.labels is not None and rows.groups is not None, "training rows carry labels and groups"
+        return Packed(dense, rows.labels.copy(), rows.groups.copy(), sv, sl, qv, ql)
+
     def to_batch(self, schema: Schema) -> Batch:
         b = len(self.labels)
 
         def kjt(keys: List[str], values: np.ndarray, lengths: np.ndarray) -> KeyedJaggedTensor:
             return KeyedJaggedTensor(keys=keys, values=torch.from_numpy(values),
-                                     lengths=torch.from_numpy(lengths), stride=b)
+                                     lengths=torch.from_numpy(lengths.reshape(-1)), stride=b)
 
         return Batch(
             dense=torch.from_numpy(self.dense),
@@ -301,129 +165,9 @@ class Packed(NamedTuple):
         )
 
 
-# --------------------------------------------------------------------------- decoding
-
-
-@dataclass
-class _Ctx:
-    """Where a row group comes from, for error messages."""
-
-    path: Path
-    row0: int  # file-relative index of the row group's first row
-
-    def error(self, msg: str, column: str | None = None, row: int | None = None) -> DataError:
-        return _error(self.path, msg, column, None if row is None else self.row0 + row)
-
-
-def _first(mask: np.ndarray) -> int:
-    return int(np.argmax(mask))
-
-
-def _numeric(col: pa.ChunkedArray, name: str, ctx: _Ctx) -> np.ndarray:
-    """A dense or label column as ``[n]`` float32; nulls and non-finite values fail."""
-    arr = col.combine_chunks()
-    if arr.null_count:
-        raise ctx.error("null value", name, _first(arr.is_null().to_numpy(zero_copy_only=False)))
-    x = arr.to_numpy(zero_copy_only=False).astype(np.float32)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        i = _first(bad)
-        raise ctx.error(f"value {x[i]} is not finite (float32)", name, i)
-    return x
-
-
-def _labels(col: pa.ChunkedArray, name: str, ctx: _Ctx) -> np.ndarray:
-    y = _numeric(col, name, ctx)
-    bad = (y != 0) & (y != 1)
-    if bad.any():
-        i = _first(bad)
-        raise ctx.error(f"label {y[i]} is not 0 or 1", name, i)
-    return y
-
-
-def _jagged(col: pa.ChunkedArray, name: str, ctx: _Ctx, null_ok: bool) -> Jagged:
-    """An integer or ``list<integer>`` column as a :class:`Jagged` (null row -> empty
-    row if ``null_ok``, else an error; null ids inside a list are an error)."""
-    arr = col.combine_chunks()
-    if not null_ok and arr.null_count:
-        row = _first(arr.is_null().to_numpy(zero_copy_only=False))
-        raise ctx.error("null value (a target feature needs exactly one id)", name, row)
-    if _is_int_list(arr.type):
-        lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy().astype(np.int64)
-        flat = pc.list_flatten(arr)  # respects slicing and skips null rows (unlike .values)
-        if flat.null_count:
-            pos = _first(flat.is_null().to_numpy(zero_copy_only=False))
-            raise ctx.error("null id inside a list", name, _row_of(lengths, pos))
-        values = flat.to_numpy()
-    else:
-        lengths = arr.is_valid().to_numpy(zero_copy_only=False).astype(np.int64)
-        values = pc.drop_null(arr).to_numpy()
-    return Jagged(lengths, values.astype(np.int64))
-
-
-def _apply_id_policy(j: Jagged, name: str, table: str, size: int, policy: str, ctx: _Ctx) -> Jagged:
-    if policy == "hash":
-        return Jagged(j.lengths, (splitmix64(j.values) % np.uint64(size)).astype(np.int64))
-    bad = (j.values < 0) | (j.values >= size)
-    if bad.any():
-        pos = _first(bad)
-        raise ctx.error(
-            f"id {j.values[pos]} outside [0, {size}) of table {table!r} "
-            f"(num_embeddings {size}; id_policy 'reject')",
-            name,
-            _row_of(j.lengths, pos),
-        )
-    return j
-
-
-def _check_parallel(seqs: Dict[str, Jagged], ctx: _Ctx) -> None:
-    """Parallel sequences must have equal lengths in every row."""
-    names = list(seqs)
-    for other in names[1:]:
-        diff = seqs[names[0]].lengths != seqs[other].lengths
-        if diff.any():
-            i = _first(diff)
-            lens = {n: int(seqs[n].lengths[i]) for n in names}
-            raise ctx.error(f"parallel sequences {names} have unequal lengths {lens}", row=i)
-
-
-def columns_of(schema: Schema) -> List[str]:
-    """Columns the reader reads: the schema's, and the group key."""
-    cols = schema.all_columns()
-    if schema.group_key is not None and schema.group_key not in cols:
-        cols.append(schema.group_key)
-    return cols
-
-
-def decode(table: pa.Table, schema: Schema, path: Path, row0: int = 0) -> Rows:
-    """Check and decode one row group (``table``, rows ``row0..`` of ``path``) under the
-    bad-input policy of this module."""
-    ctx = _Ctx(path, row0)
-    n = table.num_rows
-    col = table.column
-    dense = np.zeros((n, 0), np.float32)
-    if schema.dense:
-        dense = np.stack([_numeric(col(c), c, ctx) for c in schema.dense], axis=1)
-    labels = np.stack([_labels(col(c), c, ctx) for c in schema.labels], axis=1)
-    groups = np.zeros(n, dtype=np.int64)
-    if schema.group_key is not None:
-        g = col(schema.group_key).combine_chunks()
-        if g.null_count:
-            row = _first(g.is_null().to_numpy(zero_copy_only=False))
-            raise ctx.error("null group key", schema.group_key, row)
-        groups = g.to_numpy().astype(np.int64)
-
-    def ids(name: str, table_name: str, null_ok: bool) -> Jagged:
-        j = _jagged(col(name), name, ctx, null_ok)
-        size = schema.table(table_name).num_embeddings
-        return _apply_id_policy(j, name, table_name, size, schema.id_policy, ctx)
-
-    sparse = [ids(f.name, f.table, null_ok=True) for f in schema.pooled_features]
-    targets = [ids(f.name, f.table, null_ok=False) for f in schema.target_features]
-    seqs = {s.name: ids(s.name, s.table, null_ok=True) for s in schema.sequence}
-    _check_parallel(seqs, ctx)
-    history = [seqs[s.name].tail(s.max_len) for s in schema.sequence]
-    return Rows(dense, labels, groups, sparse, targets + history)
+def to_batch(rows: Rows, schema: Schema) -> Batch:
+    """A :class:`Batch` owning copies of decoded training ``rows``."""
+    return Packed.of(rows).to_batch(schema)
 
 
 # --------------------------------------------------------------------------- reader
@@ -524,12 +268,12 @@ class ParquetBatchReader(IterableDataset):
     def _read(self, files: Dict[int, pq.ParquetFile], g: _RowGroup) -> Rows:
         path = self.files[g.file]
         if g.file not in files:
-            files[g.file] = _open(path)
+            files[g.file] = open_parquet(path)
         try:
             table = files[g.file].read_row_group(g.index, columns=self.columns)
         except (pa.ArrowException, OSError) as e:
-            raise _error(path, f"row group {g.index} is unreadable ({e})") from None
-        return decode(table, self.schema, path, g.row0)
+            raise InFile(str(path)).error(f"row group {g.index} is unreadable ({e})") from None
+        return decode_table(table, self.schema, InFile(str(path), g.row0))
 
     def _plan(self) -> List[_Window]:
         """The epoch's windows, from the metadata alone (nothing is read)."""
@@ -586,7 +330,7 @@ class ParquetBatchReader(IterableDataset):
 
     def __iter__(self) -> Iterator[Batch]:
         for rows in self._rows():
-            yield rows.to_batch(self.schema)
+            yield to_batch(rows, self.schema)
 
     def loader(self, num_workers: int = 0, **kwargs: Any) -> "WorkerLoader":
         """An iterable of this reader's batches decoded by ``num_workers`` DataLoader
@@ -638,7 +382,7 @@ class _PackedStream(IterableDataset):
 
     def __iter__(self) -> Iterator[Packed]:
         for rows in self.reader._rows():
-            yield rows.pack(self.reader.schema)
+            yield Packed.of(rows)
 
 
 def _identity(x: Any) -> Any:

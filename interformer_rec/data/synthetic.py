@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
+from interformer_rec.arrays import Jagged, list_array
 from interformer_rec.config import (
     Schema,
     SequenceFeature,
@@ -46,7 +47,7 @@ from interformer_rec.config import (
     SyntheticConfig,
     TableConfig,
 )
-from interformer_rec.data.reader import Jagged, oracle_auc
+from interformer_rec.data.reader import oracle_auc
 
 LABEL = "click"
 ORACLE = "true_prob"
@@ -268,11 +269,6 @@ def _intercept(logit: np.ndarray, rate: float) -> float:
     return (lo + hi) / 2
 
 
-def _list_column(values: np.ndarray, lengths: np.ndarray) -> pa.Array:
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.int64)))
-
-
 def _table(
     world: World, cfg: SyntheticConfig, imp: Dict[str, Any], b0: float, rng: np.random.Generator
 ) -> pa.Table:
@@ -284,12 +280,12 @@ def _table(
     cols.update(
         user_id=pa.array(imp["user"]),
         user_segment=pa.array(world.user_seg[imp["user"]]),
-        user_interests=_list_column(interests.values, interests.lengths),
+        user_interests=list_array(interests),
         context=pa.array(imp["ctx"]),
         item_id=pa.array(imp["item"]),
         item_category=pa.array(imp["item_cat"]),
-        hist_item_ids=_list_column(imp["hist_item"][imp["valid"]], imp["length"]),
-        hist_cat_ids=_list_column(imp["hist_cat"][imp["valid"]], imp["length"]),
+        hist_item_ids=list_array(Jagged(imp["length"], imp["hist_item"][imp["valid"]])),
+        hist_cat_ids=list_array(Jagged(imp["length"], imp["hist_cat"][imp["valid"]])),
     )
     return pa.table(cols)
 

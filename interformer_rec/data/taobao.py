@@ -59,18 +59,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from interformer_rec.arrays import ConversionError, Jagged, list_array
 from interformer_rec.config import Schema, SequenceFeature, SparseFeature, TableConfig
 from interformer_rec.data.convert import (
     BadRowPolicy,
-    Block,
-    ConversionError,
     Parsed,
     PathLike,
     Reasons,
     TextFormat,
     convert_text,
+)
+from interformer_rec.data.text import (
+    Block,
     equals,
-    list_array,
     parse_float,
     parse_int,
     parse_int_lists,
@@ -79,7 +80,6 @@ from interformer_rec.data.convert import (
     to_binary,
     token,
 )
-from interformer_rec.arrays import Jagged
 
 SEQ_LEN = 50
 USER_COLUMNS = [

@@ -6,10 +6,15 @@
   is checked at export time. (``torchrec.ir`` is not in the torchrec wheel and
   TorchScript is deprecated, hence the plain-tensor front; ``--kjt-program`` also saves
   the program with KJT inputs.)
+* :mod:`.inputs` — rows to trace with, random valid rows, held-out rows from Parquet.
+* :mod:`.parity` — the batches the package is compared with the eager model on.
 * :mod:`.quantize` — int8 / fp16 embedding tables with TorchRec's
   ``quantize_inference_model``, and their quality loss.
-* :mod:`.manifest` — the files of an export directory and the checks made on
-  ``manifest.json`` before anything is loaded (torch-free).
+* :mod:`.manifest` — the files of an export directory, the checks made on
+  ``manifest.json`` before anything is loaded, and the errors (torch-free).
+* :mod:`.cli` — ``interformer-rec export``.
+
+Imports go one way: manifest <- inputs <- parity, quantize <- export <- cli.
 
 Scoring with the result is :mod:`interformer_rec.serving`.
 """

@@ -16,6 +16,10 @@ loads and runs with ``torch`` alone: no torchrec, no project code. With quantize
 calls fbgemm's quantized lookup kernels and the loading process must ``import
 fbgemm_gpu`` first; the manifest says so (``package.requires``) and the predictor does it.
 
+Inputs to trace with and held-out rows are :mod:`.inputs`; the parity cases
+:mod:`.parity`; quantized tables :mod:`.quantize`; fbgemm's jagged ops in ATen
+:mod:`interformer_rec.ops.jagged`.
+
 The export directory::
 
     model.pt2       AOTInductor package
@@ -29,11 +33,10 @@ from __future__ import annotations
 import copy
 import importlib.metadata
 import json
-import logging
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -42,25 +45,24 @@ from torch.export import Dim, ExportedProgram
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from interformer_rec.config import Config, config_from_dict
-from interformer_rec.serving.features import (
-    INPUT_NAMES,
-    Encoded,
-    FeatureSpec,
-    Jagged,
-    encode_table,
+from interformer_rec.export.inputs import example_inputs, read_encoded
+from interformer_rec.export.manifest import (
+    KJT_PROGRAM,
+    MANIFEST,
+    PACKAGE,
+    SCHEMA,
+    ExportError,
+    read_manifest,
+    sha256_of,
 )
-from interformer_rec.export.manifest import KJT_PROGRAM, MANIFEST, PACKAGE, SCHEMA, read_manifest, sha256_of
-
-logger = logging.getLogger(__name__)
+from interformer_rec.export.parity import compare, parity_cases
+from interformer_rec.export.quantize import embedding_bytes, quality_report, quantize_embeddings
+from interformer_rec.ops.jagged import aten_decompositions
+from interformer_rec.serving.features import Encoded, FeatureSpec
 
 FORMAT = "interformer_rec.serving/1"
 MAX_BATCH = 65536
 MAX_VALUES = 1 << 30
-Inputs = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
-
-
-class ExportError(RuntimeError):
-    """Export failed, or the exported model disagrees with the eager one."""
 
 
 # --------------------------------------------------------------------------- the module
@@ -141,141 +143,15 @@ def load_model(checkpoint: Path | str, pointer: str = "best") -> Tuple[nn.Module
 
 
 def serving_module(model: nn.Module, spec: FeatureSpec) -> ServingModule:
+    """The eval-mode :class:`ServingModule` of ``model`` with the KJT keys of ``spec``."""
     return ServingModule(model, spec.pooled_keys, spec.unpooled_keys).eval()
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def random_encoded(
-    spec: FeatureSpec, n: int, rng: np.random.Generator, sequences: str = "random", bags: str = "random"
-) -> Encoded:
-    """``n`` random valid rows.
-
-    Args:
-        sequences: ``random`` (lengths 0..max_len), ``empty`` or ``full`` (max_len).
-        bags: ``random`` (pooled bags of 0..3 ids, at least one in row 0) or ``empty``.
-    """
-    dense = rng.standard_normal((n, len(spec.dense))).astype(np.float32)
-
-    def ids(lengths: np.ndarray, size: int) -> Jagged:
-        return Jagged(lengths.astype(np.int64), rng.integers(0, size, int(lengths.sum())).astype(np.int64))
-
-    if bags == "empty":
-        pooled = [ids(np.zeros(n, np.int64), f.num_embeddings) for f in spec.pooled]
-    else:
-        pooled = []
-        for f in spec.pooled:
-            lengths = rng.integers(0, 4, n)
-            lengths[0] = max(lengths[0], 1)
-            pooled.append(ids(lengths, f.num_embeddings))
-    T = spec.max_len
-    if sequences == "empty":
-        seq_len = np.zeros(n, np.int64)
-    elif sequences == "full":
-        seq_len = np.full(n, T, np.int64)
-    else:
-        seq_len = rng.integers(0, T + 1, n)
-    unpooled = [ids(np.ones(n, np.int64), f.num_embeddings) for f in spec.targets]
-    unpooled += [ids(seq_len, f.num_embeddings) for f in spec.sequences]
-    return Encoded(dense, pooled, unpooled)
-
-
-def with_sequences(enc: Encoded, spec: FeatureSpec, mode: str, rng: np.random.Generator) -> Encoded:
-    """``enc`` with its sequences replaced: ``empty`` or ``full`` (max_len random ids)."""
-    n, nt = len(enc), len(spec.targets)
-    lengths = np.zeros(n, np.int64) if mode == "empty" else np.full(n, spec.max_len, np.int64)
-    seqs = [
-        Jagged(lengths, rng.integers(0, f.num_embeddings, int(lengths.sum())).astype(np.int64))
-        for f in spec.sequences
-    ]
-    return Encoded(enc.dense, enc.pooled, enc.unpooled[:nt] + seqs)
-
-
-def example_inputs(spec: FeatureSpec, n: int = 8, seed: int = 0) -> Inputs:
-    """Inputs to trace with: ``n`` rows whose batch and value counts are all distinct and
-    at least 2 (so that none is specialised to a constant or tied to another)."""
-    rng = np.random.default_rng(seed)
-    for _ in range(100):
-        t = random_encoded(spec, n, rng).to_tensors()
-        sizes = [n] + ([t[1].numel()] if spec.pooled else []) + [t[3].numel()]
-        if len(set(sizes)) == len(sizes) and min(sizes) >= 2:
-            return t
-    raise ExportError("could not draw example inputs with distinct sizes")
-
-
-def read_encoded(spec: FeatureSpec, paths: Sequence[Path], max_rows: int) -> Tuple[Encoded, Optional[np.ndarray]]:
-    """Up to ``max_rows`` rows of Parquet ``paths`` (row group by row group) and their
-    labels (``[n, tasks]``, ``None`` if a label column is missing)."""
-    import pyarrow.parquet as pq
-
-    parts: List[Encoded] = []
-    labels: List[np.ndarray] = []
-    have_labels = True
-    rows = 0
-    for path in paths:
-        pf = pq.ParquetFile(path)
-        row0 = 0
-        for g in range(pf.num_row_groups):
-            if rows >= max_rows:
-                break
-            cols = [c for c in spec.feature_names + spec.labels if c in pf.schema_arrow.names]
-            table = pf.read_row_group(g, columns=cols)
-            table = table.slice(0, max_rows - rows)
-            parts.append(encode_table(spec, table, str(path), row0))
-            if have_labels and all(c in table.column_names for c in spec.labels):
-                labels.append(np.stack([table.column(c).to_numpy(zero_copy_only=False) for c in spec.labels], 1))
-            else:
-                have_labels = False
-            row0 += pf.metadata.row_group(g).num_rows
-            rows += table.num_rows
-    if not parts:
-        raise ExportError(f"no rows in {[str(p) for p in paths]}")
-    return Encoded.concat(parts), (np.concatenate(labels).astype(np.float32) if have_labels else None)
 
 
 # --------------------------------------------------------------------------- export
 
 
-def _complete_cumsum(t: Tensor) -> Tensor:
-    """ATen version of ``fbgemm::asynchronous_complete_cumsum``: ``[N] -> [N + 1]``."""
-    return torch.cat([t.new_zeros(1), torch.cumsum(t, 0, dtype=t.dtype)])
-
-
-def _jagged_to_padded_dense(
-    values: Tensor, offsets: List[Tensor], max_lengths: List[int], padding_value: float = 0.0
-) -> Tensor:
-    """ATen version of ``fbgemm::jagged_to_padded_dense`` for one jagged dimension.
-
-    Args:
-        values: ``[V, *D]``.
-        offsets: ``[offsets [B + 1]]``.
-        max_lengths: ``[T]``; rows longer than ``T`` keep their first ``T`` values.
-
-    Returns:
-        ``[B, T, *D]``, ``padding_value`` after each row's values.
-    """
-    if len(offsets) != 1:
-        raise NotImplementedError("jagged_to_padded_dense: one jagged dimension only")
-    off, T = offsets[0], max_lengths[0]
-    B, V = off.size(0) - 1, values.size(0)
-    lengths = off[1:] - off[:-1]
-    rows = torch.repeat_interleave(torch.arange(B, device=values.device), lengths, output_size=V)
-    pos = (torch.arange(V, device=values.device) - off[:-1].index_select(0, rows)).clamp(max=T)
-    out = values.new_full((B, T + 1, *values.shape[1:]), padding_value)  # slot T takes the overflow
-    return out.index_put((rows, pos), values)[:, :T]
-
-
-def aten_decompositions() -> Dict[Any, Callable[..., Tensor]]:
-    """fbgemm ops that the exported graph can hold, rewritten in ATen (so the package
-    needs no fbgemm at load time)."""
-    return {
-        torch.ops.fbgemm.asynchronous_complete_cumsum.default: _complete_cumsum,
-        torch.ops.fbgemm.jagged_to_padded_dense.default: _jagged_to_padded_dense,
-    }
-
-
 def dynamic_shapes(spec: FeatureSpec, max_batch: int = MAX_BATCH) -> Tuple[Dict[int, Dim], ...]:
+    """The dynamic dims of the five inputs: batch (``1..max_batch``) and value counts."""
     batch = Dim("batch", min=1, max=max_batch)
     sparse_values = Dim("sparse_values", min=0, max=MAX_VALUES)
     sequence_values = Dim("sequence_values", min=0, max=MAX_VALUES)
@@ -364,59 +240,11 @@ def compile_package(ep: ExportedProgram, path: Path) -> Path:
     return Path(torch._inductor.aoti_compile_and_package(ep, package_path=str(path)))
 
 
-# --------------------------------------------------------------------------- parity
-
-
-def parity_cases(
-    spec: FeatureSpec, data: Optional[Encoded], seed: int = 0, large: int = 2048, singles: int = 16
-) -> Dict[str, List[Encoded]]:
-    """Named lists of batches to compare exported and eager outputs on: held-out rows
-    (``data``; random rows if ``None``) one at a time and all at once (up to ``large``),
-    and the same rows with every sequence empty or at its full length."""
-    rng = np.random.default_rng(seed)
-    source = "heldout" if data is not None else "random"
-    rows = data if data is not None else random_encoded(spec, large, rng)
-    rows = rows.slice(0, min(len(rows), large))
-    k = min(singles, len(rows))
-    cases: Dict[str, List[Encoded]] = {
-        f"{source}/batch_1": [rows.slice(i, i + 1) for i in range(k)],
-        f"{source}/batch_{len(rows)}": [rows],
-    }
-    if spec.sequences:
-        for mode in ("empty", "full"):
-            changed = with_sequences(rows, spec, mode, rng)
-            cases[f"{source}/{mode}_sequences/batch_1"] = [changed.slice(i, i + 1) for i in range(min(4, k))]
-            cases[f"{source}/{mode}_sequences/batch_{len(rows)}"] = [changed]
-    if spec.pooled:
-        cases[f"{source}/empty_bags/batch_64"] = [random_encoded(spec, 64, rng, bags="empty")]
-    return cases
-
-
-def compare(
-    reference: Callable[..., Tensor], candidate: Callable[..., Tensor], cases: Dict[str, List[Encoded]]
-) -> Dict[str, Dict[str, float]]:
-    """Max abs difference of logits and probabilities per case."""
-    out: Dict[str, Dict[str, float]] = {}
-    with torch.no_grad():
-        for name, batches in cases.items():
-            dl = dp = 0.0
-            rows = 0
-            for enc in batches:
-                x = enc.to_tensors()
-                a, b = reference(*x), candidate(*x)
-                if a.shape != b.shape:
-                    raise ExportError(f"parity case {name}: shapes {tuple(a.shape)} != {tuple(b.shape)}")
-                dl = max(dl, (a - b).abs().max().item())
-                dp = max(dp, (a.sigmoid() - b.sigmoid()).abs().max().item())
-                rows += len(enc)
-            out[name] = {"rows": rows, "max_abs_diff_logit": dl, "max_abs_diff_prob": dp}
-    return out
-
-
 # --------------------------------------------------------------------------- the command
 
 
 def _versions() -> Dict[str, str]:
+    """Versions of python, torch and the installed libraries the package was built with."""
     out = {"python": platform.python_version(), "torch": torch.__version__}
     for dist in ("torchrec", "fbgemm-gpu-cpu", "fbgemm-gpu", "interformer_rec"):
         try:
@@ -427,6 +255,7 @@ def _versions() -> Dict[str, str]:
 
 
 def _heldout_paths(cfg: Config, data: Optional[Sequence[Path | str]]) -> List[Path]:
+    """Parquet files of ``data``, else of the config's test split, else its valid split."""
     from interformer_rec.data.reader import resolve_paths
 
     if data:
@@ -438,6 +267,7 @@ def _heldout_paths(cfg: Config, data: Optional[Sequence[Path | str]]) -> List[Pa
 
 
 def input_spec(spec: FeatureSpec) -> List[Dict[str, Any]]:
+    """The manifest's ``inputs``: name, dtype, shape and keys of each package input."""
     n_dense, n_pooled, n_unpooled = len(spec.dense), len(spec.pooled_keys), len(spec.unpooled_keys)
     return [
         {"name": "dense", "dtype": "float32", "shape": ["batch", n_dense], "columns": spec.dense},
@@ -468,9 +298,12 @@ def export(
             embedding tables; their quality loss against the float model is measured).
         data: held-out Parquet files for parity and quality; default the config's test
             split, else its valid split, if present; random rows are always added.
+        parity_rows: held-out rows read; the first ``min(parity_rows, max_batch)`` are
+            compared, one at a time and as one batch.
         parity_tol: max abs logit difference allowed between the package and the eager
             model it was exported from; more raises :class:`ExportError` (after writing
             the manifest, which records the figures).
+        max_batch: the largest batch the package accepts.
         kjt_program: also write ``program_kjt.pt2``, the ``torch.export``-ed model with
             KJT inputs (see :func:`export_kjt_program`; float tables only).
 
@@ -485,41 +318,10 @@ def export(
     spec = FeatureSpec(cfg.data.schema)
     paths = _heldout_paths(cfg, data)
     heldout, labels = read_encoded(spec, paths, parity_rows) if paths else (None, None)
-
-    float_serving = serving_module(model, spec)
-    serving = float_serving
-    quant_info: Dict[str, Any] = {"embeddings": "float32"}
-    if quantize:
-        from interformer_rec.export.quantize import embedding_bytes, quality_report, quantize_embeddings
-
-        qmodel = quantize_embeddings(copy.deepcopy(model), quantize)
-        serving = serving_module(qmodel, spec)
-        quant_info = {
-            "embeddings": quantize,
-            "method": "torchrec.inference.modules.quantize_inference_model (row-wise, fbgemm TBE)",
-            "embedding_bytes_float": embedding_bytes(model),
-            "embedding_bytes_quantized": embedding_bytes(qmodel),
-            "quality": quality_report(float_serving, serving, spec, heldout, labels),
-        }
-
-    start = time.perf_counter()
-    ep = export_program(serving, spec, max_batch)
-    export_s = time.perf_counter() - start
-    requires = required_libraries(ep)
-    start = time.perf_counter()
-    package = compile_package(ep, out / PACKAGE)
-    compile_s = time.perf_counter() - start
-    spec.save(out / SCHEMA)
-    if kjt_program:
-        torch.export.save(export_kjt_program(serving.model, spec, max_batch), str(out / KJT_PROGRAM))
-
-    runner = torch._inductor.aoti_load_package(str(package))
-    cases = parity_cases(spec, heldout, large=parity_rows)
-    if heldout is not None:
-        cases.update(parity_cases(spec, None, large=256, singles=4))
-    parity = compare(serving, runner, cases)
-    worst = max(c["max_abs_diff_logit"] for c in parity.values())
-
+    serving, quant_info = _serving_for(model, spec, quantize, heldout, labels)
+    package = _write_package(serving, spec, out, max_batch, kjt_program)
+    cases = _package_parity(serving, out / PACKAGE, spec, heldout, min(parity_rows, max_batch))
+    worst = max(c["max_abs_diff_logit"] for c in cases.values())
     manifest: Dict[str, Any] = {
         "format": FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -532,14 +334,7 @@ def export(
             "tasks": spec.labels,
         },
         "versions": _versions(),
-        "package": {
-            "file": PACKAGE,
-            "sha256": sha256_of(package),
-            "bytes": package.stat().st_size,
-            "requires": requires,
-            "export_seconds": round(export_s, 2),
-            "compile_seconds": round(compile_s, 2),
-        },
+        "package": package,
         "schema": SCHEMA,
         "kjt_program": KJT_PROGRAM if kjt_program else None,
         "files": {name: sha256_of(out / name) for name in (SCHEMA, *([KJT_PROGRAM] if kjt_program else []))},
@@ -552,7 +347,7 @@ def export(
             "heldout": [str(p) for p in paths],
             "tolerance_logit": parity_tol,
             "max_abs_diff_logit": worst,
-            "cases": parity,
+            "cases": cases,
         },
         "config": cfg.to_dict(),
     }
@@ -562,22 +357,76 @@ def export(
     return manifest
 
 
-def iter_batches(enc: Encoded, batch_size: int) -> Iterator[Encoded]:
-    for start in range(0, len(enc), batch_size):
-        yield enc.slice(start, min(start + batch_size, len(enc)))
+def _serving_for(
+    model: nn.Module,
+    spec: FeatureSpec,
+    quantize: Optional[str],
+    heldout: Optional[Encoded],
+    labels: Optional[np.ndarray],
+) -> Tuple[ServingModule, Dict[str, Any]]:
+    """The serving module to export (``model``'s, or its copy with ``quantize``-d
+    tables) and the manifest's ``quantization`` entry (with the quality loss of the
+    quantized tables on ``heldout`` rows, ``labels [n, tasks]``, and random rows)."""
+    float_serving = serving_module(model, spec)
+    if not quantize:
+        return float_serving, {"embeddings": "float32"}
+    qmodel = quantize_embeddings(copy.deepcopy(model), quantize)
+    serving = serving_module(qmodel, spec)
+    return serving, {
+        "embeddings": quantize,
+        "method": "torchrec.inference.modules.quantize_inference_model (row-wise, fbgemm TBE)",
+        "embedding_bytes_float": embedding_bytes(model),
+        "embedding_bytes_quantized": embedding_bytes(qmodel),
+        "quality": quality_report(float_serving, serving, spec, heldout, labels),
+    }
+
+
+def _write_package(
+    serving: ServingModule, spec: FeatureSpec, out: Path, max_batch: int, kjt_program: bool
+) -> Dict[str, Any]:
+    """Export and compile ``serving`` into ``out/model.pt2``, write ``schema.json`` (and
+    ``program_kjt.pt2`` if ``kjt_program``); returns the manifest's ``package`` entry."""
+    start = time.perf_counter()
+    ep = export_program(serving, spec, max_batch)
+    export_s = time.perf_counter() - start
+    requires = required_libraries(ep)
+    start = time.perf_counter()
+    package = compile_package(ep, out / PACKAGE)
+    compile_s = time.perf_counter() - start
+    spec.save(out / SCHEMA)
+    if kjt_program:
+        torch.export.save(export_kjt_program(serving.model, spec, max_batch), str(out / KJT_PROGRAM))
+    return {
+        "file": PACKAGE,
+        "sha256": sha256_of(package),
+        "bytes": package.stat().st_size,
+        "requires": requires,
+        "export_seconds": round(export_s, 2),
+        "compile_seconds": round(compile_s, 2),
+    }
+
+
+def _package_parity(
+    serving: ServingModule, package: Path, spec: FeatureSpec, heldout: Optional[Encoded], large: int
+) -> Dict[str, Dict[str, float]]:
+    """:func:`compare` of the compiled ``package`` with the eager ``serving`` module on
+    :func:`parity_cases` of the held-out rows (if any) and of random rows, in batches of
+    at most ``large`` rows (at most the package's batch limit)."""
+    runner = torch._inductor.aoti_load_package(str(package))
+    cases = parity_cases(spec, heldout, large=large)
+    if heldout is not None:
+        cases.update(parity_cases(spec, None, large=min(256, large), singles=4))
+    return compare(serving, runner, cases)
 
 
 __all__ = [
     "ExportError",
-    "INPUT_NAMES",
     "ServingModule",
-    "compare",
     "compile_package",
-    "example_inputs",
     "export",
+    "export_kjt_program",
     "export_program",
+    "load_kjt_program",
     "load_model",
-    "parity_cases",
-    "random_encoded",
     "serving_module",
 ]

@@ -1,6 +1,6 @@
 """The files of an export directory and its ``manifest.json``, checked before anything
-in the directory is loaded. Torch-free: the exporter writes these, the predictor reads
-them.
+in the directory is loaded, and the errors of exporting and loading. Torch-free: the
+exporter writes these, the predictor reads them.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ ALLOWED_REQUIRES = frozenset({"fbgemm_gpu"})
 
 class ModelDirError(FileNotFoundError):
     """An export directory that is missing a file or does not load."""
+
+
+class ExportError(RuntimeError):
+    """Export failed, or the exported model disagrees with the eager one."""
 
 
 def sha256_of(path: Path) -> str:

@@ -19,14 +19,15 @@ The compiled package then calls fbgemm kernels: load it after ``import fbgemm_gp
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from interformer_rec.export.inputs import random_encoded
 from interformer_rec.serving.features import Encoded, FeatureSpec
-from interformer_rec.serving.predictor import auc, logloss
+from interformer_rec.ops.metrics import auc, logloss
 
 DTYPES = {"int8": torch.qint8, "fp16": torch.float16}
 _FAKES_REGISTERED = False
@@ -46,18 +47,6 @@ def _register_fake_classes() -> None:
     _FAKES_REGISTERED = True
 
 
-def table_names(model: nn.Module) -> List[str]:
-    from torchrec import EmbeddingBagCollection, EmbeddingCollection
-
-    names: List[str] = []
-    for m in model.modules():
-        if isinstance(m, EmbeddingBagCollection):
-            names += [t.name for t in m.embedding_bag_configs()]
-        elif isinstance(m, EmbeddingCollection):
-            names += [t.name for t in m.embedding_configs()]
-    return names
-
-
 def quantize_embeddings(model: nn.Module, dtype: str) -> nn.Module:
     """``model`` (modified in place and returned, eval mode) with its embedding tables
     quantized to ``dtype`` (``int8`` or ``fp16``)."""
@@ -67,14 +56,15 @@ def quantize_embeddings(model: nn.Module, dtype: str) -> nn.Module:
     )
     from torchrec.inference.modules import quantize_inference_model
 
+    from interformer_rec.train.dist import embedding_tables
+
     if dtype not in DTYPES:
         raise ValueError(f"quantize: {dtype!r} is not one of {sorted(DTYPES)}")
     _register_fake_classes()
     qdtype = DTYPES[dtype]
-    tables = table_names(model)
     model = quantize_inference_model(
         model.eval(),
-        per_table_weight_dtype={t: qdtype for t in tables},
+        per_table_weight_dtype={t: qdtype for t in embedding_tables(model)},
         quantization_dtype=qdtype,
     ).eval()
     for m in model.modules():
@@ -118,8 +108,6 @@ def quality_report(
     """Quality loss of ``quantized`` against ``reference`` (both serving modules): on
     held-out ``data`` (AUC and logloss per task when ``labels`` are given) and on random
     rows, the max and mean abs difference of the predicted probabilities."""
-    from interformer_rec.export.export import random_encoded
-
     def probs(module: nn.Module, enc: Encoded) -> np.ndarray:
         out = []
         with torch.no_grad():

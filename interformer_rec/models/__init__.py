@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from interformer_rec.config import ConfigError, ModelConfig, Schema
+from interformer_rec.config import ModelConfig, Schema
 from interformer_rec.models.baselines import BST, DLRM_VARIANTS, DLRMBaseline
 from interformer_rec.models.din import DIN
 
@@ -22,7 +22,10 @@ def build_model(
     schema: Schema, cfg: ModelConfig, embedding_device: Optional[torch.device] = None
 ) -> nn.Module:
     """The model named by ``cfg.name`` ("interformer", "dlrm", "dlrm_dcn",
-    "dlrm_projection", "bst" or "din"), its embedding modules on ``embedding_device``."""
+    "dlrm_projection", "bst" or "din"), its embedding modules on ``embedding_device``.
+    ``cfg`` is checked again first (:meth:`ModelConfig.validate`): a config edited in code
+    fails with a ``ConfigError`` naming the key, not inside a module."""
+    cfg.validate()
     if cfg.name == "interformer":
         from interformer_rec.models.interformer import InterFormer
 
@@ -31,13 +34,10 @@ def build_model(
         return DLRMBaseline(schema, cfg, embedding_device=embedding_device)
     if cfg.name == "bst":
         return BST(schema, cfg, embedding_device=embedding_device)
-    if cfg.name == "din":
-        return DIN(schema, cfg, embedding_device=embedding_device)
-    raise ConfigError(
-        f"model.name={cfg.name!r}: use interformer, {', '.join(DLRM_VARIANTS)}, bst or din"
-    )
+    return DIN(schema, cfg, embedding_device=embedding_device)  # validate() admits no other name
 
 
 def num_parameters(model: nn.Module) -> int:
-    """Number of parameters, embedding tables included."""
+    """Number of parameters, embedding tables included (shared ones once); works on
+    meta-device modules too."""
     return sum(p.numel() for p in model.parameters())

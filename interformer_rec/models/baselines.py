@@ -31,6 +31,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from interformer_rec.config import ConfigError, ModelConfig, Schema
 from interformer_rec.modules.embeddings import build_ebc, build_ec, init_range, pooled_table_configs
+from interformer_rec.ops.sequences import right_align
 
 DLRM_VARIANTS = ("dlrm", "dlrm_dcn", "dlrm_projection")
 
@@ -127,7 +128,6 @@ class DLRMBaseline(nn.Module):
         _check(cfg.name in DLRM_VARIANTS, f"model.name={cfg.name!r} is not one of {DLRM_VARIANTS}")
         d = cfg.embedding_dim
         dc = cfg.dlrm
-        _check(bool(dc.over_arch), "model.dlrm.over_arch: needs at least one hidden layer")
         self.constant_dense = not schema.dense
         self.merge = MergeFeatures(bool(schema.pooled_features), bool(schema.unpooled_keys))
         kwargs = dict(
@@ -143,13 +143,6 @@ class DLRMBaseline(nn.Module):
                 **kwargs, dcn_num_layers=dc.dcn_num_layers, dcn_low_rank_dim=dc.dcn_low_rank
             )
         else:
-            for key in ("projection_branch1", "projection_branch2"):
-                sizes = getattr(dc, key)
-                _check(
-                    bool(sizes) and sizes[-1] % d == 0,
-                    f"model.dlrm.{key}={sizes}: the last layer size must be a multiple "
-                    f"of model.embedding_dim={d} (its output is reshaped to [*, {d}])",
-                )
             self.dlrm = DLRM_Projection(
                 **kwargs,
                 interaction_branch1_layer_sizes=dc.projection_branch1,
@@ -214,24 +207,6 @@ class BSTSequenceArch(nn.Module):
         return out.masked_fill(padding_mask.unsqueeze(-1), 0.0).flatten(1)
 
 
-def right_aligned(jt: JaggedTensor, lengths: Tensor, max_len: int) -> Tensor:
-    """A jagged per-row list of step embeddings as a right-aligned padded tensor, so that
-    position ``T-1`` is always the most recent step.
-
-    Args:
-        jt: values ``[sum(lengths), d]``, most recent step last in each row.
-        lengths: ``[B]`` int64, each ``<= max_len``.
-        max_len: ``T``.
-
-    Returns:
-        ``[B, T, d]``: row ``b``'s steps at ``T-len_b .. T-1``, zeros before.
-    """
-    left = jt.to_padded_dense(desired_length=max_len)  # steps at 0..len-1, zeros after
-    steps = torch.arange(max_len, device=lengths.device)
-    index = (steps - (max_len - lengths).unsqueeze(1)) % max_len  # padded slots read zeros
-    return left.gather(1, index.unsqueeze(-1).expand(-1, -1, left.size(-1)))
-
-
 class BST(nn.Module):
     """Behaviour Sequence Transformer (Chen et al., 2019, arXiv 1905.06874).
 
@@ -258,11 +233,6 @@ class BST(nn.Module):
         d = cfg.embedding_dim
         bc = cfg.bst
         _check(bool(schema.sequence), "model.name='bst' needs at least one schema.sequence feature")
-        _check(
-            d % bc.num_heads == 0,
-            f"model.bst.num_heads={bc.num_heads} must divide model.embedding_dim={d}",
-        )
-        _check(bool(bc.over_arch), "model.bst.over_arch: needs at least one hidden layer")
         self.max_len = schema.max_len
         self.pooled_names: List[str] = [f.name for f in schema.pooled_features]
         self.target_names: List[str] = [f.name for f in schema.target_features]
@@ -296,7 +266,11 @@ class BST(nn.Module):
         jts: Dict[str, JaggedTensor] = self.ec(sequence)
         T = self.max_len
         lengths = jts[self.sequence_names[0]].lengths().to(torch.int64).clamp(max=T)
-        steps = torch.cat([right_aligned(jts[n], lengths, T) for n in self.sequence_names], dim=-1)
+        # fbgemm's jagged_to_padded_dense (to_padded_dense) pads on the right only: the
+        # most recent step is moved to position T-1 by a gather
+        steps = torch.cat(
+            [right_align(jts[n].to_padded_dense(desired_length=T), lengths) for n in self.sequence_names], dim=-1
+        )
         # to_padded_dense with length 1 gives a zero vector for a missing target id
         targets = {n: jts[n].to_padded_dense(desired_length=1).squeeze(1) for n in self.target_names}
         zeros = steps.new_zeros(steps.size(0), steps.size(-1) // len(self.sequence_names))

@@ -28,6 +28,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 from interformer_rec.config import ModelConfig, Schema
 from interformer_rec.models.baselines import _check, target_slots
 from interformer_rec.modules.embeddings import build_ebc, build_ec
+from interformer_rec.ops.sequences import masked_mean
 
 
 class LocalActivationUnit(nn.Module):
@@ -99,20 +100,6 @@ class DINAttentionPooling(nn.Module):
         return torch.bmm(weights.unsqueeze(1), steps).squeeze(1)
 
 
-def masked_mean(steps: Tensor, valid: Tensor) -> Tensor:
-    """Mean of the real steps (zeros for an empty history).
-
-    Args:
-        steps: ``[B, T, D]``.
-        valid: ``[B, T]`` bool, True at real steps.
-
-    Returns:
-        ``[B, D]``.
-    """
-    count = valid.sum(1, keepdim=True).clamp(min=1).to(steps.dtype)  # [B, 1]
-    return steps.masked_fill(~valid.unsqueeze(-1), 0.0).sum(1) / count
-
-
 class DIN(nn.Module):
     """Deep Interest Network (Zhou et al., 2018, arXiv 1706.06978).
 
@@ -140,8 +127,6 @@ class DIN(nn.Module):
         d = cfg.embedding_dim
         dc = cfg.din
         _check(bool(schema.sequence), "model.name='din' needs at least one schema.sequence feature")
-        _check(bool(dc.over_arch), "model.din.over_arch: needs at least one hidden layer")
-        _check(0.0 <= dc.dropout < 1.0, f"model.din.dropout={dc.dropout} must lie in [0, 1)")
         self.max_len = schema.max_len
         self.dim = d
         self.pooled_names: List[str] = [f.name for f in schema.pooled_features]

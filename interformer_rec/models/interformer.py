@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,37 +24,20 @@ from torch import Tensor, nn
 from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from interformer_rec.config import InterFormerConfig, ModelConfig, Schema
+from interformer_rec.config import ConfigError, InterFormerConfig, ModelConfig, Schema
 from interformer_rec.modules.cross import CrossArch, NonSequenceSummary
-from interformer_rec.modules.embeddings import DenseTokens, ProjectedDenseToken, build_ebc, build_ec, pooled_tokens, unpooled_tokens
-from interformer_rec.modules.interaction import InteractionArch
-from interformer_rec.modules.sequence import MaskNet, SequenceArch, recency_positions
-
-
-def num_parameters(model: nn.Module) -> int:
-    """Number of parameters (shared ones once); works on meta-device modules too."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def match_tokens(targets: Tensor, steps: Tensor, num_sequences: int, pairs: List[Tuple[int, int]]) -> Tensor:
-    """Target-history match tokens: for each pair ``(i, j)``, the sum over the real steps
-    of ``target_i ⊙ step_j`` (a target feature and a sequence of one table). Its sum over
-    ``d`` is the dot product of the target with the sum-pooled history, the term a DLRM's
-    dot interaction sees; an exact occurrence of the target adds ``target_i²``.
-
-    Args:
-        targets: ``[B, n_target, d]``.
-        steps: ``[B, T, k·d]`` (zeros at padded steps).
-        num_sequences: ``k``.
-        pairs: ``(target index, sequence index)`` pairs.
-
-    Returns:
-        ``[B, len(pairs), d]``.
-    """
-    B, T, _ = steps.shape
-    target_idx, sequence_idx = (list(idx) for idx in zip(*pairs))
-    per_sequence = steps.view(B, T, num_sequences, -1)[:, :, sequence_idx]  # [B, T, P, d]
-    return (targets[:, target_idx].unsqueeze(1) * per_sequence).sum(1)
+from interformer_rec.modules.embeddings import (
+    DenseTokens,
+    ProjectedDenseToken,
+    build_ebc,
+    build_ec,
+    pooled_tokens,
+    unpooled_tokens,
+)
+from interformer_rec.modules.interaction import InteractionArch, build_interaction
+from interformer_rec.modules.sequence import MaskNet, SequenceArch
+from interformer_rec.ops.positions import recency_positions
+from interformer_rec.ops.sequences import match_tokens
 
 
 class SimilarityTokens(nn.Module):
@@ -107,27 +90,16 @@ class InterFormerLayer(nn.Module):
     which depend only on this layer's summaries (and could run in parallel).
 
     Args:
-        num_tokens: ``n`` non-sequence tokens.
-        dim: ``d``.
-        cfg: InterFormer sizes.
+        cross_arch: ``(X^l, S^l) -> (X_sum, S_sum)``.
+        interaction_arch: ``(X^l, S_sum) -> X^{l+1}``.
+        sequence_arch: ``(S^l, X_sum) -> S^{l+1}``.
     """
 
-    def __init__(self, num_tokens: int, dim: int, cfg: InterFormerConfig) -> None:
+    def __init__(self, cross_arch: CrossArch, interaction_arch: InteractionArch, sequence_arch: SequenceArch) -> None:
         super().__init__()
-        c, p, k = cfg.num_cls, cfg.num_pma, cfg.num_recent
-        self.cross_arch = CrossArch(num_tokens, c, p, k, dim, cfg.num_heads, cfg.pma_context)
-        self.interaction_arch = InteractionArch(num_tokens, c + p + k, dim, cfg)
-        self.sequence_arch = SequenceArch(
-            c,
-            dim,
-            cfg.num_heads,
-            cfg.ffn_hidden,
-            cfg.rope,
-            dropout=cfg.dropout,
-            window=cfg.attention_window,
-            attention_dropout=cfg.attention_dropout,
-            pffn_generator=cfg.pffn_generator,
-        )
+        self.cross_arch = cross_arch
+        self.interaction_arch = interaction_arch
+        self.sequence_arch = sequence_arch
 
     def forward(self, x: Tensor, s: Tensor, valid: Tensor, lengths: Tensor, positions: Tensor) -> Tuple[Tensor, Tensor]:
         """
@@ -136,7 +108,8 @@ class InterFormerLayer(nn.Module):
             s: ``[B, c + T, d]`` sequence ``S^l`` (CLS first, zeros at padded steps).
             valid: ``[B, c + T]`` bool.
             lengths: ``[B]`` real steps per row.
-            positions: ``[B, c + T]`` rotary positions (:func:`recency_positions`).
+            positions: ``[B, c + T]`` rotary positions
+                (:func:`~interformer_rec.ops.positions.recency_positions`).
 
         Returns:
             ``X^{l+1} [B, n, d]``, ``S^{l+1} [B, c + T, d]``.
@@ -147,30 +120,36 @@ class InterFormerLayer(nn.Module):
 
 class InterFormerArch(nn.Module):
     """The dense part of InterFormer, everything after the embedding lookups: MaskNet,
-    the CLS tokens, ``L`` layers, the final Cross Arch and the over-arch.
+    the CLS tokens, ``L`` layers, the final Cross Arch and the over-arch
+    (:func:`build_arch` sizes them from the config).
 
     One module (not a list of siblings of the embedding modules) so that TorchRec's
     train pipeline treats it as a single leaf when it fx-traces the model.
 
     Args:
-        num_tokens: ``n`` non-sequence tokens.
-        num_sequences: ``k`` parallel sequences (each step is ``k·d`` wide before MaskNet).
-        num_tasks: logits per example.
-        dim: ``d``.
-        cfg: InterFormer sizes.
+        masknet: ``[B, T, k·d] -> [B, T, d]`` per-step embeddings to ``S¹``'s steps.
+        cls_summary: ``X¹ [B, n, d] -> [B, c, d]``, the CLS tokens of ``S¹``.
+        layers: the ``L`` layers.
+        final_cross_arch: summaries ``X_sum [B, c, d]``, ``S_sum [B, c + p + K, d]`` of
+            the last layer's output.
+        over_arch: ``[B, (2c + p + K)·d] -> [B, tasks]`` logits.
     """
 
-    def __init__(self, num_tokens: int, num_sequences: int, num_tasks: int, dim: int, cfg: InterFormerConfig) -> None:
+    def __init__(
+        self,
+        masknet: MaskNet,
+        cls_summary: NonSequenceSummary,
+        layers: Sequence[InterFormerLayer],
+        final_cross_arch: CrossArch,
+        over_arch: nn.Module,
+    ) -> None:
         super().__init__()
-        self.num_cls = cfg.num_cls
-        self.masknet = MaskNet(num_sequences * dim, cfg.masknet_hidden, dim)
-        self.cls_summary = NonSequenceSummary(num_tokens, cfg.num_cls, dim)
-        self.layers = nn.ModuleList([InterFormerLayer(num_tokens, dim, cfg) for _ in range(cfg.num_layers)])
-        self.final_cross_arch = CrossArch(
-            num_tokens, cfg.num_cls, cfg.num_pma, cfg.num_recent, dim, cfg.num_heads, cfg.pma_context
-        )
-        summary_tokens = cfg.num_cls + (cfg.num_cls + cfg.num_pma + cfg.num_recent)
-        self.over_arch = MLP(summary_tokens * dim, [*cfg.over_arch, num_tasks], activation=nn.SiLU, activation_on_last=False)
+        self.num_cls = cls_summary.num_summary
+        self.masknet = masknet
+        self.cls_summary = cls_summary
+        self.layers = nn.ModuleList(layers)
+        self.final_cross_arch = final_cross_arch
+        self.over_arch = over_arch
 
     def forward(self, x: Tensor, steps: Tensor, lengths: Tensor) -> Tensor:
         """Everything after the lookups (the dense part of the model).
@@ -196,6 +175,64 @@ class InterFormerArch(nn.Module):
         return self.over_arch(torch.cat([x_sum.flatten(1), s_sum.flatten(1)], dim=1))
 
 
+def build_arch(
+    cfg: InterFormerConfig, num_tokens: int, num_sequences: int, num_tasks: int, dim: int
+) -> InterFormerArch:
+    """:class:`InterFormerArch` sized by ``cfg`` (the one place the modules' sizes are read
+    from the config).
+
+    Args:
+        cfg: InterFormer sizes.
+        num_tokens: ``n`` non-sequence tokens.
+        num_sequences: ``k`` parallel sequences (each step is ``k·d`` wide before MaskNet).
+        num_tasks: logits per example.
+        dim: ``d``.
+    """
+    c, p, k = cfg.num_cls, cfg.num_pma, cfg.num_recent
+
+    def cross_arch() -> CrossArch:
+        return CrossArch(num_tokens, c, p, k, dim, cfg.num_heads, pma_context=cfg.pma_context)
+
+    def layer() -> InterFormerLayer:
+        cross = cross_arch()
+        interaction = build_interaction(
+            cfg.interaction,
+            num_tokens + c + p + k,
+            dim,
+            dcn_layers=cfg.dcn_num_layers,
+            low_rank=cfg.dcn_low_rank,
+            projection_branch1=cfg.projection_branch1,
+            projection_branch2=cfg.projection_branch2,
+            dhen_layers=cfg.dhen_layers,
+            dhen_ensemble=cfg.dhen_ensemble,
+        )
+        return InterFormerLayer(
+            cross,
+            InteractionArch(num_tokens, dim, interaction, cfg.interaction_mlp, norm=cfg.interaction_norm),
+            SequenceArch(
+                c,
+                dim,
+                cfg.num_heads,
+                ffn_hidden=cfg.ffn_hidden,
+                rope=cfg.rope,
+                dropout=cfg.dropout,
+                window=cfg.attention_window,
+                attention_dropout=cfg.attention_dropout,
+                pffn_generator=cfg.pffn_generator,
+            ),
+        )
+
+    # constructed in registration order: a seed's initial weights follow the module tree
+    masknet = MaskNet(num_sequences * dim, cfg.masknet_hidden, dim)
+    cls_summary = NonSequenceSummary(num_tokens, c, dim)
+    layers = [layer() for _ in range(cfg.num_layers)]
+    final_cross_arch = cross_arch()
+    over_arch = MLP(
+        (2 * c + p + k) * dim, [*cfg.over_arch, num_tasks], activation=nn.SiLU, activation_on_last=False
+    )
+    return InterFormerArch(masknet, cls_summary, layers, final_cross_arch, over_arch)
+
+
 class InterFormer(nn.Module):
     """InterFormer CTR model.
 
@@ -219,9 +256,7 @@ class InterFormer(nn.Module):
         ic = cfg.interformer
         d = cfg.embedding_dim
         if not schema.sequence:
-            raise ValueError("InterFormer needs at least one sequence feature in the schema")
-        if ic.num_cls < 1:
-            raise ValueError("model.interformer.num_cls must be >= 1 (CLS positions keep attention well defined)")
+            raise ConfigError("model.name='interformer' needs at least one schema.sequence feature")
         self.pooled_names = [f.name for f in schema.pooled_features]
         self.target_names = [f.name for f in schema.target_features]
         self.sequence_names = [s.name for s in schema.sequence]
@@ -236,13 +271,13 @@ class InterFormer(nn.Module):
             + (len(shared) if self.similarity is not None else 0)
         )
         if self.num_tokens == 0:
-            raise ValueError("InterFormer needs at least one dense, pooled or target feature")
+            raise ConfigError("model.name='interformer' needs at least one dense, pooled or target feature")
 
         self.ebc = build_ebc(schema, d, embedding_device)
         self.ec = build_ec(schema, d, embedding_device)
         dense_cls = ProjectedDenseToken if ic.dense_tokens == "projected" else DenseTokens
         self.dense_tokens = dense_cls(len(schema.dense), d) if schema.dense else None
-        self.arch = InterFormerArch(self.num_tokens, len(self.sequence_names), len(schema.labels), d, ic)
+        self.arch = build_arch(ic, self.num_tokens, len(self.sequence_names), len(schema.labels), d)
 
     def embed(self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Embedding lookups.

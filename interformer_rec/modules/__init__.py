@@ -1,14 +1,17 @@
-"""InterFormer's building blocks, one job per module (names from the paper).
+"""InterFormer's building blocks, one job per module (names from the paper). Modules take
+plain sizes and options; only :class:`~interformer_rec.models.interformer.InterFormer`
+reads the config. The pure tensor functions they use live in :mod:`interformer_rec.ops`.
 
 * :mod:`.embeddings` — dense field tokens, EBC/EC construction, lookups to tokens and
   padded sequences.
-* :mod:`.cross` — Cross Arch: LCE, SelfGating, PMA, recent-K gather, summaries.
+* :mod:`.cross` — Cross Arch: LCE, SelfGating, PMA, summaries.
 * :mod:`.interaction` — interaction variants (dot, dcn, projection, dhen, dhen_flat) and the
   Interaction Arch.
-* :mod:`.sequence` — MaskNet, RoPE, SDPA self-attention, PFFN, Sequence Arch.
+* :mod:`.sequence` — MaskNet, SDPA self-attention (RoPE, local attention), PFFN, Sequence
+  Arch.
 """
 
-from interformer_rec.modules.cross import LCE, PMA, CrossArch, NonSequenceSummary, SelfGating, SequenceSummary, gather_recent
+from interformer_rec.modules.cross import LCE, PMA, CrossArch, NonSequenceSummary, SelfGating, SequenceSummary
 from interformer_rec.modules.embeddings import DenseTokens, ProjectedDenseToken, build_ebc, build_ec
 from interformer_rec.modules.interaction import (
     DCNInteraction,
@@ -20,7 +23,7 @@ from interformer_rec.modules.interaction import (
     ProjectionInteraction,
     build_interaction,
 )
-from interformer_rec.modules.sequence import PFFN, MaskNet, MultiHeadSelfAttention, SequenceArch, recency_positions, rotary
+from interformer_rec.modules.sequence import PFFN, MaskNet, MultiHeadSelfAttention, SequenceArch
 
 __all__ = [
     "CrossArch",
@@ -45,7 +48,4 @@ __all__ = [
     "build_ebc",
     "build_ec",
     "build_interaction",
-    "gather_recent",
-    "recency_positions",
-    "rotary",
 ]

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from interformer_rec.ops.sequences import gather_recent
+
 
 class LCE(nn.Module):
     """Linear Compressed Embedding: a learned linear map over the token axis, ``n -> m``
@@ -72,10 +74,14 @@ class NonSequenceSummary(nn.Module):
         num_tokens: ``n`` non-sequence tokens in.
         num_summary: ``m`` summary tokens out (= ``num_cls``).
         dim: ``d``.
+
+    Attributes:
+        num_summary: ``m``.
     """
 
     def __init__(self, num_tokens: int, num_summary: int, dim: int) -> None:
         super().__init__()
+        self.num_summary = num_summary
         self.lce = LCE(num_tokens, num_summary)
         self.gating = SelfGating(num_summary, dim)
 
@@ -143,31 +149,6 @@ class PMA(nn.Module):
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :])
         o = o.transpose(1, 2).reshape(B, p, d)
         return self.norm(seeds + self.out(o))
-
-
-def gather_recent(s: Tensor, lengths: Tensor, k: int, offset: int = 0) -> Tensor:
-    """The ``k`` most recent *real* steps, most recent first.
-
-    Steps are left-aligned after ``offset`` leading positions (the CLS tokens): the most
-    recent real step of row ``b`` is ``s[b, offset + lengths[b] - 1]``. Rows with fewer
-    than ``k`` real steps get zero tokens in the missing slots.
-
-    Args:
-        s: ``[B, offset + T, d]``.
-        lengths: ``[B]`` int, real steps per row (``<= T``).
-        k: number of recent steps.
-        offset: leading non-step positions.
-
-    Returns:
-        ``[B, k, d]``.
-    """
-    B, _, d = s.shape
-    back = torch.arange(k, device=s.device)
-    step = lengths.to(torch.int64).unsqueeze(1) - 1 - back  # [B, k]
-    valid = step >= 0
-    idx = (offset + step.clamp(min=0)).unsqueeze(-1).expand(B, k, d)
-    out = torch.gather(s, 1, idx)
-    return torch.where(valid.unsqueeze(-1), out, torch.zeros_like(out))
 
 
 class SequenceSummary(nn.Module):

@@ -1,6 +1,6 @@
 """Embedding lookups: from a :class:`~interformer_rec.data.batch.Batch`'s dense floats and
 KJTs to InterFormer's inputs, the non-sequence tokens ``X¹`` and the padded per-step
-sequence embeddings.
+sequence embeddings (``JaggedTensor.to_padded_dense``, left-aligned).
 
 The TorchRec embedding modules themselves (``EmbeddingBagCollection`` for pooled
 features, ``EmbeddingCollection`` for the target features and the sequences, which share
@@ -148,21 +148,6 @@ def pooled_tokens(pooled: KeyedTensor, names: List[str]) -> Tensor:
     return torch.stack([by_name[n] for n in names], dim=1)
 
 
-def padded_sequence(jt: JaggedTensor, max_len: int) -> Tensor:
-    """A jagged per-row list of embeddings as a left-aligned padded tensor.
-
-    Args:
-        jt: values ``[sum(lengths), d]``, lengths ``[B]`` (each ``<= max_len``; a row
-            longer than ``max_len`` breaks the Batch contract and is cut to its first
-            ``max_len`` steps by fbgemm).
-        max_len: ``T``.
-
-    Returns:
-        ``[B, T, d]``, real steps at ``0..len-1``, zeros after.
-    """
-    return torch.ops.fbgemm.jagged_to_padded_dense(jt.values(), [jt.offsets()], [max_len], 0.0)
-
-
 def unpooled_tokens(
     jts: Dict[str, JaggedTensor], target_names: List[str], sequence_names: List[str], max_len: int
 ) -> Tuple[Optional[Tensor], Tensor, Tensor]:
@@ -176,13 +161,15 @@ def unpooled_tokens(
 
     Returns:
         ``targets [B, n_target, d]`` (``None`` without target features),
-        ``steps [B, T, k*d]`` (the k sequences' embeddings concatenated per step, zeros at
-        padded steps) and ``lengths [B]`` (int64, clamped to ``T``).
+        ``steps [B, T, k*d]`` (the k sequences' embeddings concatenated per step,
+        left-aligned, zeros at padded steps; a row longer than ``T`` breaks the Batch
+        contract and is cut to its first ``T`` steps) and ``lengths [B]`` (int64,
+        clamped to ``T``).
     """
     targets = None
     if target_names:
         # to_padded_dense with length 1 is robust to a missing id (zero token)
-        targets = torch.cat([padded_sequence(jts[n], 1) for n in target_names], dim=1)
-    steps = torch.cat([padded_sequence(jts[n], max_len) for n in sequence_names], dim=-1)
+        targets = torch.cat([jts[n].to_padded_dense(desired_length=1) for n in target_names], dim=1)
+    steps = torch.cat([jts[n].to_padded_dense(desired_length=max_len) for n in sequence_names], dim=-1)
     lengths = jts[sequence_names[0]].lengths().to(torch.int64).clamp(max=max_len)
     return targets, steps, lengths

@@ -21,7 +21,7 @@ Each variant maps ``F`` tokens ``[B, F, d]`` to a flat ``[B, out_dim]`` vector a
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -29,8 +29,6 @@ from torchrec.models.dlrm import InteractionArch as DLRMInteractionArch
 from torchrec.models.dlrm import InteractionProjectionArch
 from torchrec.modules.crossnet import LowRankCrossNet
 from torchrec.modules.mlp import MLP
-
-from interformer_rec.config import InterFormerConfig
 
 
 class DotInteraction(nn.Module):
@@ -232,47 +230,68 @@ class DHENInteraction(nn.Module):
         return self.layers(tokens).flatten(1)
 
 
-def build_interaction(cfg: InterFormerConfig, num_tokens: int, dim: int) -> nn.Module:
-    """The variant named by ``cfg.interaction`` over ``num_tokens`` tokens of size ``dim``."""
-    kind = cfg.interaction
+def build_interaction(
+    kind: str,
+    num_tokens: int,
+    dim: int,
+    *,
+    dcn_layers: int = 2,
+    low_rank: int = 16,
+    projection_branch1: Sequence[int] = (64, 64),
+    projection_branch2: Sequence[int] = (64, 64),
+    dhen_layers: int = 1,
+    dhen_ensemble: str = "sum",
+) -> nn.Module:
+    """The interaction variant ``kind`` over ``num_tokens`` tokens of size ``dim``.
+
+    Args:
+        kind: ``"dot"``, ``"dcn"``, ``"projection"``, ``"dhen"`` or ``"dhen_flat"``.
+        num_tokens: ``F``.
+        dim: ``d``.
+        dcn_layers: DCN cross layers (``dcn``, ``dhen``, ``dhen_flat``).
+        low_rank: DCN rank (``dcn``, ``dhen``, ``dhen_flat``).
+        projection_branch1, projection_branch2: branch layer sizes (``projection``).
+        dhen_layers: stacked DHEN layers (``dhen``).
+        dhen_ensemble: ``"concat"`` or ``"sum"`` (``dhen``).
+    """
     if kind == "dot":
         return DotInteraction(num_tokens, dim)
     if kind == "dcn":
-        return DCNInteraction(num_tokens, dim, cfg.dcn_num_layers, cfg.dcn_low_rank)
+        return DCNInteraction(num_tokens, dim, dcn_layers, low_rank)
     if kind == "projection":
-        return ProjectionInteraction(num_tokens, dim, cfg.projection_branch1, cfg.projection_branch2)
+        return ProjectionInteraction(num_tokens, dim, list(projection_branch1), list(projection_branch2))
     if kind == "dhen":
-        return DHENInteraction(num_tokens, dim, cfg.dhen_layers, cfg.dcn_num_layers, cfg.dcn_low_rank, cfg.dhen_ensemble)
+        return DHENInteraction(num_tokens, dim, dhen_layers, dcn_layers, low_rank, dhen_ensemble)
     if kind == "dhen_flat":
-        return DHENFlatInteraction(num_tokens, dim, cfg.dcn_num_layers, cfg.dcn_low_rank)
-    raise ValueError(f"model.interformer.interaction={kind!r}: use dot, dcn, projection, dhen or dhen_flat")
+        return DHENFlatInteraction(num_tokens, dim, dcn_layers, low_rank)
+    raise ValueError(f"interaction {kind!r}: use dot, dcn, projection, dhen or dhen_flat")
 
 
 class InteractionArch(nn.Module):
     """Behaviour-aware interaction: ``X^{l+1} = LN(X^l + MLP(Interaction([X^l ; S_sum])))``
-    (``LN``: a LayerNorm over each token's ``d``, if ``cfg.interaction_norm``); the MLP
-    (hidden sizes ``cfg.interaction_mlp``, last layer linear) maps the interaction vector
-    back to ``n`` tokens.
+    (``LN``: a LayerNorm over each token's ``d``, if ``norm``); the MLP (hidden sizes
+    ``mlp_layers``, last layer linear) maps the interaction vector back to ``n`` tokens.
 
     Args:
         num_tokens: ``n`` non-sequence tokens.
-        num_summary: ``k`` tokens of ``S_sum``.
         dim: ``d``.
-        cfg: InterFormer sizes (interaction variant and MLP).
+        interaction: a variant of :func:`build_interaction` over the ``n + k`` tokens
+            ``[X ; S_sum]`` (``[B, n + k, d] -> [B, interaction.out_dim]``).
+        mlp_layers: hidden sizes of the MLP.
+        norm: LayerNorm on the residual stream.
     """
 
-    def __init__(self, num_tokens: int, num_summary: int, dim: int, cfg: InterFormerConfig) -> None:
+    def __init__(
+        self, num_tokens: int, dim: int, interaction: nn.Module, mlp_layers: List[int], norm: bool = True
+    ) -> None:
         super().__init__()
         self.num_tokens = num_tokens
         self.dim = dim
-        self.interaction = build_interaction(cfg, num_tokens + num_summary, dim)
+        self.interaction = interaction
         self.mlp = MLP(
-            self.interaction.out_dim,
-            [*cfg.interaction_mlp, num_tokens * dim],
-            activation=nn.SiLU,
-            activation_on_last=False,
+            interaction.out_dim, [*mlp_layers, num_tokens * dim], activation=nn.SiLU, activation_on_last=False
         )
-        self.norm = nn.LayerNorm(dim) if cfg.interaction_norm else nn.Identity()
+        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
 
     def forward(self, x: Tensor, s_sum: Tensor) -> Tensor:
         """

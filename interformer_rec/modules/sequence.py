@@ -1,7 +1,7 @@
-"""Sequence side of InterFormer: MaskNet (unifies the parallel sequences), rotary
-position embeddings (positions counted back from the most recent step), multi-head
-self-attention on SDPA, the personalized FFN whose weights are generated from the
-non-sequence summary, and the Sequence Arch block.
+"""Sequence side of InterFormer: MaskNet (unifies the parallel sequences), multi-head
+self-attention on SDPA with rotary positions (:mod:`interformer_rec.ops.positions`) and
+optional local attention (:mod:`interformer_rec.ops.attention`), the personalized FFN
+whose weights are generated from the non-sequence summary, and the Sequence Arch block.
 
 Sequences are ``[B, T', d]`` with a ``valid [B, T']`` boolean mask (True at CLS
 positions and real steps). Padded positions are masked out of every attention and
@@ -11,12 +11,15 @@ zeroed at the output of each block, so they can never leak into later layers.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchrec.modules.mlp import MLP
+
+from interformer_rec.ops.attention import local_attention
+from interformer_rec.ops.positions import apply_rotary, rotary_angles
 
 
 class MaskNet(nn.Module):
@@ -50,75 +53,16 @@ class MaskNet(nn.Module):
         return torch.where(valid.unsqueeze(-1), out, torch.zeros_like(out))
 
 
-def rotary_angles(positions: Tensor, head_dim: int, base: float = 10000.0) -> Tuple[Tensor, Tensor]:
-    """``cos`` and ``sin`` of the rotary angles at ``positions``.
-
-    Args:
-        positions: ``[T']`` or ``[B, T']`` (any integer or float positions).
-
-    Returns:
-        two ``[..., T', head_dim / 2]`` tensors (leading dims as ``positions``).
-    """
-    half = head_dim // 2
-    inv_freq = base ** (-torch.arange(half, device=positions.device, dtype=torch.float32) / half)
-    angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq
-    return angles.cos(), angles.sin()
-
-
-def recency_positions(lengths: Tensor, num_cls: int, max_len: int) -> Tensor:
-    """Positions of ``[CLS ; steps]`` for rotary embeddings that make recency visible:
-    the ``c`` CLS tokens sit at ``0..c-1`` and a real step at ``c + age``, where ``age``
-    is 0 for the most recent step. With RoPE the CLS-to-step offset is then the step's
-    age whatever the history length (left-aligned indices would give its distance from
-    the *oldest* step instead). Padded steps get positions below ``c``; they are masked.
-
-    Args:
-        lengths: ``[B]`` real steps per row.
-        num_cls: ``c``.
-        max_len: ``T``.
-
-    Returns:
-        ``[B, c + T]`` int64.
-    """
-    t = torch.arange(max_len, device=lengths.device)
-    steps = num_cls + lengths.to(torch.int64).unsqueeze(1) - 1 - t  # [B, T]
-    cls = torch.arange(num_cls, device=lengths.device).expand(lengths.shape[0], num_cls)
-    return torch.cat([cls, steps], dim=1)
-
-
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary position embedding (RoFormer, rotate-half layout).
-
-    Args:
-        x: ``[..., T', dh]`` (any leading dims: queries and keys can be rotated at once).
-        cos, sin: ``[T', dh / 2]`` or ``[B, 1, T', dh / 2]`` from :func:`rotary_angles`
-            (broadcast against ``x``).
-
-    Returns:
-        ``[..., T', dh]``.
-    """
-    x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-
-
-def rotary(x: Tensor, base: float = 10000.0) -> Tensor:
-    """:func:`apply_rotary` at positions ``0..T'-1`` of ``x [..., T', dh]`` (``dh`` even)."""
-    cos, sin = rotary_angles(torch.arange(x.shape[-2], device=x.device), x.shape[-1], base)
-    return apply_rotary(x, cos, sin)
-
-
 class MultiHeadSelfAttention(nn.Module):
     """Multi-head self-attention on ``F.scaled_dot_product_attention`` with a key-padding
     mask and optional rotary position embeddings on ``q`` and ``k``.
 
     With ``window > 0`` and more than ``window`` steps, attention is local with global
-    tokens (Longformer-style), so its cost is linear in the sequence length: the
-    ``num_global`` leading positions (the CLS tokens) attend to every position; the steps
-    are cut into blocks of ``window``, and a step attends to the global positions and to
-    the steps of its own and the previous block (``window`` to ``2·window - 1`` steps
-    back, up to ``window - 1`` ahead). With ``window = 0`` or at most ``window`` steps it
-    is full attention.
+    tokens (:func:`~interformer_rec.ops.attention.local_attention`), so its cost is
+    linear in the sequence length: the ``num_global`` leading positions (the CLS tokens)
+    attend to every position; a step attends to the global positions and to the steps of
+    its own and the previous block of ``window`` steps. With ``window = 0`` or at most
+    ``window`` steps it is full attention.
 
     Args:
         dim: ``d``.
@@ -154,7 +98,7 @@ class MultiHeadSelfAttention(nn.Module):
             valid: ``[B, T']`` bool key-padding mask (at least one True per row; the
                 global positions always True when ``window > 0``).
             positions: ``[B, T']`` rotary positions (default ``0..T'-1``; see
-                :func:`recency_positions`).
+                :func:`~interformer_rec.ops.positions.recency_positions`).
 
         Returns:
             ``[B, T', d]`` (rows of padded queries are garbage: the caller zeroes them).
@@ -170,44 +114,12 @@ class MultiHeadSelfAttention(nn.Module):
             else:
                 cos, sin = (a.unsqueeze(1) for a in rotary_angles(positions, d // h))  # [B, 1, T', dh/2]
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        dropout = self.dropout if self.training else 0.0
         if self.window and L - self.num_global > self.window:
-            o = self._local(q, k, v, valid)
+            o = local_attention(q, k, v, valid, self.num_global, self.window, dropout)
         else:
-            o = self._attend(q, k, v, valid[:, None, None, :])
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :], dropout_p=dropout)
         return self.out(o.transpose(1, 2).reshape(B, L, d))
-
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-
-    def _local(self, q: Tensor, k: Tensor, v: Tensor, valid: Tensor) -> Tensor:
-        """Global + blocked local attention; ``q, k, v [B, h, c + T, dh]`` -> ``[B, h, c + T, dh]``."""
-        B, h, L, dh = q.shape
-        c, W = self.num_global, self.window
-        T = L - c
-        nb = -(-T // W)
-        pad = nb * W - T
-
-        def blocks(x: Tensor) -> Tensor:  # [B, h, T, dh] -> [B, h, nb, W, dh]
-            return F.pad(x, (0, 0, 0, pad)).view(B, h, nb, W, dh)
-
-        def window_keys(x: Tensor) -> Tensor:  # [B, h, c + T, dh] -> [B, h, nb, c + 2W, dh]
-            cur = blocks(x[:, :, c:])
-            prev = F.pad(cur, (0, 0, 0, 0, 1, 0))[:, :, :nb]
-            return torch.cat([x[:, :, :c].unsqueeze(2).expand(B, h, nb, c, dh), prev, cur], dim=3)
-
-        steps_valid = F.pad(valid[:, c:], (0, pad)).view(B, nb, W)
-        mask = torch.cat(
-            [valid[:, :c].unsqueeze(1).expand(B, nb, c), F.pad(steps_valid, (0, 0, 1, 0))[:, :nb], steps_valid], dim=2
-        )  # [B, nb, c + 2W]
-        K = c + 2 * W
-        local = self._attend(
-            blocks(q[:, :, c:]).reshape(B, h * nb, W, dh),
-            window_keys(k).reshape(B, h * nb, K, dh),
-            window_keys(v).reshape(B, h * nb, K, dh),
-            mask.unsqueeze(1).expand(B, h, nb, K).reshape(B, h * nb, 1, K),
-        ).view(B, h, nb * W, dh)[:, :, :T]
-        glob = self._attend(q[:, :, :c], k, v, valid[:, None, None, :])
-        return torch.cat([glob, local], dim=2)
 
 
 class PFFN(nn.Module):
@@ -303,7 +215,8 @@ class SequenceArch(nn.Module):
             s: ``[B, c + T, d]`` sequence (CLS positions first).
             x_sum: ``[B, c, d]`` non-sequence summary of the same layer.
             valid: ``[B, c + T]`` bool.
-            positions: ``[B, c + T]`` rotary positions (:func:`recency_positions`).
+            positions: ``[B, c + T]`` rotary positions
+                (:func:`~interformer_rec.ops.positions.recency_positions`).
 
         Returns:
             ``[B, c + T, d]``, zeros at invalid positions.

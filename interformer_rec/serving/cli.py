@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from interformer_rec.serving.server_config import add_server_flags
+
 
 def _fail(command: str, error: object) -> int:
     print(f"interformer-rec {command}: error: {error}", file=sys.stderr)
@@ -34,12 +36,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _threads(args.threads)
-    import dataclasses
-
     from interformer_rec.serving.predictor import ModelDirError
-    from interformer_rec.serving.server import ServerConfig, serve
+    from interformer_rec.serving.server import serve
+    from interformer_rec.serving.server_config import server_config_from_flags
 
-    cfg = ServerConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerConfig)})
+    cfg = server_config_from_flags(args)
     try:
         serve(args.model, cfg)
     except ModelDirError as e:
@@ -74,8 +75,6 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         "GET /healthz; GET /v1/metadata. SIGINT/SIGTERM drain in-flight requests, then exit.",
     )
     s.add_argument("--model", required=True, help="export directory")
-    from interformer_rec.serving.server_config import add_server_flags
-
     add_server_flags(s)
     s.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     s.set_defaults(func=cmd_serve)

@@ -13,17 +13,19 @@ package with quantized tables, as its manifest says) — no torchrec, no model c
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from interformer_rec.arrays import DataError, resolve_paths
 from interformer_rec.export.manifest import MANIFEST, PACKAGE, SCHEMA, ModelDirError, read_manifest
+from interformer_rec.ops.metrics import auc, logloss
 from interformer_rec.serving.features import (
     Encoded,
     FeatureSpec,
@@ -32,26 +34,6 @@ from interformer_rec.serving.features import (
     encode_rows,
     encode_table,
 )
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC with ties averaged (Mann-Whitney U); ``nan`` if a class is absent."""
-    y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    pos, neg = int(y.sum()), int((~y).sum())
-    if pos == 0 or neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    _, start, counts = np.unique(s[order], return_index=True, return_counts=True)
-    ranks = np.empty(len(s), np.float64)
-    ranks[order] = np.repeat(start + (counts + 1) / 2.0, counts)
-    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
-
-
-def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Mean binary cross-entropy, probabilities clipped to ``[1e-7, 1 - 1e-7]``."""
-    p = np.clip(np.asarray(probs, np.float64), 1e-7, 1 - 1e-7)
-    y = np.asarray(labels, np.float64)
-    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
 
 
 class Predictor:
@@ -81,9 +63,7 @@ class Predictor:
             importlib.import_module(lib)  # registers the custom ops the package calls
         built = self.manifest.get("versions", {}).get("torch")
         if built and built != torch.__version__:
-            import warnings
-
-            warnings.warn(f"package built with torch {built}, loading with {torch.__version__}")
+            logger.warning("%s: package built with torch %s, loading with %s", self.model_dir, built, torch.__version__)
         self._runner = torch._inductor.aoti_load_package(str(self.model_dir / PACKAGE))
         self._lock = threading.Lock()
 
@@ -156,7 +136,6 @@ class Predictor:
             ``{"rows", "seconds", "rows_per_s", "out"}`` and, where the label columns
             are present, ``{"metrics": {task: {"auc", "logloss"}}}``.
         """
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         files = _parquet_files(paths)
@@ -172,30 +151,16 @@ class Predictor:
         try:
             for path in files:
                 pf = self._open(path, keep)
-                names = pf.schema_arrow.names
-                cols = list(dict.fromkeys(spec.feature_names + keep + [c for c in spec.labels if c in names]))
-                have_labels = have_labels and all(c in names for c in spec.labels)
+                have_labels = have_labels and all(c in pf.schema_arrow.names for c in spec.labels)
                 if tmp is not None and writer is None:
-                    fields = [pf.schema_arrow.field(c) for c in keep] + [pa.field(f"p_{t}", pa.float32()) for t in self.tasks]
-                    tmp.parent.mkdir(parents=True, exist_ok=True)
-                    writer = pq.ParquetWriter(str(tmp), pa.schema(fields))
-                row0 = 0
-                for g in range(pf.num_row_groups):
-                    table = pf.read_row_group(g, columns=cols)
-                    for s in range(0, table.num_rows, batch_size):
-                        part = table.slice(s, batch_size)
-                        probs = self.predict_encoded(encode_table(spec, part, str(path), row0 + s))
-                        scores.append(probs)
-                        if have_labels:
-                            labels.append(
-                                np.stack([part.column(c).to_numpy(zero_copy_only=False) for c in spec.labels], 1)
-                            )
-                        if writer is not None:
-                            columns = {c: part.column(c) for c in keep}
-                            columns.update({f"p_{t}": pa.array(probs[:, i]) for i, t in enumerate(self.tasks)})
-                            writer.write_table(pa.table(columns, schema=writer.schema))
-                        rows += part.num_rows
-                    row0 += table.num_rows
+                    writer = self._writer(tmp, pf.schema_arrow, keep)
+                for part, probs in self._score_file(path, pf, keep, batch_size):
+                    scores.append(probs)
+                    if have_labels:
+                        labels.append(np.stack([part.column(c).to_numpy(zero_copy_only=False) for c in spec.labels], 1))
+                    if writer is not None:
+                        writer.write_table(self._scores_table(part, probs, keep, writer.schema))
+                    rows += part.num_rows
             if writer is not None:
                 writer.close()
                 writer = None
@@ -215,12 +180,48 @@ class Predictor:
             "out": str(out) if out is not None else None,
         }
         if have_labels and labels:
-            y, p = np.concatenate(labels).astype(np.float64), np.concatenate(scores)
-            summary["metrics"] = {
-                t: {"auc": auc(y[:, i], p[:, i]), "logloss": logloss(y[:, i], p[:, i])}
-                for i, t in enumerate(self.tasks)
-            }
+            summary["metrics"] = self._metrics(np.concatenate(labels).astype(np.float64), np.concatenate(scores))
         return summary
+
+    def _score_file(self, path: Path, pf: Any, keep: Sequence[str], batch_size: int) -> Iterator[Tuple[Any, np.ndarray]]:
+        """``(rows, [n, tasks] probabilities)`` of ``pf`` (a ``pq.ParquetFile`` of
+        ``path``) in slices of at most ``batch_size`` rows, row group by row group;
+        ``rows`` is a ``pa.Table`` of the features, ``keep`` and the labels present."""
+        spec = self.spec
+        names = pf.schema_arrow.names
+        cols = list(dict.fromkeys(spec.feature_names + list(keep) + [c for c in spec.labels if c in names]))
+        row0 = 0
+        for g in range(pf.num_row_groups):
+            table = pf.read_row_group(g, columns=cols)
+            for s in range(0, table.num_rows, batch_size):
+                part = table.slice(s, batch_size)
+                yield part, self.predict_encoded(encode_table(spec, part, str(path), row0 + s))
+            row0 += table.num_rows
+
+    def _writer(self, path: Path, schema: Any, keep: Sequence[str]) -> Any:
+        """``pq.ParquetWriter`` of ``path`` for the ``keep`` columns of input ``schema``
+        and a float32 ``p_<task>`` column per task."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        fields = [schema.field(c) for c in keep] + [pa.field(f"p_{t}", pa.float32()) for t in self.tasks]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return pq.ParquetWriter(str(path), pa.schema(fields))
+
+    def _scores_table(self, part: Any, probs: np.ndarray, keep: Sequence[str], schema: Any) -> Any:
+        """The output rows of input rows ``part`` and their ``[n, tasks]`` ``probs``."""
+        import pyarrow as pa
+
+        columns = {c: part.column(c) for c in keep}
+        columns.update({f"p_{t}": pa.array(probs[:, i]) for i, t in enumerate(self.tasks)})
+        return pa.table(columns, schema=schema)
+
+    def _metrics(self, labels: np.ndarray, probs: np.ndarray) -> Dict[str, Dict[str, float]]:
+        """``{task: {"auc", "logloss"}}`` of ``[n, tasks]`` labels and probabilities."""
+        return {
+            t: {"auc": auc(labels[:, i], probs[:, i]), "logloss": logloss(labels[:, i], probs[:, i])}
+            for i, t in enumerate(self.tasks)
+        }
 
     def _open(self, path: Path, keep: Sequence[str]) -> Any:
         """``pq.ParquetFile`` of ``path``, which must hold the features and ``keep``."""

@@ -31,9 +31,14 @@ class ServerConfig:
 
 
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`ServerConfig` field, with its default and help."""
+    """One flag per :class:`ServerConfig` field, its type, default and help the field's."""
     for f in dataclasses.fields(ServerConfig):
         parser.add_argument(
             "--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=f.default,
             help=f"{f.metadata['help']} (default {f.default})",
         )
+
+
+def server_config_from_flags(args: argparse.Namespace) -> ServerConfig:
+    """The :class:`ServerConfig` of flags that :func:`add_server_flags` added."""
+    return ServerConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerConfig)})

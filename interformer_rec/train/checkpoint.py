@@ -26,6 +26,7 @@ admits only tensors), and :class:`SafeLoadPlanner` loads non-tensor entries with
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -135,18 +136,35 @@ class SafeLoadPlanner(DefaultLoadPlanner):
             self.state_dict[read_item.dest_index.fqn] = obj
 
 
-def safe_dcp_load(state: Dict[str, Any], ckpt: Path | str, reader: Optional[SafeFileSystemReader] = None) -> None:
-    """``dcp.load(state)`` from ``ckpt`` through the safe reader and planner; a refused
-    entry on any rank is raised as its :class:`CheckpointError`."""
+def safe_dcp_load(
+    state: Dict[str, Any],
+    ckpt: Path | str,
+    reader: Optional[SafeFileSystemReader] = None,
+    allow_partial_load: bool = False,
+) -> None:
+    """``dcp.load(state)`` from ``ckpt`` through the safe reader and planner (with
+    ``allow_partial_load``, entries of ``state`` the checkpoint lacks keep their
+    values); a refused entry on any rank is raised as its :class:`CheckpointError`."""
     from torch.distributed.checkpoint.api import CheckpointException
 
+    planner = SafeLoadPlanner(allow_partial_load=allow_partial_load)
     try:
-        dcp.load(state, storage_reader=reader or SafeFileSystemReader(str(ckpt)), planner=SafeLoadPlanner())
+        dcp.load(state, storage_reader=reader or SafeFileSystemReader(str(ckpt)), planner=planner)
     except CheckpointException as e:
         refused = [exc for exc, _ in e.failures.values() if isinstance(exc, CheckpointError)]
         if refused:
             raise refused[0] from None
         raise
+
+
+def rng_state() -> str:
+    """This process's torch RNG state, as text for ``meta.json``."""
+    return base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
+
+
+def set_rng_state(blob: str) -> None:
+    """Restore an :func:`rng_state`."""
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(blob)), dtype=torch.uint8))
 
 
 def _barrier() -> None:
@@ -274,18 +292,6 @@ def read_meta(ckpt: Path) -> Dict[str, Any]:
     return meta
 
 
-def _leaves(tree: Dict[str, Any], prefix: str = "") -> Dict[str, tuple]:
-    """Flatten nested dicts as DCP names their entries: ``{"a.b.c": (parent, key)}``."""
-    out: Dict[str, tuple] = {}
-    for k, v in tree.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_leaves(v, name + "."))
-        else:
-            out[name] = (tree, k)
-    return out
-
-
 def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: Optional[Optimizer] = None) -> Dict[str, Any]:
     """Load a checkpoint into ``model`` (sharded or not, any world size and plan) and,
     if given, ``optimizer``. Returns its meta.
@@ -293,7 +299,9 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: Optional[Optimizer]
     Every model entry must be in the checkpoint. An optimizer entry that is not (its
     table's kernel changed with the plan, e.g. a table that was data_parallel, whose
     Adagrad state is ``sum``, is now sharded, whose fused state is ``momentum1``) keeps
-    its fresh value, with a warning naming it."""
+    its fresh value (DCP's ``allow_partial_load``), with a warning naming it."""
+    from torch.distributed.checkpoint._nested_dict import flatten_state_dict
+
     from interformer_rec.train.dist import init_optimizer_state
 
     ckpt = Path(ckpt)
@@ -301,23 +309,18 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: Optional[Optimizer]
         raise FileNotFoundError(f"{ckpt}: not a complete checkpoint (no {META})")
     meta = read_meta(ckpt)
     reader = SafeFileSystemReader(str(ckpt))
-    saved = set(reader.read_metadata().state_dict_metadata)
+    saved = reader.read_metadata().state_dict_metadata
     state: Dict[str, Any] = {"model": model.state_dict()}
     if optimizer is not None:
         init_optimizer_state(optimizer)  # type: ignore[arg-type]
         state["optim"] = optimizer.state_dict()
-    leaves = _leaves(state)
-    missing = sorted(k for k in leaves if k not in saved)
+    missing = sorted(k for k in flatten_state_dict(state)[0] if k not in saved)  # DCP's entry names
     bad = [k for k in missing if k.startswith("model.")]
     if bad:
         raise KeyError(f"{ckpt}: the checkpoint has no {bad[:5]}{' ...' if len(bad) > 5 else ''}")
     if missing and _is_main():
         logger.warning("%s: %d optimizer entries not in the checkpoint, kept fresh: %s", ckpt, len(missing), missing[:8])
-    flat = {k: parent[key] for k, (parent, key) in leaves.items() if k in saved}
-    safe_dcp_load(flat, ckpt, reader)
-    for k, v in flat.items():  # tensors were loaded in place; other values are new objects
-        parent, key = leaves[k]
-        parent[key] = v
+    safe_dcp_load(state, ckpt, reader, allow_partial_load=True)  # tensors in place, other values set in `state`
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])

@@ -1,5 +1,6 @@
 """The training loop: DMP-sharded model, TrainPipelineSparseDist, per-epoch validation,
-best-epoch checkpoint, final test evaluation, metrics as JSON and TensorBoard logs.
+best-epoch checkpoint, final test evaluation, metrics as JSON and TensorBoard logs;
+TorchRec's windowed training metrics (train.train_metrics) every ``train.log_every`` steps.
 
 The protocol is BARS's (train.protocol): the best epoch is the one with the best
 ``train.monitor`` on validation; the learning rate follows ``train.lr_schedule``
@@ -23,7 +24,6 @@ with a warning).
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import logging
@@ -45,18 +45,12 @@ from interformer_rec.config import Config
 from interformer_rec.data.batch import Batch
 from interformer_rec.data.reader import ParquetBatchReader, oracle_auc
 from interformer_rec.models import build_model, num_parameters
-from interformer_rec.train import checkpoint
-from interformer_rec.train.dist import (
-    DistEnv,
-    embedding_modules,
-    init_distributed,
-    plan_summary,
-    pretrained_tables,
-    shard,
-)
+from interformer_rec.train import checkpoint, train_metrics
+from interformer_rec.train.dist import DistEnv, embedding_modules, init_distributed, plan_summary, shard
 from interformer_rec.train.metrics import compute_metrics, gather_predictions
 from interformer_rec.train.protocol import EmbeddingRegularizer, LRSchedule, Monitor
 from interformer_rec.train.preflight import check_same_config, check_splits
+from interformer_rec.train.tables import pretrained_tables
 
 logger = logging.getLogger(__name__)
 
@@ -90,27 +84,6 @@ class RankingTrain(nn.Module):
             if self.training:
                 loss = bce + self.embedding_regularizer * squares.to(bce.device) / batch.labels.size(0)
         return loss, (bce.detach(), logits.detach(), batch.labels, batch.groups)
-
-
-def _mean_over_ranks(values: List[Tensor], device: torch.device) -> List[float]:
-    """Element-wise mean of equal-length per-rank lists of scalar tensors (one stack, one
-    all-reduce, one copy to the host; ``device``: where the backend reduces, CUDA for
-    nccl)."""
-    if not values:
-        return []
-    t = torch.stack(values).to(device=device, dtype=torch.float64)
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return t.cpu().tolist()
-    dist.all_reduce(t)
-    return (t / dist.get_world_size()).cpu().tolist()
-
-
-def _rng_state() -> str:
-    return base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
-
-
-def _set_rng_state(blob: str) -> None:
-    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(blob)), dtype=torch.uint8))
 
 
 class Trainer:
@@ -171,7 +144,9 @@ class Trainer:
         self._epoch_stats: Dict[str, float] = {}
         # this rank's per-step losses, kept on the device: no host sync per step
         self._local_losses: List[Tensor] = []
-        self._rows_per_step_done: Optional[int] = None
+        self.train_metrics = train_metrics.metric_module(
+            schema.labels, tc.batch_size, self.env.world_size, self.env.rank, self.env.device, tc.log_every
+        )
         self.writer = None
         if self.env.is_main:
             print(self.plan_text, flush=True)
@@ -205,8 +180,11 @@ class Trainer:
             start_batch=start_batch,
         )
 
-    def _progress(self, it: Iterator[Batch], total: int, desc: str) -> Iterator[Any]:
-        """Run the pipeline over ``it``, yielding each step's output."""
+    def _progress(
+        self, it: Iterator[Batch], total: int, desc: str, postfix: Optional[Dict[str, str]] = None
+    ) -> Iterator[Any]:
+        """Run the pipeline over ``it``, yielding each step's output; the bar shows the
+        loss and ``postfix`` (which the caller may update between steps)."""
         bar = tqdm(
             total=total,
             desc=desc,
@@ -223,7 +201,7 @@ class Trainer:
                     return
                 bar.update(1)
                 if bar.n % 10 == 0:
-                    bar.set_postfix(loss=f"{out[0].item():.4f}", refresh=False)
+                    bar.set_postfix(loss=f"{out[0].item():.4f}", **(postfix or {}), refresh=False)
                 yield out
 
     # ------------------------------------------------------------------ checkpoints
@@ -231,15 +209,15 @@ class Trainer:
     def _epoch_losses(self) -> List[float]:
         """Mean-over-ranks loss of each step of this epoch so far (collective)."""
         done = self._epoch_stats.get("restored_losses", [])
-        return list(done) + _mean_over_ranks(self._local_losses, self.env.device)
+        return list(done) + train_metrics.mean_over_ranks(self._local_losses, self.env.device)
 
     def _train_state(self, epoch_done: bool) -> Dict[str, Any]:
         """The training position, for meta.json (collective: gathers RNG states)."""
         rngs: List[Optional[str]] = [None] * self.env.world_size
         if self.env.world_size > 1:
-            dist.all_gather_object(rngs, _rng_state())
+            dist.all_gather_object(rngs, checkpoint.rng_state())
         else:
-            rngs = [_rng_state()]
+            rngs = [checkpoint.rng_state()]
         stats = {k: v for k, v in self._epoch_stats.items() if k != "restored_losses"}
         return {
             "epoch": self.epoch,
@@ -295,7 +273,7 @@ class Trainer:
             self.schedule.load_state_dict(meta["lr_schedule"])
         rngs = meta.get("rng_states") or []
         if len(rngs) == self.env.world_size:
-            _set_rng_state(rngs[self.env.rank])
+            checkpoint.set_rng_state(rngs[self.env.rank])
         if meta.get("epoch_done"):
             self.epoch, self.step_in_epoch = meta["epoch"] + 1, 0
             self._epoch_stats = {}
@@ -339,15 +317,17 @@ class Trainer:
         self._local_losses = []
         start = time.perf_counter()
         every = tc.checkpoint_every_steps
-        for out in self._progress(it, steps, f"epoch {epoch}"):
-            loss, _, labels, _ = out
+        postfix: Dict[str, str] = {}
+        for out in self._progress(it, steps, f"epoch {epoch}", postfix):
+            loss, logits, labels, _ = out
             stats["rows"] += labels.size(0) * self.env.world_size
             self._local_losses.append(loss.detach())
             self.global_step += 1
             self.step_in_epoch += 1
             self.schedule.after_step(self.global_step)
-            if self.writer and self.global_step % tc.log_every == 0:
-                self.writer.add_scalar("train/loss", self._local_losses[-1].item(), self.global_step)
+            self.train_metrics.update(train_metrics.model_out(self.cfg.data.schema.labels, logits, labels))
+            if self.global_step % tc.log_every == 0:
+                self._log_step(loss, postfix)
             if every and self.global_step % every == 0 and self.step_in_epoch < total:
                 stats["seconds"] += time.perf_counter() - start
                 start = time.perf_counter()
@@ -366,6 +346,23 @@ class Trainer:
             "steps": len(losses),
             "lr_scale": self.schedule.scale,
         }
+
+    def _log_step(self, loss: Tensor, postfix: Dict[str, str]) -> None:
+        """Compute the training metrics (collective); on rank 0, write them and this
+        rank's step ``loss`` to TensorBoard and the first task's windowed AUC and NE to
+        the progress bar's ``postfix``."""
+        values = train_metrics.scalars(self.train_metrics.compute())
+        if not self.env.is_main:
+            return
+        task = self.cfg.data.schema.labels[0]
+        for name in ("auc", "ne"):
+            value = values.get(f"train_metrics/{name}-{task}/window_{name}")
+            if value is not None:
+                postfix[name] = f"{value:.4f}"
+        if self.writer:
+            self.writer.add_scalar("train/loss", loss.item(), self.global_step)
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, self.global_step)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> Dict[str, float]:
