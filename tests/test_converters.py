@@ -24,24 +24,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from interformer_rec.config import load_config
+from config_schemas import config_schema
 from interformer_rec.data import convert as convert_mod
 from interformer_rec.data.amazon import (
     DIN_NUM_CATS,
     DIN_NUM_ITEMS,
-    amazon_schema,
     build_amazon_din,
     convert_amazon_din,
 )
 from interformer_rec.data.convert import BadRowPolicy, ConversionError
 from interformer_rec.data.text import read_blocks
-from interformer_rec.data.criteo import convert_criteo, criteo_schema
+from interformer_rec.data.criteo import convert_criteo
 from interformer_rec.data.reader import ParquetBatchReader
 from interformer_rec.data.taobao import (
     DMR_SIZES,
     convert_taobao_dmr,
     convert_taobao_fuxictr,
-    taobao_dmr_schema,
-    taobao_fuxictr_schema,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,22 +255,24 @@ def test_amazon_din_sample_matches_reference(tmp_path: Path) -> None:
 
 @needs_samples
 @pytest.mark.parametrize(
-    "name,convert,raw,schema",
+    "name,convert,raw",
     [
-        ("criteo", convert_criteo_stripped, CRITEO, criteo_schema()),
-        ("taobao", convert_taobao_dmr, DMR, taobao_dmr_schema()),
-        ("taobao_fuxictr", convert_taobao_fuxictr, FUXI, taobao_fuxictr_schema()),
-        ("amazon", convert_amazon_din, AMAZON, amazon_schema()),
+        ("criteo", convert_criteo_stripped, CRITEO),
+        ("taobao", convert_taobao_dmr, DMR),
+        ("taobao_fuxictr", convert_taobao_fuxictr, FUXI),
+        ("amazon", convert_amazon_din, AMAZON),
     ],
 )
-def test_config_schema_matches_and_reader_accepts(tmp_path: Path, name, convert, raw, schema) -> None:
+def test_config_schema_fits_the_converted_files(tmp_path: Path, name, convert, raw) -> None:
+    """configs/<name>.yaml is the one definition of the converter's schema: its columns
+    have the written types, and the reader (ids checked against the tables) takes every
+    row of the converted sample."""
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
-    assert cfg.data.schema == schema
     s = convert(raw, tmp_path)
     out = next(iter(s["outputs"].values()))
     reader = ParquetBatchReader(out["path"], cfg.data.schema, 64)
     batches = list(reader)
-    assert sum(b.batch_size for b in batches) == out["rows"] == len(batches[0].labels) * 0 + out["rows"]
+    assert sum(b.batch_size for b in batches) == out["rows"] > 0
     assert abs(float(np.mean([x for b in batches for x in b.labels[:, 0].tolist()])) - out["positive_rate"]) < 1e-3
 
 
@@ -495,7 +495,7 @@ def test_amazon_reviews_negative_sampling(tmp_path: Path) -> None:
             assert neg["item_id"] not in seq, "negatives are items the user never reviewed"
             asin_of = {v: a for a, v in item_id.items()}
             assert pos["hist_cat_ids"] == [cat_id[f"Cat{int(asin_of[i][1:]) % 7}"] for i in pos["hist_item_ids"]]
-    schema = amazon_schema(len(asins) + 1, 8, max_len=3, group_key="user_id")
+    schema = config_schema("amazon", max_len=3, item=len(asins) + 1, cat=8)
     assert sum(b.batch_size for b in ParquetBatchReader(tmp_path / "out" / "train.parquet", schema, 16)) == len(train)
 
 

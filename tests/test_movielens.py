@@ -1,5 +1,6 @@
 """MovieLens-100K converter: leakage-free histories, a clean time split, the schema."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 
 from interformer_rec.config import load_config
 from interformer_rec.data.corating import corating_embeddings
-from interformer_rec.data.movielens import NUM_ITEMS, NUM_USERS, convert_movielens, movielens_schema
+from interformer_rec.data.movielens import NUM_ITEMS, NUM_USERS, convert_movielens
 from interformer_rec.data.reader import ParquetBatchReader
 
 ROOT = Path(__file__).parents[1]
@@ -94,9 +95,14 @@ def test_history_matches_a_reference(converted, raw) -> None:
 def test_schema_matches_config_and_reader_accepts_files(converted) -> None:
     out, _, _ = converted
     cfg = load_config(ROOT / "configs" / "movielens.yaml")
-    assert cfg.data.schema == movielens_schema(MAX_LEN)
+    assert {s.max_len for s in cfg.data.schema.sequence} == {MAX_LEN}
     corating = load_config(ROOT / "configs" / "movielens_corating.yaml")
-    assert corating.data.schema == movielens_schema(MAX_LEN, corating="data/movielens/item_corating16.npy")
+    item = next(t for t in cfg.data.schema.tables if t.name == "item")
+    # the co-rating config is the plain one with the item table started from its embeddings
+    assert corating.data.schema == dataclasses.replace(cfg.data.schema, tables=[
+        dataclasses.replace(t, init="data/movielens/item_corating16.npy") if t is item else t
+        for t in cfg.data.schema.tables
+    ])
     assert corating.model.interformer.similarity_tokens and not cfg.model.interformer.similarity_tokens
     reader = ParquetBatchReader(out / "valid.parquet", cfg.data.schema, 4096)
     batches = list(reader)

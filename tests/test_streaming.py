@@ -162,7 +162,8 @@ _MEMORY_SCRIPT = textwrap.dedent(
     """
     import re, sys
     from pathlib import Path
-    from interformer_rec.data.criteo import convert_criteo, criteo_schema
+    from interformer_rec.data.criteo import convert_criteo
+    from config_schemas import config_schema
     from interformer_rec.data.reader import ParquetBatchReader
 
     def vm(key):
@@ -173,7 +174,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     convert_criteo(raw, out, row_group_size=2048, block_bytes=1 << 18)
     conv = vm("VmHWM")
     n = 0
-    for b in ParquetBatchReader(out / "raw.parquet", criteo_schema(1000), 256, shuffle=True,
+    for b in ParquetBatchReader(out / "raw.parquet", config_schema("criteo", all=1000), 256, shuffle=True,
                                 shuffle_window=4096):
         n += b.batch_size
     read = vm("VmHWM")
@@ -195,7 +196,7 @@ def _memory_run(tmp_path: Path, n: int) -> List[int]:
     d.mkdir()
     (d / "raw.txt").write_bytes(b"\n".join([lines[i] for i in rng.integers(0, pool, n)]) + b"\n")
     res = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(d / "raw.txt"), str(d / "out")],
-                         capture_output=True, text=True, timeout=240)
+                         capture_output=True, text=True, timeout=240, cwd=Path(__file__).parent)
     assert res.returncode == 0, res.stderr
     out = list(map(int, res.stdout.split()))
     assert out[3] == n

@@ -46,7 +46,6 @@ import numpy as np
 import pyarrow as pa
 
 from interformer_rec.arrays import ConversionError, Jagged, gather, list_array
-from interformer_rec.config import Schema, SequenceFeature, SparseFeature, TableConfig
 from interformer_rec.data.convert import (
     AtomicParquetWriter,
     BadRowPolicy,
@@ -85,25 +84,6 @@ ARROW_SCHEMA = pa.schema(
 )
 
 
-def amazon_schema(
-    num_items: int = DIN_NUM_ITEMS, num_cats: int = DIN_NUM_CATS, max_len: int = 50,
-    group_key: Optional[str] = None,
-) -> Schema:
-    """The schema of the Amazon files (``configs/amazon.yaml``)."""
-    return Schema(
-        labels=["label"],
-        dense=["log_hist_len"],
-        sparse=[SparseFeature("item_id", "item"), SparseFeature("cat_id", "cat")]
-        + ([SparseFeature(group_key, "user")] if group_key else []),
-        sequence=[
-            SequenceFeature("hist_item_ids", "item", max_len),
-            SequenceFeature("hist_cat_ids", "cat", max_len),
-        ],
-        tables=[TableConfig("item", num_items), TableConfig("cat", num_cats)]
-        + ([TableConfig("user", 1 << 20)] if group_key else []),
-        group_key=group_key,
-        id_policy="reject",
-    )
 
 
 class DINFormat(TextFormat):

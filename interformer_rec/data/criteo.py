@@ -19,8 +19,7 @@ Columns written, as DLRM / TorchRec preprocess Criteo:
   digits is a bad row.
 * ``C1``..``C26`` (int64): the 8-hex-digit category hash as an integer; a missing
   value is the id 0 (TorchRec maps missing to 0 too, so it gets its own learned row).
-  Anything but exactly 8 hex digits is a bad row. The schema (``configs/criteo.yaml``,
-  :func:`criteo_schema`) sets ``id_policy: hash``: the reader passes each id through
+  Anything but exactly 8 hex digits is a bad row. The schema (``configs/criteo.yaml``) sets ``id_policy: hash``: the reader passes each id through
   splitmix64 and takes it modulo the table's ``num_embeddings``.
 
 Bad rows (more than 40 or fewer than ``min_fields`` fields, a malformed number or hash,
@@ -30,12 +29,11 @@ a missing or non-binary label) are skipped, counted and reported under the
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
 
-from interformer_rec.config import Schema, SparseFeature, TableConfig
 from interformer_rec.data.convert import (
     BadRowPolicy,
     Parsed,
@@ -52,40 +50,10 @@ NUM_FIELDS = 1 + NUM_INT + NUM_CAT
 INT_COLUMNS = [f"I{i}" for i in range(1, NUM_INT + 1)]
 CAT_COLUMNS = [f"C{i}" for i in range(1, NUM_CAT + 1)]
 HEX_WIDTH = 8
-# Distinct values of C1..C26 in the Kaggle train.txt (TorchRec's DLRM example uses these
-# as num_embeddings_per_feature for Kaggle).
-KAGGLE_CARDINALITY = [
-    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
-    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
-]
-MAX_TABLE = 1_000_000
 
 
-def default_table_sizes(max_rows: int = MAX_TABLE, oversize: int = 16) -> List[int]:
-    """Hash sizes for C1..C26: ``oversize`` times the Kaggle cardinality (so the small
-    tables hash almost collision-free), capped at ``max_rows``."""
-    return [min(max_rows, oversize * c) for c in KAGGLE_CARDINALITY]
 
 
-def criteo_schema(num_embeddings: Optional[Union[int, Sequence[int]]] = None) -> Schema:
-    """The schema of the files :func:`convert_criteo` writes: one table per categorical
-    column, ``id_policy: hash``. ``num_embeddings``: one size for all tables, or 26
-    sizes (default :func:`default_table_sizes`)."""
-    if num_embeddings is None:
-        sizes = default_table_sizes()
-    elif isinstance(num_embeddings, int):
-        sizes = [num_embeddings] * NUM_CAT
-    else:
-        sizes = list(num_embeddings)
-    if len(sizes) != NUM_CAT:
-        raise ValueError(f"need {NUM_CAT} table sizes, got {len(sizes)}")
-    return Schema(
-        labels=["label"],
-        dense=list(INT_COLUMNS),
-        sparse=[SparseFeature(c, c) for c in CAT_COLUMNS],
-        tables=[TableConfig(c, n) for c, n in zip(CAT_COLUMNS, sizes)],
-        id_policy="hash",
-    )
 
 
 ARROW_SCHEMA = pa.schema(

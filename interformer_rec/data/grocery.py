@@ -84,7 +84,6 @@ import numpy as np
 import pyarrow as pa
 
 from interformer_rec.arrays import ConversionError, Jagged, gather, list_array
-from interformer_rec.config import Schema, SequenceFeature, SparseFeature, TableConfig
 from interformer_rec.data.amazon import _negatives
 from interformer_rec.data.convert import (
     AtomicParquetWriter,
@@ -119,34 +118,6 @@ ARROW_SCHEMA = pa.schema(
 )
 
 
-def grocery_schema(
-    max_len: int = 100,
-    num_users: int = GROCERY_TABLES["user"],
-    num_items: int = GROCERY_TABLES["item"],
-    num_cats: int = GROCERY_TABLES["cat"],
-) -> Schema:
-    """The schema of the files :func:`convert_amazon_grocery` writes
-    (``configs/amazon_grocery.yaml``); sizes are table sizes (max id + 1)."""
-    return Schema(
-        labels=["label"],
-        dense=["log_hist_len"],
-        sparse=[
-            SparseFeature("user_id", "user"),
-            SparseFeature("item_id", "item"),
-            SparseFeature("cat_id", "cat"),
-        ],
-        sequence=[
-            SequenceFeature("hist_item_ids", "item", max_len),
-            SequenceFeature("hist_cat_ids", "cat", max_len),
-        ],
-        tables=[
-            TableConfig("user", num_users),
-            TableConfig("item", num_items),
-            TableConfig("cat", num_cats),
-        ],
-        group_key="user_id",
-        id_policy="reject",
-    )
 
 
 # --------------------------------------------------------------------------- reading

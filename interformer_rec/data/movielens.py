@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -32,7 +32,6 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from interformer_rec.arrays import Jagged, gather, list_array
-from interformer_rec.config import Schema, SequenceFeature, SparseFeature, TableConfig
 from interformer_rec.data.corating import corating_embeddings
 
 NUM_USERS = 944  # ids 1..943
@@ -40,48 +39,11 @@ NUM_ITEMS = 1683  # ids 1..1682
 NUM_GENRES = 19  # u.genre, "unknown" = 0
 AGE_EDGES = [18, 25, 35, 45, 50, 56]  # MovieLens-1M's age groups
 YEAR_EDGES = [1960, 1970, 1980, 1990, 1995, 1996, 1997, 1998]  # bucket 0 = unknown
-NUM_ZIP = 11  # first digit, or 10 for a non-numeric (non-US) zip code
 ROW_GROUP_SIZE = 8192
 LOG_SCALE = np.log(1000.0)
 DENSE = ["hour_of_day", "day_of_week", "log_history", "item_age", "log_item_count"]
 
 
-def movielens_schema(max_len: int = 50, corating: Optional[str] = None) -> Schema:
-    """The schema of the files :func:`convert_movielens` writes (MovieLens-100K sizes);
-    ``corating``: the ``init`` file of the ``item`` table (co-rating embeddings)."""
-    return Schema(
-        labels=["label"],
-        dense=list(DENSE),
-        sparse=[
-            SparseFeature("user_id", "user"),
-            SparseFeature("age_bucket", "age"),
-            SparseFeature("gender", "gender"),
-            SparseFeature("occupation", "occupation"),
-            SparseFeature("zip_prefix", "zip"),
-            SparseFeature("item_id", "item"),
-            SparseFeature("item_genre", "genre"),
-            SparseFeature("item_genres", "genre_set"),
-            SparseFeature("release_year", "year"),
-        ],
-        sequence=[
-            SequenceFeature("hist_item_ids", "item", max_len),
-            SequenceFeature("hist_genre_ids", "genre", max_len),
-            SequenceFeature("hist_ratings", "rating", max_len),
-        ],
-        tables=[
-            TableConfig("user", NUM_USERS),
-            TableConfig("age", len(AGE_EDGES) + 1),
-            TableConfig("gender", 2),
-            TableConfig("occupation", 21),
-            TableConfig("zip", NUM_ZIP),
-            TableConfig("item", NUM_ITEMS, init=corating),
-            TableConfig("genre", NUM_GENRES),
-            TableConfig("genre_set", NUM_GENRES),
-            TableConfig("year", len(YEAR_EDGES) + 2),
-            TableConfig("rating", 6),
-        ],
-        group_key="user_id",
-    )
 
 
 # --------------------------------------------------------------------------- raw files

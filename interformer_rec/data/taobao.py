@@ -60,7 +60,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from interformer_rec.arrays import ConversionError, Jagged, list_array
-from interformer_rec.config import Schema, SequenceFeature, SparseFeature, TableConfig
 from interformer_rec.data.convert import (
     BadRowPolicy,
     Parsed,
@@ -94,56 +93,14 @@ DMR_SIZES: Dict[str, int] = {
     "new_user_class_level": 5, "adgroup_id": 846812, "cate_id": 12978,
     "campaign_id": 423437, "customer": 255876, "brand": 461529, "pid": 2, "btag": 5,
 }
-# the table of each id column (the history shares cate/brand with the ad's)
-TABLE_OF = {c: c for c in USER_COLUMNS + AD_COLUMNS + ["pid"]}
-TABLE_OF.update(cate_id="cate", brand="brand", userid="user", adgroup_id="adgroup")
-SEQUENCES = {"hist_btag": "btag", "hist_cate": "cate", "hist_brand": "brand"}
 
 
-def _table_sizes() -> Dict[str, int]:
-    sizes = {TABLE_OF[c]: DMR_SIZES[c] for c in USER_COLUMNS + AD_COLUMNS + ["pid"]}
-    sizes["btag"] = DMR_SIZES["btag"]
-    return sizes
 
 
-def taobao_dmr_schema(max_len: int = SEQ_LEN) -> Schema:
-    """The schema of :func:`convert_taobao_dmr`'s files (``configs/taobao.yaml``)."""
-    sparse = [SparseFeature(c, TABLE_OF[c]) for c in USER_COLUMNS + AD_COLUMNS + ["pid"]]
-    return Schema(
-        labels=["clk"],
-        dense=["price"],
-        sparse=sparse,
-        sequence=[SequenceFeature(n, t, max_len) for n, t in SEQUENCES.items()],
-        tables=[TableConfig(t, n) for t, n in _table_sizes().items()],
-        group_key="userid",
-        id_policy="reject",
-    )
 
 
-def hash_size(n: int) -> int:
-    """Buckets for hashing ``n`` distinct raw ids: oversized for small vocabularies (so
-    that, e.g., 3 genders do not collide), ``n`` for large ones."""
-    return 16 * n if n <= 4096 else 4 * n if n <= 65536 else n
 
 
-def taobao_fuxictr_schema(max_len: int = SEQ_LEN) -> Schema:
-    """The schema of :func:`convert_taobao_fuxictr`'s files
-    (``configs/taobao_fuxictr.yaml``): raw ids, hashed into DMR-sized tables."""
-    tables = {
-        "user": DMR_SIZES["userid"], "item": DMR_SIZES["adgroup_id"], "pid": 16,
-        **{c: hash_size(DMR_SIZES[c]) for c in FUXI_IDS if c not in ("userid", "adgroup_id", "pid")},
-    }
-    table_of = {c: c for c in FUXI_IDS}
-    table_of.update(userid="user", adgroup_id="item")
-    return Schema(
-        labels=["clk"],
-        dense=["price"],
-        sparse=[SparseFeature(c, table_of[c]) for c in FUXI_IDS],
-        sequence=[SequenceFeature("click_sequence", "item", max_len)],
-        tables=[TableConfig(t, n) for t, n in tables.items()],
-        group_key="userid",
-        id_policy="hash",
-    )
 
 
 # --------------------------------------------------------------------------- DMR
