@@ -22,16 +22,18 @@ import json
 import logging
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
+from torch import nn
+
+from interformer_rec.config import Schema
 
 
-def main() -> None:
-    import warnings
+GB = 1024**3
 
-    warnings.filterwarnings("ignore")
-    logging.basicConfig(level=logging.ERROR)
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default="configs/synthetic.yaml")
     p.add_argument("--model", default="interformer")
@@ -47,15 +49,15 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=1024, help="rows per rank per step")
     p.add_argument("--embedding-optimizer", default="rowwise_adagrad")
     p.add_argument("--out", default="results/plan_at_scale.txt")
-    args = p.parse_args()
+    return p.parse_args()
 
-    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-    from torchrec.distributed.planner.types import ParameterConstraints
-    from torchrec.distributed.sharding_plan import get_default_sharders
 
+def build_on_meta(args: argparse.Namespace) -> Tuple[nn.Module, Schema]:
+    """The model of ``--config`` / ``--model`` with the ``--large`` tables resized, its
+    tables on the meta device and the embedding optimizer fused as training does."""
     from interformer_rec.config import OptimizerConfig, load_config
     from interformer_rec.models import build_model
-    from interformer_rec.train.dist import apply_embedding_optimizer, plan_summary
+    from interformer_rec.train.dist import apply_embedding_optimizer
 
     cfg = load_config(args.config, [f"model.name={args.model}", f"model.embedding_dim={args.dim}"])
     schema = cfg.data.schema
@@ -65,29 +67,40 @@ def main() -> None:
     for s in schema.sequence:
         s.max_len = args.max_len
     model = build_model(schema, cfg.model, embedding_device=torch.device("meta"))
-    apply_embedding_optimizer(
-        model, OptimizerConfig(name=args.embedding_optimizer, lr=0.01), torch.device("cuda")
-    )
+    apply_embedding_optimizer(model, OptimizerConfig(name=args.embedding_optimizer, lr=0.01), torch.device("cuda"))
+    return model, schema
 
-    # pooling factors per table, one per feature of the table, in the table's feature order
-    multi = {"user_interests"}  # the synthetic schema's multi-hot feature
-    per_feature: Dict[str, float] = {f.name: (args.multi_hot if f.name in multi else 1.0) for f in schema.sparse}
-    per_feature.update({s.name: float(args.max_len) for s in schema.sequence})
+
+def pooling_constraints(model: nn.Module, schema: Schema, args: argparse.Namespace) -> Dict[str, Any]:
+    """``ParameterConstraints`` per table: pooling factors, one per feature of the table
+    in its feature order (1 for a scalar, ``--multi-hot`` for the synthetic schema's
+    multi-hot feature, ``max_len`` for a sequence)."""
+    from torchrec.distributed.planner.types import ParameterConstraints
+
     from interformer_rec.train.dist import embedding_modules
 
+    multi = {"user_interests"}
+    per_feature: Dict[str, float] = {f.name: (args.multi_hot if f.name in multi else 1.0) for f in schema.sparse}
+    per_feature.update({s.name: float(args.max_len) for s in schema.sequence})
     constraints = {}
     for m in embedding_modules(model):
         configs = m.embedding_bag_configs() if hasattr(m, "embedding_bag_configs") else m.embedding_configs()
         for c in configs:
             constraints[c.name] = ParameterConstraints(pooling_factors=[per_feature.get(f, 1.0) for f in c.feature_names])
+    return constraints
 
-    gb = 1024**3
+
+def plan_on_paper(model: nn.Module, constraints: Dict[str, Any], args: argparse.Namespace) -> Tuple[Any, str]:
+    """The planner's plan against the simulated topology, and its stats report."""
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.sharding_plan import get_default_sharders
+
     topology = Topology(
         world_size=args.world_size,
         compute_device="cuda",
         local_world_size=args.local_world_size,
-        hbm_cap=int(args.hbm_gb * gb),
-        ddr_cap=int(args.ddr_gb * gb),
+        hbm_cap=int(args.hbm_gb * GB),
+        ddr_cap=int(args.ddr_gb * GB),
     )
     log = io.StringIO()
     handler = logging.StreamHandler(log)
@@ -98,17 +111,24 @@ def main() -> None:
     planner = EmbeddingShardingPlanner(topology=topology, batch_size=args.batch_size, constraints=constraints)
     plan = planner.plan(model, get_default_sharders())
     stats_logger.removeHandler(handler)
+    return plan, log.getvalue()
 
-    summary = plan_summary(plan)
-    # per-rank bytes of embedding rows (weights only), from the plan's shards
+
+def weight_bytes_per_rank(plan: Any) -> Dict[int, float]:
+    """Bytes of embedding rows (fp32 weights only) on each rank, from the plan's shards
+    (data-parallel tables, a full copy on every rank, left out)."""
     per_rank: Dict[int, float] = defaultdict(float)
     for module_plan in plan.plan.values():
-        for ps in module_plan.values():  # type: ignore[union-attr]
-            if ps.sharding_spec is None:  # data_parallel: a full copy on every rank
+        for ps in module_plan.values():
+            if ps.sharding_spec is None:
                 continue
-            for sh in ps.sharding_spec.shards:  # type: ignore[union-attr]
+            for sh in ps.sharding_spec.shards:
                 rows, cols = sh.shard_sizes
                 per_rank[sh.placement.rank()] += rows * cols * 4
+    return per_rank
+
+
+def report(args: argparse.Namespace, schema: Schema, summary: Dict[str, Any], per_rank: Dict[int, float], stats: str) -> str:
     lines: List[str] = [
         f"model {args.model}, dim {args.dim}, tables {[(t.name, t.num_embeddings) for t in schema.tables]}",
         f"topology: {args.world_size} x cuda ({args.local_world_size}/host), "
@@ -127,11 +147,25 @@ def main() -> None:
         vals = sorted(per_rank.values())
         lines += [
             "",
-            f"embedding weights per rank (from the plan's shards): min {vals[0] / gb:.1f} GB, "
-            f"max {vals[-1] / gb:.1f} GB, total {sum(vals) / gb:.0f} GB over {len(vals)} ranks",
+            f"embedding weights per rank (from the plan's shards): min {vals[0] / GB:.1f} GB, "
+            f"max {vals[-1] / GB:.1f} GB, total {sum(vals) / GB:.0f} GB over {len(vals)} ranks",
         ]
-    lines += ["", "planner report (torchrec.distributed.planner.stats):", log.getvalue()]
-    text = "\n".join(lines)
+    lines += ["", "planner report (torchrec.distributed.planner.stats):", stats]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import warnings
+
+    from interformer_rec.train.dist import plan_summary
+
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.ERROR)
+    args = parse_args()
+    model, schema = build_on_meta(args)
+    plan, stats = plan_on_paper(model, pooling_constraints(model, schema, args), args)
+    summary = plan_summary(plan)
+    text = report(args, schema, summary, weight_bytes_per_rank(plan), stats)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
