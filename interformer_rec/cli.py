@@ -8,7 +8,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from interformer_rec.config import ConfigError, load_config
 
@@ -148,22 +148,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="interformer-rec", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def with_config(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--config", required=True, help="YAML config (see configs/)")
-        sp.add_argument(
-            "--set", action="append", default=[], metavar="KEY=VALUE",
-            help="override a config value, e.g. --set train.epochs=1 (repeatable)",
-        )
-
-    g = sub.add_parser("generate", help="write the synthetic data set of a config")
-    with_config(g)
-    g.add_argument("--out", help="output directory (default: the directory of data.train)")
-    g.set_defaults(func=cmd_generate)
-
+def _add_convert(sub: Any) -> None:
+    """The ``convert`` sub-command: raw public data sets to Parquet."""
     c = sub.add_parser(
         "convert", help="convert a public raw data set to Parquet",
         description="movielens: --raw is the ml-100k directory (train/valid/test by time). "
@@ -200,6 +186,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="criteo: fewest tab-separated fields accepted; 15 reads files whose "
                    "trailing empty fields were stripped (default 40: exact)")
     c.set_defaults(func=cmd_convert)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="interformer-rec", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", required=True, help="YAML config (see configs/)")
+        sp.add_argument(
+            "--set", action="append", default=[], metavar="KEY=VALUE",
+            help="override a config value, e.g. --set train.epochs=1 (repeatable)",
+        )
+
+    g = sub.add_parser("generate", help="write the synthetic data set of a config")
+    with_config(g)
+    g.add_argument("--out", help="output directory (default: the directory of data.train)")
+    g.set_defaults(func=cmd_generate)
+
+    _add_convert(sub)
 
     i = sub.add_parser(
         "inspect", help="data-quality report of Parquet data (null rates, distinct counts, "
