@@ -95,6 +95,17 @@ def _first(mask: np.ndarray) -> int:
     return int(np.argmax(mask))
 
 
+def _first_null(arr: pa.Array) -> int:
+    """Position of the first null of ``arr`` (which has one)."""
+    return _first(arr.is_null().to_numpy(zero_copy_only=False))
+
+
+def _no_nulls(arr: pa.Array, msg: str, column: str, where: Where) -> None:
+    """An error ``msg`` at the first null row of ``arr``, if it has one."""
+    if arr.null_count:
+        raise where.error(msg, column, _first_null(arr))
+
+
 # --------------------------------------------------------------------------- the one row container
 
 
@@ -254,8 +265,7 @@ def finite(x: np.ndarray, column: str, where: Where) -> np.ndarray:
 def numbers(col: Column, column: str, where: Where) -> np.ndarray:
     """A dense or label column as ``[n]`` float32; nulls and non-finite values fail."""
     arr = _array(col)
-    if arr.null_count:
-        raise where.error("null value", column, _first(arr.is_null().to_numpy(zero_copy_only=False)))
+    _no_nulls(arr, "null value", column, where)
     with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, then fails
         x = arr.to_numpy(zero_copy_only=False).astype(np.float32)
     return finite(x, column, where)
@@ -274,8 +284,7 @@ def binary_labels(col: Column, column: str, where: Where) -> np.ndarray:
 def group_keys(col: Column, column: str, where: Where) -> np.ndarray:
     """The group key column as ``[n]`` int64 (raw values, never hashed); nulls fail."""
     arr = _array(col)
-    if arr.null_count:
-        raise where.error("null group key", column, _first(arr.is_null().to_numpy(zero_copy_only=False)))
+    _no_nulls(arr, "null group key", column, where)
     return arr.to_numpy().astype(np.int64)
 
 
@@ -284,15 +293,13 @@ def ids(col: Column, column: str, where: Where, target: bool = False) -> Jagged:
     row is an empty row, or an error for a ``target`` (exactly one id); a null id
     inside a list, or an id that does not fit in int64, is an error."""
     arr = _array(col)
-    if target and arr.null_count:
-        row = _first(arr.is_null().to_numpy(zero_copy_only=False))
-        raise where.error("null, but a target feature needs exactly one id", column, row)
+    if target:
+        _no_nulls(arr, "null, but a target feature needs exactly one id", column, where)
     if _is_int_list(arr.type):
         lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy().astype(np.int64)
         flat = pc.list_flatten(arr)  # respects slicing and skips null rows (unlike .values)
         if flat.null_count:
-            pos = _first(flat.is_null().to_numpy(zero_copy_only=False))
-            raise where.error("null id inside a list", column, _row_of(lengths, pos))
+            raise where.error("null id inside a list", column, _row_of(lengths, _first_null(flat)))
         values = flat.to_numpy()
     else:
         lengths = arr.is_valid().to_numpy(zero_copy_only=False).astype(np.int64)
