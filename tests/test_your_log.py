@@ -1,5 +1,6 @@
 """The README's "Bring your own data" path, end to end on a planted CSV log:
-docs/examples/csv_to_parquet.py -> configs/your_log.yaml -> train -> evaluate."""
+docs/examples/csv_to_parquet.py -> configs/your_log.yaml -> train -> evaluate -> export
+-> predict -> the README's request (one pooled feature, raw ids hashed, max_len 50)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,13 @@ def _write_log(path: Path, rows: int, seed: int = 0) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_csv_log_to_parquet_to_train_to_evaluate(tmp_path: Path) -> None:
+README_REQUEST = {
+    "user": {"user_id": 17, "hist_item_ids": [881, 90], "hist_cat_ids": [3, 3]},
+    "candidates": [{"item_id": 2045, "cat_id": 3, "price": 12.5}, {"item_id": 7, "cat_id": 1, "price": 3.0}],
+}
+
+
+def test_csv_log_to_parquet_to_train_to_evaluate_to_serve(tmp_path: Path) -> None:
     log, data, run = tmp_path / "log.csv", tmp_path / "data", tmp_path / "run"
     _write_log(log, 6000)
     subprocess.run(
@@ -57,3 +64,16 @@ def test_csv_log_to_parquet_to_train_to_evaluate(tmp_path: Path) -> None:
     assert main(["evaluate", "--config", config, *[a for s in sets for a in ("--set", s)]]) == 0
     evaluated = json.loads((run / "eval_test.json").read_text())
     assert evaluated["auc"] == pytest.approx(test["auc"], abs=1e-6), (evaluated, test)
+
+    models, scores = tmp_path / "models", tmp_path / "scores.parquet"
+    assert main(["export", "--checkpoint", str(run), "--out", str(models), "--parity-rows", "256"]) == 0
+    parity = json.loads((models / "manifest.json").read_text())["parity"]
+    assert parity["cases"]["heldout/batch_1"]["rows"] == 16 and parity["max_abs_diff_logit"] < 1e-5, parity
+    from interformer_rec.serving.predictor import Predictor
+
+    predictor = Predictor(models)
+    summary = predictor.predict_parquet(data / "test.parquet", scores)
+    assert pq.read_table(scores).num_rows == 600
+    assert summary["metrics"]["clicked"]["auc"] == pytest.approx(test["auc"], abs=1e-4), (summary, test)
+    response = predictor.predict_request(README_REQUEST)
+    assert len(response["scores"]["clicked"]) == 2, response

@@ -40,6 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.fx.experimental._config as fx_config
 from torch import Tensor, nn
 from torch.export import Dim, ExportedProgram
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -150,6 +151,14 @@ def serving_module(model: nn.Module, spec: FeatureSpec) -> ServingModule:
 # --------------------------------------------------------------------------- export
 
 
+def _size_oblivious():
+    """Trace and compile with backed sizes free to be 0 or 1. Without it, a size that
+    equals an input's (the one split of the values when the pooled KJT has a single
+    key) inherits the tracer's assumption that backed sizes are at least 2, and the
+    package refuses one row with one id: ``Expected u20 >= 2 but received 1``."""
+    return fx_config.patch(backed_size_oblivious=True)
+
+
 def dynamic_shapes(spec: FeatureSpec, max_batch: int = MAX_BATCH) -> Tuple[Dict[int, Dim], ...]:
     """The dynamic dims of the five inputs: batch (``1..max_batch``) and value counts."""
     batch = Dim("batch", min=1, max=max_batch)
@@ -175,9 +184,10 @@ def export_program(
     example = example_inputs(spec)
     with torch.no_grad():
         serving(*example)  # quantized modules cache their feature order on a first call
-    ep = torch.export.export(serving, example, dynamic_shapes=dynamic_shapes(spec, max_batch), strict=False)
-    if decompose:
-        ep = ep.run_decompositions(aten_decompositions())
+    with _size_oblivious():
+        ep = torch.export.export(serving, example, dynamic_shapes=dynamic_shapes(spec, max_batch), strict=False)
+        if decompose:
+            ep = ep.run_decompositions(aten_decompositions())
     return ep
 
 
@@ -185,10 +195,8 @@ def export_kjt_program(model: nn.Module, spec: FeatureSpec, max_batch: int = MAX
     """``torch.export`` (non-strict) of the model itself, with its KJT inputs
     ``(dense, sparse: KJT, sequence: KJT)``, dynamic batch and value counts; for Python
     users who have torchrec. ``torch.export.save`` it; load it with
-    :func:`load_kjt_program`. Limitation: tracing through the KJT inputs records a
-    guard ``batch != 1``, so this program takes batches of 2 or more rows (the
-    plain-tensor package has no such limit). Serving uses the
-    plain-tensor package instead (no torchrec needed)."""
+    :func:`load_kjt_program`. Serving uses the plain-tensor package instead (no
+    torchrec needed)."""
     dense, sv, sl, qv, ql = example_inputs(spec)
     batch_size = dense.size(0)
     sparse = KeyedJaggedTensor(keys=spec.pooled_keys, values=sv, lengths=sl.reshape(-1), stride=batch_size)
@@ -203,8 +211,9 @@ def export_kjt_program(model: nn.Module, spec: FeatureSpec, max_batch: int = MAX
     with torch.no_grad():
         model(dense, sparse, sequence)
     dims = ({0: batch}, kjt_dims("sparse_values", len(spec.pooled_keys)), kjt_dims("sequence_values", len(spec.unpooled_keys)))
-    ep = torch.export.export(model, (dense, sparse, sequence), dynamic_shapes=dims, strict=False)
-    return ep.run_decompositions(aten_decompositions())
+    with _size_oblivious():  # else a guard ``batch != 1`` from the KJT's lengths
+        ep = torch.export.export(model, (dense, sparse, sequence), dynamic_shapes=dims, strict=False)
+        return ep.run_decompositions(aten_decompositions())
 
 
 def load_kjt_program(path: Path | str) -> ExportedProgram:
@@ -237,7 +246,8 @@ def compile_package(ep: ExportedProgram, path: Path) -> Path:
     """AOTInductor-compile ``ep`` into the package ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(torch._inductor.aoti_compile_and_package(ep, package_path=str(path)))
+    with _size_oblivious():
+        return Path(torch._inductor.aoti_compile_and_package(ep, package_path=str(path)))
 
 
 # --------------------------------------------------------------------------- the command
