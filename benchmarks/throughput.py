@@ -119,9 +119,9 @@ CPU_ATTENTION_FLOPS = {
 }
 
 
-def matmul_flops(device: torch.device, n: int = 2048, steps: int = 10) -> float:
-    """Measured float32 matrix-multiply FLOP/s of this machine (n x n x n)."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_flops(device: torch.device, n: int = 2048, steps: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """Measured ``dtype`` matrix-multiply FLOP/s of this machine (n x n x n)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     return 2 * n**3 / median_seconds(lambda: torch.mm(a, b), 2, steps)
 
 

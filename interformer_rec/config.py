@@ -423,6 +423,14 @@ class TrainConfig:
     # continue from <out_dir>/checkpoints/latest if there is one (model, optimizer,
     # epoch and step within it); a fresh start if there is none
     resume: bool = False
+    # where the job runs: auto (CUDA if torch sees a GPU, else CPU), cpu, or cuda (an
+    # error if there is none); each rank takes GPU LOCAL_RANK; nccl on CUDA, gloo on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # bf16: autocast the model's dense arches to bfloat16; embedding tables, their
+    # lookups, the loss and every optimizer state stay float32
+    precision: Literal["fp32", "bf16"] = "fp32"
+    # torch.compile every submodule that holds no embedding table (the dense arches)
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:

@@ -174,14 +174,19 @@ def dynamic_shapes(spec: FeatureSpec, max_batch: int = MAX_BATCH) -> Tuple[Dict[
 
 
 def export_program(
-    serving: ServingModule, spec: FeatureSpec, max_batch: int = MAX_BATCH, decompose: bool = True
+    serving: ServingModule,
+    spec: FeatureSpec,
+    max_batch: int = MAX_BATCH,
+    decompose: bool = True,
+    device: torch.device = torch.device("cpu"),
 ) -> ExportedProgram:
     """``torch.export`` (non-strict) of ``serving`` with dynamic batch and value counts.
 
     Args:
         decompose: rewrite fbgemm's jagged ops in ATen (see :func:`aten_decompositions`).
+        device: where ``serving`` is and the package will run (its inputs go there).
     """
-    example = example_inputs(spec)
+    example = tuple(t.to(device) for t in example_inputs(spec))
     with torch.no_grad():
         serving(*example)  # quantized modules cache their feature order on a first call
     with _size_oblivious():

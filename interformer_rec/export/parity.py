@@ -42,12 +42,16 @@ def parity_cases(
 
 
 def compare(
-    reference: Callable[..., Tensor], candidate: Callable[..., Tensor], cases: Dict[str, List[Encoded]]
+    reference: Callable[..., Tensor],
+    candidate: Callable[..., Tensor],
+    cases: Dict[str, List[Encoded]],
+    device: torch.device = torch.device("cpu"),
 ) -> Dict[str, Dict[str, float]]:
     """Max abs difference of logits and probabilities per case.
 
     Args:
         reference, candidate: ``(*Inputs) -> [B, tasks]`` logits.
+        device: where both take their inputs.
 
     Returns:
         ``{case: {"rows", "max_abs_diff_logit", "max_abs_diff_prob"}}``.
@@ -58,7 +62,7 @@ def compare(
             dl = dp = 0.0
             rows = 0
             for enc in batches:
-                x = enc.to_tensors()
+                x = [t.to(device) for t in enc.to_tensors()]
                 a, b = reference(*x), candidate(*x)
                 if a.shape != b.shape:
                     raise ExportError(f"parity case {name}: shapes {tuple(a.shape)} != {tuple(b.shape)}")

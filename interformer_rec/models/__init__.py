@@ -6,16 +6,17 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 from interformer_rec.config import ModelConfig, Schema
 from interformer_rec.models.baselines import BST, DLRM_VARIANTS, DLRMBaseline
 from interformer_rec.models.din import DIN
 
-__all__ = ["BST", "DIN", "DLRMBaseline", "build_model", "num_parameters"]
+__all__ = ["BST", "DIN", "DLRMBaseline", "build_model", "compile_dense", "num_parameters"]
 
 
 def build_model(
@@ -41,3 +42,24 @@ def num_parameters(model: nn.Module) -> int:
     """Number of parameters, embedding tables included (shared ones once); works on
     meta-device modules too."""
     return sum(p.numel() for p in model.parameters())
+
+
+def compile_dense(model: nn.Module) -> List[str]:
+    """``torch.compile`` in place (``nn.Module.compile``: names, parameters and
+    state-dict keys unchanged) every largest submodule of ``model`` that holds no
+    embedding collection, i.e. its dense arches; the lookups stay eager, where DMP and
+    the train pipeline replace them. Returns the compiled submodules' names."""
+
+    tables = (EmbeddingBagCollection, EmbeddingCollection)
+    compiled: List[str] = []
+
+    def visit(m: nn.Module, prefix: str) -> None:
+        for name, child in m.named_children():
+            if not any(isinstance(x, tables) for x in child.modules()):
+                child.compile()
+                compiled.append(prefix + name)
+            elif not isinstance(child, tables):
+                visit(child, f"{prefix}{name}.")
+
+    visit(model, "")
+    return compiled

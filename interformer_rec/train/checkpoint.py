@@ -34,7 +34,7 @@ import os
 import pickle
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -157,14 +157,35 @@ def safe_dcp_load(
         raise
 
 
-def rng_state() -> str:
-    """This process's torch RNG state, as text for ``meta.json``."""
-    return base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
+def _b64(state: torch.Tensor) -> str:
+    return base64.b64encode(state.numpy().tobytes()).decode()
 
 
-def set_rng_state(blob: str) -> None:
-    """Restore an :func:`rng_state`."""
-    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(blob)), dtype=torch.uint8))
+def _unb64(blob: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(blob)), dtype=torch.uint8)
+
+
+def rng_state(device: torch.device = torch.device("cpu")) -> Dict[str, str]:
+    """This process's torch RNG states, as text for ``meta.json``: the CPU generator's
+    and, on a CUDA ``device``, that GPU's (dropout on the GPU draws from it)."""
+    state = {"cpu": _b64(torch.get_rng_state())}
+    if device.type == "cuda":
+        state["cuda"] = _b64(torch.cuda.get_rng_state(device))
+    return state
+
+
+def set_rng_state(state: Union[str, Dict[str, str]], device: torch.device = torch.device("cpu")) -> None:
+    """Restore an :func:`rng_state` (or the CPU-only text of older checkpoints). A CUDA
+    ``device`` without a saved CUDA state (a checkpoint written on CPU) keeps its own,
+    with a warning: the resumed run's GPU draws then differ from an unbroken one's."""
+    if isinstance(state, str):
+        state = {"cpu": state}
+    torch.set_rng_state(_unb64(state["cpu"]))
+    if device.type == "cuda":
+        if "cuda" in state:
+            torch.cuda.set_rng_state(_unb64(state["cuda"]), device)
+        else:
+            logger.warning("the checkpoint holds no CUDA RNG state (written on CPU): GPU random draws are not restored")
 
 
 def _barrier() -> None:

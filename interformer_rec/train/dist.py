@@ -80,10 +80,26 @@ class DistEnv:
         return self.rank == 0
 
 
-def init_distributed(cfg: DistConfig) -> DistEnv:
-    """Join (or create) the default process group. Idempotent: a group that already
-    exists (made by a test or a notebook) is used as it is, its rank and size trusted
-    over the environment."""
+def pick_device(device: str, local_rank: int) -> torch.device:
+    """``train.device``: ``auto`` is CUDA when torch sees a GPU, else CPU; a rank takes
+    GPU ``local_rank`` (modulo the GPUs visible)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"train.device={device!r}: expected auto, cpu or cuda")
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device=cuda: torch {torch.__version__} sees no CUDA device "
+            f"(built with CUDA {torch.version.cuda}); install the cuda flavour (README) or use train.device=cpu"
+        )
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def init_distributed(cfg: DistConfig, device: str = "auto") -> DistEnv:
+    """Join (or create) the default process group on ``device`` (``train.device``, see
+    :func:`pick_device`): nccl on CUDA, gloo on CPU, unless ``dist.backend`` says.
+    Idempotent: a group that already exists (made by a test or a notebook) is used as
+    it is, its rank and size trusted over the environment."""
     env = os.environ
     if dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()
@@ -91,15 +107,13 @@ def init_distributed(cfg: DistConfig) -> DistEnv:
         world, rank = int(env.get("WORLD_SIZE", "1")), int(env.get("RANK", "0"))
     local_rank = int(env.get("LOCAL_RANK", str(rank)))
     local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    compute = pick_device(device, local_rank)
+    if compute.type == "cuda":
+        torch.cuda.set_device(compute)
     if local_world > 1 and "OMP_NUM_THREADS" not in env:
         # as torchrun does: ranks sharing a host must not each take every core
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    backend = cfg.backend or ("nccl" if device.type == "cuda" else "gloo")
+    backend = cfg.backend or ("nccl" if compute.type == "cuda" else "gloo")
     if not cfg.timeout_s > 0:
         raise ConfigError(f"dist.timeout_s={cfg.timeout_s}: must be > 0 seconds")
     timeout = datetime.timedelta(seconds=cfg.timeout_s)
@@ -109,7 +123,7 @@ def init_distributed(cfg: DistConfig) -> DistEnv:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     else:
         dist.init_process_group(backend, timeout=timeout)
-    return DistEnv(rank, world, local_rank, local_world, device, backend)
+    return DistEnv(rank, world, local_rank, local_world, compute, backend)
 
 
 # --------------------------------------------------------------------------- optimizers

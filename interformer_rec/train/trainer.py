@@ -41,10 +41,10 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.distributed.types import ShardedModule
 from tqdm import tqdm
 
-from interformer_rec.config import Config
+from interformer_rec.config import Config, ConfigError
 from interformer_rec.data.batch import Batch
 from interformer_rec.data.reader import ParquetBatchReader, oracle_auc
-from interformer_rec.models import build_model, num_parameters
+from interformer_rec.models import build_model, compile_dense, num_parameters
 from interformer_rec.train import checkpoint, train_metrics
 from interformer_rec.train.dist import DistEnv, embedding_modules, init_distributed, plan_summary, shard
 from interformer_rec.train.metrics import compute_metrics, gather_predictions
@@ -67,16 +67,29 @@ class RankingTrain(nn.Module):
     Args:
         model: the ranking model.
         embedding_regularizer: ``λ``.
+        precision: ``bf16`` runs the model under ``torch.autocast(bfloat16)``: its
+            matmuls, attention and MLPs (the dense arches) compute in bfloat16, while
+            the embedding lookups (not autocast ops), the logits handed to the loss, the
+            loss and the parameters stay float32.
+        device_type: where the batches are (``cpu`` or ``cuda``): the autocast's device.
     """
 
-    def __init__(self, model: nn.Module, embedding_regularizer: float = 0.0) -> None:
+    def __init__(
+        self, model: nn.Module, embedding_regularizer: float = 0.0, precision: str = "fp32", device_type: str = "cpu"
+    ) -> None:
         super().__init__()
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"train.precision={precision!r}: expected fp32 or bf16")
         self.model = model
         self.embedding_regularizer = embedding_regularizer
+        self.precision = precision
+        self.device_type = device_type
         self.regularizer: Optional[EmbeddingRegularizer] = None
 
     def forward(self, batch: Batch) -> ModelOutput:
-        logits = self.model(batch.dense, batch.sparse, batch.sequence)
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            logits = self.model(batch.dense, batch.sparse, batch.sequence)
+        logits = logits.float()
         bce = F.binary_cross_entropy_with_logits(logits, batch.labels)
         loss = bce
         if self.regularizer is not None:
@@ -98,7 +111,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, env: Optional[DistEnv] = None, write_outputs: bool = True) -> None:
         self.cfg = cfg
-        self.env = env or init_distributed(cfg.dist)
+        self.env = env or init_distributed(cfg.dist, cfg.train.device)
         tc = cfg.train
         steps = check_splits(cfg, lambda split: len(self.reader(split, train=split == "train")), self.global_batch)
         torch.manual_seed(tc.seed)  # same dense initial weights on every rank and world size
@@ -110,7 +123,9 @@ class Trainer:
         self.dense_params = self.num_params - sum(
             p.numel() for m in embedding_modules(model) for p in m.parameters()
         )
-        self.model = RankingTrain(model, tc.embedding_regularizer)
+        if tc.compile:
+            compile_dense(model)
+        self.model = RankingTrain(model, tc.embedding_regularizer, tc.precision, self.env.device.type)
         self.dmp, self.optimizer, self.plan = shard(
             self.model,
             cfg.dist,
@@ -184,7 +199,10 @@ class Trainer:
         self, it: Iterator[Batch], total: int, desc: str, postfix: Optional[Dict[str, str]] = None
     ) -> Iterator[Any]:
         """Run the pipeline over ``it``, yielding each step's output; the bar shows the
-        loss and ``postfix`` (which the caller may update between steps)."""
+        loss and ``postfix`` (which the caller may update between steps). On CUDA the
+        batches are pinned, so the pipeline's ``non_blocking`` copies overlap compute."""
+        if self.env.device.type == "cuda":
+            it = (b.pin_memory() for b in it)
         bar = tqdm(
             total=total,
             desc=desc,
@@ -213,11 +231,12 @@ class Trainer:
 
     def _train_state(self, epoch_done: bool) -> Dict[str, Any]:
         """The training position, for meta.json (collective: gathers RNG states)."""
-        rngs: List[Optional[str]] = [None] * self.env.world_size
+        mine = checkpoint.rng_state(self.env.device)
+        rngs: List[Any] = [None] * self.env.world_size
         if self.env.world_size > 1:
-            dist.all_gather_object(rngs, checkpoint.rng_state())
+            dist.all_gather_object(rngs, mine)
         else:
-            rngs = [checkpoint.rng_state()]
+            rngs = [mine]
         stats = {k: v for k, v in self._epoch_stats.items() if k != "restored_losses"}
         return {
             "epoch": self.epoch,
@@ -273,7 +292,7 @@ class Trainer:
             self.schedule.load_state_dict(meta["lr_schedule"])
         rngs = meta.get("rng_states") or []
         if len(rngs) == self.env.world_size:
-            checkpoint.set_rng_state(rngs[self.env.rank])
+            checkpoint.set_rng_state(rngs[self.env.rank], self.env.device)
         if meta.get("epoch_done"):
             self.epoch, self.step_in_epoch = meta["epoch"] + 1, 0
             self._epoch_stats = {}
