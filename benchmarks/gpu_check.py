@@ -164,9 +164,10 @@ ARCHS = {"interformer": interformer_dense, "dlrm_dcn": dlrm_dcn_dense}
 # --------------------------------------------------------------------------- the whole stack
 
 
-def stack_check(device: torch.device, work: Path, steps: int) -> Dict[str, Any]:
-    """Train ``steps`` steps through the Trainer on ``device`` (tiny synthetic data and
-    model), export the checkpoint to a package for ``device`` and compare it with eager."""
+def stack_check(device: torch.device, work: Path, steps: int, model: str = "interformer") -> Dict[str, Any]:
+    """Train ``steps`` steps of ``model`` through the Trainer on ``device`` (tiny
+    synthetic data and sizes), export the checkpoint to a package for ``device`` and
+    compare it with eager."""
     from interformer_rec.config import SyntheticConfig, load_config
     from interformer_rec.data.synthetic import generate
     from interformer_rec.export.export import compile_package, export_program, load_model, serving_module
@@ -179,7 +180,7 @@ def stack_check(device: torch.device, work: Path, steps: int) -> Dict[str, Any]:
     cfg = load_config(ROOT / "configs" / "synthetic.yaml", [
         *(f"data.{s}={work / 'data' / (s + '.parquet')}" for s in ("train", "valid", "test")),
         f"train.out_dir={work / 'run'}", "train.progress=false", "train.epochs=1", f"train.max_steps_per_epoch={steps}",
-        f"train.device={device.type}", "model.embedding_dim=8", "model.interformer.num_layers=1",
+        f"train.device={device.type}", f"model.name={model}", "model.embedding_dim=8", "model.interformer.num_layers=1",
         "model.interformer.interaction_mlp=[16]", "model.interformer.over_arch=[16]",
     ])
     start = time.perf_counter()
@@ -227,7 +228,7 @@ def markdown(report: Dict[str, Any]) -> str:
     if "skipped" in st:
         lines.append(f"skipped: {st['skipped']}")
     else:
-        lines.append(f"{st['train_steps']} steps in {st['train_seconds']:.1f} s ({st['plan']}), last step loss "
+        lines.append(f"{st['model']}: {st['train_steps']} steps in {st['train_seconds']:.1f} s ({st['plan']}), last step loss "
                      f"{st['final_step_loss']:.4f}; package built in {st['export_seconds']:.1f} s, parity over "
                      f"{st['parity_cases']} cases: max |Δlogit| {st['parity_max_abs_diff_logit']:.2e}")
     return "\n".join(lines) + "\n"
@@ -243,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=10, help="timed calls per figure (median)")
     ap.add_argument("--matmul-n", type=int, help="size of the peak matmuls (default: 8192, --small 512)")
     ap.add_argument("--no-stack", action="store_true", help="skip the Trainer + export check")
+    ap.add_argument("--stack-model", default="interformer", choices=["interformer", "dlrm_dcn"], help="its model")
     ap.add_argument("--out", default=str(ROOT / "results" / "gpu_check"))
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -262,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack: Dict[str, Any] = {"skipped": "--no-stack"}
     else:
         with tempfile.TemporaryDirectory() as work:
-            stack = stack_check(device, Path(work), steps=3)
+            stack = {"model": args.stack_model, **stack_check(device, Path(work), steps=3, model=args.stack_model)}
     report = {"device": device_info(device), "sizes": asdict(sizes), "peak_flop_per_s": peak, "dense": dense, "stack": stack}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
