@@ -62,7 +62,7 @@ def prepare(cfg: Config, name: str, work: Path, checkpoint: Optional[str]) -> Pa
         return Path(checkpoint)
     from interformer_rec.models import build_model
     from interformer_rec.train.checkpoint import save_checkpoint
-    from interformer_rec.train.trainer import RankingTrain
+    from interformer_rec.train.ranking import RankingTrain
 
     cfg.model.name = name  # type: ignore[assignment]
     torch.manual_seed(0)

@@ -35,7 +35,7 @@ from interformer_rec.config import ModelConfig, Schema, SyntheticConfig, with_ov
 from interformer_rec.data.batch import Batch
 from interformer_rec.data.synthetic import synthetic_schema
 from interformer_rec.models import build_model, num_parameters
-from interformer_rec.train.trainer import RankingTrain
+from interformer_rec.train.ranking import RankingTrain
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["interformer:dhen", "interformer:dot", "dlrm", "dlrm_dcn", "dlrm_projection", "bst"]

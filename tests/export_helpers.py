@@ -101,7 +101,7 @@ def checkpoint(tmp_path_factory, name: str) -> Path:
     assert name == "interformer_local", name
     from interformer_rec.models import build_model
     from interformer_rec.train.checkpoint import save_checkpoint
-    from interformer_rec.train.trainer import RankingTrain
+    from interformer_rec.train.ranking import RankingTrain
 
     cfg = make_config(data, "interformer", run, attention_window=LOCAL_WINDOW)
     torch.manual_seed(0)

@@ -1,8 +1,8 @@
 """Raw-format converters (Criteo, Taobao DMR / FuxiCTR, Amazon DIN form and raw reviews):
-against independent pure-Python reference parsers on the shared samples, the bad-row
-policy (counted, reported with file:line, skipped under the threshold, no output above
-it), I/O failures, and hypothesis property tests (malformed lines are never silently
-mis-parsed; parse(format(row)) round-trips)."""
+against independent pure-Python reference parsers (tests/converter_refs.py) on the
+shared samples, the bad-row policy (counted, reported with file:line, skipped under the
+threshold, no output above it) and I/O failures. Property tests:
+tests/test_converters_properties.py."""
 
 from __future__ import annotations
 
@@ -10,187 +10,49 @@ import errno
 import gzip
 import json
 import math
-import os
-import re
-from functools import partial
 from pathlib import Path
-from typing import Callable, List, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from config_schemas import config_schema
+from converter_refs import (
+    ALLOW_ALL,
+    AMAZON,
+    CRITEO,
+    DMR,
+    FUXI,
+    ROOT,
+    check_against_reference,
+    convert_criteo_stripped,
+    criteo_ref,
+    din_ref,
+    dmr_ref,
+    f32,
+    lines_of,
+    needs_samples,
+    rows,
+)
 
 from interformer_rec.config import load_config
-from config_schemas import config_schema
 from interformer_rec.data import convert as convert_mod
 from interformer_rec.data.amazon import (
-    DIN_NUM_CATS,
-    DIN_NUM_ITEMS,
     build_amazon_din,
     convert_amazon_din,
 )
 from interformer_rec.data.convert import BadRowPolicy, ConversionError
-from interformer_rec.data.text import read_blocks
 from interformer_rec.data.criteo import convert_criteo
 from interformer_rec.data.reader import ParquetBatchReader
 from interformer_rec.data.taobao import (
-    DMR_SIZES,
     convert_taobao_dmr,
     convert_taobao_fuxictr,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT.parent / "shared" / "data" / "samples"
-CRITEO = SAMPLES / "criteo" / "train_head999.txt"
-DMR = SAMPLES / "taobao_ad" / "dmr_alimama_sample500.txt"
-FUXI = SAMPLES / "taobao_ad" / "fuxictr_tiny_train.csv"
-AMAZON = SAMPLES / "amazon_electronics" / "din_sample100.txt"
-
-needs_samples = pytest.mark.skipif(
-    not SAMPLES.is_dir(), reason=f"raw-format samples not found at {SAMPLES} (shared data beside the repo)"
-)
-ALLOW_ALL = BadRowPolicy(max_bad_fraction=1.0, log_first=0)
-INT = re.compile(rb"-?[0-9]{1,18}")
-UINT = re.compile(rb"[0-9]{1,18}")
-FLOAT = re.compile(rb"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
-
-
-# --------------------------------------------------------------------------- references
-
-
-def lines_of(data: bytes) -> List[bytes]:
-    """Lines as the converters number them: split at \\n, one trailing \\r dropped, a
-    final newline ends the last line."""
-    if not data:
-        return []
-    parts = data.split(b"\n")
-    if data.endswith(b"\n"):
-        parts = parts[:-1]
-    return [p[:-1] if p.endswith(b"\r") else p for p in parts]
-
-
-def f32(x: float) -> float:
-    return float(np.float32(x))
-
-
-def criteo_ref(line: bytes, min_fields: int = 15) -> Optional[dict]:
-    f = line.split(b"\t")
-    if not min_fields <= len(f) <= 40:
-        return None
-    f += [b""] * (40 - len(f))
-    if f[0] not in (b"0", b"1"):
-        return None
-    row: dict = {"label": int(f[0])}
-    for j in range(1, 14):
-        if f[j] == b"":
-            x = 0
-        elif INT.fullmatch(f[j]):
-            x = int(f[j])
-        else:
-            return None
-        row[f"I{j}"] = f32(math.log1p(max(x, 0)))
-    for j in range(14, 40):
-        if f[j] == b"":
-            v = 0
-        elif re.fullmatch(rb"[0-9a-fA-F]{8}", f[j]):
-            v = int(f[j], 16)
-        else:
-            return None
-        row[f"C{j - 13}"] = v
-    return row
-
-
-DMR_OPTIONAL = set(range(251, 259)) | set(range(260, 266))
-
-
-def dmr_ref(line: bytes) -> Optional[dict]:
-    f = line.split(b",")
-    if len(f) != 267:
-        return None
-    v: List = [0] * 267
-    for j, x in enumerate(f):
-        if j in DMR_OPTIONAL and x in (b"", b"NULL"):
-            v[j] = 0
-        elif j == 264:
-            if not FLOAT.fullmatch(x) or not math.isfinite(float(x)):
-                return None
-            v[j] = float(x)
-        elif INT.fullmatch(x):
-            v[j] = int(x)
-        else:
-            return None
-    if f[266] not in (b"0", b"1"):
-        return None
-    limits = [5] * 50 + [12978] * 50 + [461529] * 50 + [2] * 100
-    names = ["userid", "cms_segid", "cms_group_id", "final_gender_code", "age_level", "pvalue_level",
-             "shopping_level", "occupation", "new_user_class_level", "adgroup_id", "cate_id",
-             "campaign_id", "customer", "brand"]
-    limits += [DMR_SIZES[c] for c in names] + [None, 2, 2]
-    for j, hi in enumerate(limits):
-        if hi is not None and not 0 <= v[j] < hi:
-            return None
-    real = [t for t in range(50) if v[150 + t] == 1]
-    row = {"clk": v[266], "price": f32(v[264])}
-    row.update({c: v[250 + k] for k, c in enumerate(names)})
-    row["pid"] = v[265]
-    for b, lo in (("btag", 0), ("cate", 50), ("brand", 100), ("match", 200)):
-        row[f"hist_{b}"] = [v[lo + t] for t in real]
-    return row
-
-
-def din_ref(line: bytes, num_items: int = DIN_NUM_ITEMS, num_cats: int = DIN_NUM_CATS) -> Optional[dict]:
-    f = line.split(b";")
-    if len(f) != 5:
-        return None
-
-    def ids(x: bytes, size: int) -> Optional[List[int]]:
-        if x == b"":
-            return []
-        out = []
-        for t in x.split(b" "):
-            if not INT.fullmatch(t) or not 0 <= int(t) < size:
-                return None
-            out.append(int(t))
-        return out
-
-    items, cats = ids(f[0], num_items), ids(f[1], num_cats)
-    if items is None or cats is None or len(items) != len(cats):
-        return None
-    one_item, one_cat = ids(f[2], num_items), ids(f[3], num_cats)
-    if one_item is None or one_cat is None or len(one_item) != 1 or len(one_cat) != 1 or b" " in f[2] + f[3]:
-        return None
-    if f[4] not in (b"0", b"1"):
-        return None
-    return {"label": int(f[4]), "log_hist_len": f32(math.log1p(len(items))), "item_id": one_item[0],
-            "cat_id": one_cat[0], "hist_item_ids": items, "hist_cat_ids": cats}
-
-
-def rows(path: Path) -> List[dict]:
-    return pq.read_table(path).to_pylist()
-
-
-def check_against_reference(raw: bytes, out: Path, summary: dict, ref: Callable, name: str) -> None:
-    """Output rows == reference rows of the good lines; bad lines == reference's Nones."""
-    want, bad_lines = [], []
-    for i, line in enumerate(lines_of(raw), start=1):
-        r = ref(line)
-        (bad_lines.append(i) if r is None else want.append(r))
-    got = rows(out / f"{name}.parquet")
-    assert got == want
-    assert summary["bad_rows"] == len(bad_lines)
-    if bad_lines:
-        report = (out / "bad_rows.txt").read_text().splitlines()
-        assert [int(l.split(":")[1]) for l in report] == bad_lines, "each bad row reported with its line"
-
+from interformer_rec.data.text import read_blocks
 
 # --------------------------------------------------------------------------- samples
 
 
-# the sample's trailing empty fields were stripped: it needs min_fields=15 (opt-in)
-convert_criteo_stripped = partial(convert_criteo, min_fields=15)
 
 
 @needs_samples
@@ -497,154 +359,3 @@ def test_amazon_reviews_negative_sampling(tmp_path: Path) -> None:
             assert pos["hist_cat_ids"] == [cat_id[f"Cat{int(asin_of[i][1:]) % 7}"] for i in pos["hist_item_ids"]]
     schema = config_schema("amazon", max_len=3, item=len(asins) + 1, cat=8)
     assert sum(b.batch_size for b in ParquetBatchReader(tmp_path / "out" / "train.parquet", schema, 16)) == len(train)
-
-
-# --------------------------------------------------------------------------- properties
-
-# HYPOTHESIS_EXAMPLES=2000 for a deeper search than the suite's default
-PROPS = settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                        HealthCheck.too_slow])
-
-criteo_rows = st.fixed_dictionaries({
-    "label": st.integers(0, 1),
-    "ints": st.lists(st.one_of(st.none(), st.integers(-(10**18) + 1, 10**18 - 1), st.integers(-5, 5000)),
-                     min_size=13, max_size=13),
-    "cats": st.lists(st.one_of(st.none(), st.integers(0, 2**32 - 1)), min_size=26, max_size=26),
-    "upper": st.booleans(),
-    "strip": st.booleans(),
-})
-
-
-def format_criteo(r: dict) -> bytes:
-    fields = [str(r["label"])] + ["" if x is None else str(x) for x in r["ints"]]
-    fields += ["" if c is None else (f"{c:08X}" if r["upper"] else f"{c:08x}") for c in r["cats"]]
-    line = "\t".join(fields)
-    if r["strip"]:
-        line = line.rstrip("\t")
-        if line.count("\t") + 1 < 15:  # a converter never sees fewer than min_fields here
-            line += "\t" * (14 - line.count("\t"))
-    return line.encode()
-
-
-@PROPS
-@given(st.lists(criteo_rows, min_size=1, max_size=20))
-def test_criteo_round_trip(tmp_path_factory, rs) -> None:
-    """parse(format(row)) == row, for any valid row (large ints, missing fields, hex case,
-    stripped trailing fields)."""
-    d = tmp_path_factory.mktemp("rt")
-    (d / "x.txt").write_bytes(b"\n".join(map(format_criteo, rs)) + b"\n")
-    s = convert_criteo_stripped(d / "x.txt", d, policy=BadRowPolicy(max_bad_rows=0))
-    got = rows(d / "x.parquet")
-    assert s["bad_rows"] == 0 and len(got) == len(rs)
-    for g, r in zip(got, rs):
-        assert g["label"] == r["label"]
-        assert [g[f"I{j + 1}"] for j in range(13)] == [f32(math.log1p(max(x or 0, 0))) for x in r["ints"]]
-        assert [g[f"C{j + 1}"] for j in range(26)] == [c or 0 for c in r["cats"]]
-
-
-NOISE = st.sampled_from([b"\t", b"\t\t", b"-", b"--", b"x", b"g", b"0", b"9", b"F", b" ", b".", b"e5",
-                         b"\r", b"\n", b"\xc3\xa9", b"\x00", b";", b",", b"NULL", b"", b"1" * 19, b"^"])
-
-
-def mutate(lines: List[bytes], data: st.DataObject) -> bytes:
-    out = []
-    for line in lines:
-        for _ in range(data.draw(st.integers(0, 2))):
-            kind = data.draw(st.sampled_from(["insert", "delete", "replace"]))
-            i = data.draw(st.integers(0, len(line)))
-            if kind == "insert":
-                line = line[:i] + data.draw(NOISE) + line[i:]
-            elif kind == "delete":
-                line = line[:i] + line[i + data.draw(st.integers(1, 4)):]
-            else:
-                line = line[:i] + data.draw(NOISE) + line[i + 1:]
-        out.append(line)
-    return b"\n".join(out) + data.draw(st.sampled_from([b"", b"\n", b"\r\n"]))
-
-
-def _never_silently_wrong(tmp_path_factory, data, valid_lines, convert, ref, name="x") -> None:
-    d = tmp_path_factory.mktemp("mut")
-    raw = mutate(valid_lines, data)
-    (d / f"{name}.txt").write_bytes(raw)
-    s = convert(d / f"{name}.txt", d, policy=ALLOW_ALL, block_bytes=data.draw(st.sampled_from([64, 1 << 20])))
-    check_against_reference(raw, d, s, ref, name)
-
-
-@PROPS
-@given(st.data())
-def test_criteo_malformed_lines_are_never_silently_misparsed(tmp_path_factory, data) -> None:
-    rs = data.draw(st.lists(criteo_rows, min_size=1, max_size=8))
-    k = data.draw(st.sampled_from([15, 40]))
-    _never_silently_wrong(tmp_path_factory, data, [format_criteo(r) for r in rs],
-                          partial(convert_criteo, min_fields=k), partial(criteo_ref, min_fields=k))
-
-
-def format_din(items: List[int], cats: List[int], item: int, cat: int, label: int) -> bytes:
-    return f"{' '.join(map(str, items))};{' '.join(map(str, cats))};{item};{cat};{label}".encode()
-
-
-din_rows = st.integers(0, 6).flatmap(lambda n: st.tuples(
-    st.lists(st.integers(0, DIN_NUM_ITEMS - 1), min_size=n, max_size=n),
-    st.lists(st.integers(0, DIN_NUM_CATS - 1), min_size=n, max_size=n),
-    st.integers(0, DIN_NUM_ITEMS - 1), st.integers(0, DIN_NUM_CATS - 1), st.integers(0, 1)))
-
-
-@PROPS
-@given(st.data())
-def test_amazon_din_malformed_lines_are_never_silently_misparsed(tmp_path_factory, data) -> None:
-    rs = data.draw(st.lists(din_rows, min_size=1, max_size=8))
-    _never_silently_wrong(tmp_path_factory, data, [format_din(*r) for r in rs], convert_amazon_din, din_ref)
-
-
-@PROPS
-@given(st.lists(din_rows, min_size=1, max_size=10))
-def test_amazon_din_round_trip(tmp_path_factory, rs) -> None:
-    d = tmp_path_factory.mktemp("rt")
-    (d / "x.txt").write_bytes(b"\n".join(format_din(*r) for r in rs))
-    convert_amazon_din(d / "x.txt", d, policy=BadRowPolicy(max_bad_rows=0))
-    got = rows(d / "x.parquet")
-    assert [(g["hist_item_ids"], g["hist_cat_ids"], g["item_id"], g["cat_id"], g["label"]) for g in got] == \
-        [tuple(r) for r in rs]
-
-
-@needs_samples
-@PROPS
-@given(st.data())
-def test_dmr_malformed_lines_are_never_silently_misparsed(tmp_path_factory, data) -> None:
-    sample = lines_of(DMR.read_bytes())
-    picked = data.draw(st.lists(st.sampled_from(sample), min_size=1, max_size=4))
-    _never_silently_wrong(tmp_path_factory, data, picked, convert_taobao_dmr, dmr_ref)
-
-
-def _spans(tokens: List[bytes], sep: bytes = b"|"):
-    data = sep.join(tokens) + sep
-    s, pos = [], 0
-    for t in tokens:
-        s.append(pos)
-        pos += len(t) + 1
-    s = np.array(s, np.int64)
-    return np.frombuffer(data, np.uint8), s, s + np.array([len(t) for t in tokens], np.int64)
-
-
-tokens = st.lists(
-    st.one_of(st.binary(max_size=24), st.from_regex(rb"\A-?[0-9]{1,20}\Z"),
-              st.from_regex(rb"\A[0-9a-fA-F]{6,10}\Z"), st.sampled_from([b"-", b"/", b":", b"0" * 8, b"9" * 18])),
-    max_size=40,
-).map(lambda ts: [t for t in ts if b"|" not in t])
-
-
-@settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 200)), deadline=None)
-@given(tokens)
-def test_parse_int_and_hex_match_a_regex_reference(ts) -> None:
-    """The vectorised (SWAR) number parsers against Python's int() behind a strict regex."""
-    from interformer_rec.data.text import parse_hex, parse_int
-
-    buf, s, e = _spans(ts)
-    v, ok, empty = parse_int(buf, s, e)
-    assert ok.tolist() == [bool(INT.fullmatch(t)) for t in ts]
-    assert v[ok].tolist() == [int(t) for t in ts if INT.fullmatch(t)]
-    assert empty.tolist() == [t == b"" for t in ts]
-    v, ok, _ = parse_hex(buf, s, e, 8)
-    hexok = [bool(re.fullmatch(rb"[0-9a-fA-F]{8}", t)) for t in ts]
-    assert ok.tolist() == hexok
-    assert v[ok].tolist() == [int(t, 16) for t, h in zip(ts, hexok) if h]

@@ -16,7 +16,8 @@ from interformer_rec.data.synthetic import generate
 from interformer_rec.models import build_model, compile_dense
 from interformer_rec.train import checkpoint
 from interformer_rec.train.dist import pick_device
-from interformer_rec.train.trainer import RankingTrain, Trainer
+from interformer_rec.train.ranking import RankingTrain
+from interformer_rec.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

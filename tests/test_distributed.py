@@ -12,196 +12,32 @@ wrong gradient scale shows in the tables, not just in the loss.
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
 import shutil
-import signal
-import socket
-import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
+from dist_helpers import (
+    CONFIG,
+    DROPOUT,
+    PLAN_A,
+    PLAN_B,
+    PLAN_C,
+    REGULARIZER,
+    STEPS,
+    B,
+    _inline,
+    _load,
+    _overrides,
+    _spawn,
+)
 
-from interformer_rec.config import ConfigError, DistConfig, SyntheticConfig, TableSharding, load_config
+from interformer_rec.config import (
+    SyntheticConfig,
+    load_config,
+)
 from interformer_rec.data.synthetic import generate
-
-CONFIG = "configs/synthetic.yaml"
-B = 32  # rows per rank on 2 ranks; the 1-rank reference uses 2 * B
-STEPS = 8
-SPAWN_TIMEOUT_S = 150
-
-# sharding types per table, chosen so that two 2-rank runs cover every type the CPU
-# backend can do: EBC (user, segment, interest, context) table-, column-,
-# table-column-wise and data-parallel; EC (item, category) table-, row-, column-wise.
-PLAN_A = {
-    "user": {"sharding_types": ["table_wise"]},
-    "interest": {"sharding_types": ["column_wise"], "min_partition": 8},
-    "segment": {"sharding_types": ["data_parallel"], "compute_kernels": ["dense"]},
-    "context": {"sharding_types": ["table_column_wise"], "min_partition": 8},
-    "item": {"sharding_types": ["row_wise"]},
-    "category": {"sharding_types": ["column_wise"], "min_partition": 8},
-}
-PLAN_B = {  # (the planner puts A's two `category` column shards on one rank, B's `item` on two)
-    "user": {"sharding_types": ["column_wise"], "min_partition": 8},
-    "interest": {"sharding_types": ["table_column_wise"], "min_partition": 8},
-    "segment": {"sharding_types": ["table_wise"]},
-    "context": {"sharding_types": ["data_parallel"], "compute_kernels": ["dense"]},
-    "item": {"sharding_types": ["column_wise"], "min_partition": 8},
-    "category": {"sharding_types": ["table_wise"]},
-}
-# opt-in (dist.cpu_row_wise): row-wise pooled tables, which TorchRec offers on CUDA only
-PLAN_C = {
-    "user": {"sharding_types": ["row_wise"]},
-    "interest": {"sharding_types": ["table_row_wise"]},
-}
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-DROPOUT = ("model.interformer.dropout=0.1", "model.interformer.attention_dropout=0.1")
-REGULARIZER = "train.embedding_regularizer=0.5"
-
-
-def _overrides(data: Path, out: Path, batch: int, tables: Dict[str, Any], *extra: str) -> List[str]:
-    return [
-        f"data.train={data}/train.parquet",
-        f"data.valid={data}/valid.parquet",
-        "data.test=null",
-        "model.name=interformer",
-        # dropout masks are drawn per rank: runs on different world sizes agree only without it
-        "model.interformer.dropout=0.0",
-        "model.interformer.attention_dropout=0.0",
-        "train.epochs=1",
-        f"train.batch_size={batch}",
-        "train.eval_batch_size=256",
-        f"train.max_steps_per_epoch={STEPS}",
-        f"train.log_every={STEPS // 2}",
-        "train.progress=false",
-        "train.embedding_optimizer={name: sgd, lr: 0.5}",
-        "train.dense_optimizer={name: sgd, lr: 0.05}",
-        f"train.out_dir={out}",
-        f"dist.tables={json.dumps(tables)}",
-        *extra,
-    ]
-
-
-def _worker(rank: int, world: int, port: int, jobs: List[Dict[str, Any]]) -> None:
-    """Run ``jobs`` one after the other in one process group of ``world`` ranks."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.WARNING)
-    torch.set_num_threads(1)  # 2 ranks on 2 cores; one rank also runs in the test process
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-    )
-    import torch.distributed as dist
-
-    from interformer_rec.train import checkpoint
-    from interformer_rec.train.dist import plan_summary
-    from interformer_rec.train.tables import table_weights
-    from interformer_rec.train.trainer import Trainer
-
-    created = not dist.is_initialized()  # in the test process, an earlier test's 1-rank group may exist
-    if created:
-        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=90))
-    assert dist.get_world_size() == world
-    for job in jobs:
-        cfg = load_config(CONFIG, job["overrides"])
-        if job["kind"] == "init":  # each rank's shards against the tables' init files
-            for t in cfg.data.schema.tables:
-                t.init = job["init"][t.name]
-            trainer = Trainer(cfg, write_outputs=False)
-            diffs = {}
-            for table, _, w in table_weights(trainer.dmp):
-                want = torch.from_numpy(np.load(job["init"][table]))
-                local = [(s.metadata.shard_offsets, s.tensor) for s in w.local_shards()] if hasattr(w, "local_shards") else [((0, 0), w)]
-                diffs[table] = [float((v - want[r : r + v.shape[0], c : c + v.shape[1]]).abs().max()) for (r, c), v in local]
-            Path(f"{job['result']}.{rank}").write_text(json.dumps(diffs))
-            continue
-        if job["kind"] == "fit":
-            trainer = Trainer(cfg)
-            kill = job.get("kill_in_save")
-            if kill:  # SIGKILL rank 0 once the tensors of checkpoint `kill` are written
-                save = checkpoint.dcp.save
-
-                def killing_save(state: Any, checkpoint_id: str, _save: Any = save) -> Any:
-                    out = _save(state, checkpoint_id=checkpoint_id)
-                    if rank == 0 and Path(checkpoint_id).name == f"{kill}.tmp":
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    return out
-
-                checkpoint.dcp.save = killing_save
-            result = trainer.fit()
-        else:  # evaluate a checkpoint written under another plan / world size
-            trainer = Trainer(cfg, write_outputs=False)
-            result = trainer.evaluate_checkpoint(checkpoint.resolve(job["ckpt"]), "valid")
-            result["plan"] = {k: v["sharding_type"] for k, v in plan_summary(trainer.plan).items()}
-        if rank == 0:
-            Path(job["result"]).write_text(json.dumps(result))
-    if created:
-        dist.destroy_process_group()
-
-
-def _spawn(world: int, jobs: List[Dict[str, Any]], expect_kill: bool = False) -> float:
-    """Run ``jobs`` on ``world`` ranks with a deadline; returns the wall time."""
-    start = time.perf_counter()
-    ctx = mp.start_processes(_worker, args=(world, _free_port(), jobs), nprocs=world, join=False, start_method="spawn")
-    deadline = start + SPAWN_TIMEOUT_S
-    try:
-        while not ctx.join(timeout=1.0):
-            if time.perf_counter() > deadline:
-                raise TimeoutError(f"{world}-rank job still running after {SPAWN_TIMEOUT_S}s")
-    except mp.ProcessExitedException as e:
-        if not (expect_kill and e.signal_name == "SIGKILL"):
-            raise
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-    return time.perf_counter() - start
-
-
-def _inline(jobs: List[Dict[str, Any]]) -> float:
-    """Run 1-rank ``jobs`` in this process (no interpreter start), leaving no process
-    group, environment variable, thread setting or logging switch behind."""
-    import logging
-    import warnings
-
-    import torch.distributed as dist
-
-    start, env, threads = time.perf_counter(), dict(os.environ), torch.get_num_threads()
-    had_group = dist.is_initialized()
-    try:
-        with warnings.catch_warnings():
-            _worker(0, 1, _free_port(), jobs)
-    finally:
-        if dist.is_initialized() and not had_group:
-            dist.destroy_process_group()
-        os.environ.clear()
-        os.environ.update(env)
-        torch.set_num_threads(threads)
-        logging.disable(logging.NOTSET)
-    return time.perf_counter() - start
-
-
-def _load(path: Path) -> Dict[str, Any]:
-    return json.loads(Path(path).read_text())
-
 
 # --------------------------------------------------------------------------- runs
 
@@ -304,7 +140,7 @@ def _table_deltas(ckpt_root: Path, cfg_overrides: List[str]) -> Dict[str, torch.
     from interformer_rec.models import build_model
     from interformer_rec.train import checkpoint
     from interformer_rec.train.tables import table_init_values, table_weights
-    from interformer_rec.train.trainer import RankingTrain
+    from interformer_rec.train.ranking import RankingTrain
 
     cfg = load_config(CONFIG, cfg_overrides)
     model = RankingTrain(build_model(cfg.data.schema, cfg.model, embedding_device=torch.device("cpu")))
@@ -432,122 +268,3 @@ def test_killed_job_with_dropout_resumes_exactly(runs: Dict[str, Any]) -> None:
     assert kd["step_losses"][0] == pytest.approx(d["step_losses"][0], abs=1e-6)
     assert kd["valid"]["auc"] == pytest.approx(d["valid"]["auc"], abs=1e-6)
     assert max(abs(x - y) for x, y in zip(d["step_losses"][0][1:], a["step_losses"][0][1:])) > 1e-4  # dropout acted
-
-
-# --------------------------------------------------------------------------- no spawn
-
-
-def _tiny_model():
-    from interformer_rec.models import build_model
-
-    cfg = load_config(CONFIG, ["model.name=bst"])
-    return build_model(cfg.data.schema, cfg.model, embedding_device=torch.device("meta"))
-
-
-@pytest.mark.parametrize(
-    "table, sharding, message",
-    [
-        ("item", "data_parallel", "fbgemm's CPU dense embedding kernel pools"),
-        ("user", "row_wise", "TorchRec offers row-wise pooled sharding on CUDA only"),
-        ("user", "grid_shard", "not offered"),
-        ("nope", "table_wise", "no embedding table 'nope'"),
-    ],
-)
-def test_cpu_refuses_what_it_cannot_shard_before_planning(table: str, sharding: str, message: str) -> None:
-    from interformer_rec.train.dist import check_sharding_config
-
-    cfg = DistConfig(tables={table: TableSharding(sharding_types=[sharding])})
-    with pytest.raises(ConfigError, match=message):
-        check_sharding_config(_tiny_model(), cfg, "cpu")
-
-
-def test_unconstrained_sequence_tables_stay_off_data_parallel_on_cpu() -> None:
-    from interformer_rec.train.dist import check_sharding_config
-
-    c = check_sharding_config(_tiny_model(), DistConfig(), "cpu")
-    for table in ("item", "category"):
-        assert "data_parallel" not in c[table].sharding_types
-    assert "user" not in c  # pooled tables: the planner's full choice
-    assert "item" not in check_sharding_config(_tiny_model(), DistConfig(), "cuda")  # no limit on CUDA
-
-
-def test_table_init_is_independent_of_sharding() -> None:
-    from interformer_rec.modules.embeddings import init_range
-    from interformer_rec.train.tables import table_init_values
-
-    full = table_init_values(3, "t", 10000, 16, (0, 10000), (0, 16))
-    assert full.abs().max() <= init_range(16)  # the range the models build their tables with
-    assert torch.equal(table_init_values(3, "t", 10000, 16, (4000, 9000), (8, 16)), full[4000:9000, 8:16])
-    assert not torch.equal(table_init_values(3, "u", 10000, 16, (0, 10000), (0, 16)), full)
-
-
-@pytest.mark.timeout(300)
-def test_init_files_reach_every_shard_on_two_ranks(tmp_path: Path) -> None:
-    # PLAN_A splits tables row-, column-, table-column-wise and replicates one
-    data = tmp_path / "data"
-    generate(SyntheticConfig(num_users=200, num_items=100, rows={"train": 256, "valid": 256}, row_group_size=256), data)
-    overrides = _overrides(data, tmp_path / "run", B, PLAN_A)
-    cfg = load_config(CONFIG, overrides)
-    rng = np.random.default_rng(0)
-    init = {}
-    for t in cfg.data.schema.tables:
-        init[t.name] = str(tmp_path / f"{t.name}.npy")
-        np.save(init[t.name], rng.standard_normal((t.num_embeddings, cfg.model.embedding_dim)).astype(np.float32))
-    _spawn(2, [{"kind": "init", "overrides": overrides, "init": init, "result": str(tmp_path / "init")}])
-    ranks = [_load(tmp_path / f"init.{rank}") for rank in (0, 1)]
-    for table in init:
-        shards = ranks[0][table] + ranks[1][table]
-        assert shards and max(shards) == 0.0, (table, ranks[0][table], ranks[1][table])
-    assert ranks[0]["item"] and ranks[1]["item"]  # row-wise: a shard on each rank
-
-
-def _hung_peer_worker(rank: int, port: int, overrides: List[str], result: str) -> None:
-    """Both ranks run ``interformer-rec train``; rank 1 stops answering once training
-    starts (its ``fit`` sleeps, as a SIGSTOPped rank would). Rank 0 writes its exit code
-    and stderr to ``result``."""
-    import contextlib
-    import io
-
-    torch.set_num_threads(1)
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
-    )
-    from interformer_rec.cli import main
-    from interformer_rec.train.trainer import Trainer
-
-    if rank == 1:
-        Trainer.fit = lambda self, on_step=None: time.sleep(120)  # type: ignore[method-assign]
-    err = io.StringIO()
-    start = time.perf_counter()
-    with contextlib.redirect_stderr(err):
-        rc = main(["train", "--config", CONFIG, *[a for o in overrides for a in ("--set", o)]])
-    if rank == 0:
-        Path(result).write_text(json.dumps({"rc": rc, "stderr": err.getvalue(), "seconds": time.perf_counter() - start}))
-
-
-def test_a_hung_peer_ends_the_job_after_dist_timeout(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    generate(SyntheticConfig(rows={"train": 512, "valid": 128}, seed=0), data)
-    overrides = _overrides(data, tmp_path / "run", B, {}, "dist.timeout_s=3")
-    result = tmp_path / "result.json"
-    ctx = mp.start_processes(
-        _hung_peer_worker, args=(_free_port(), overrides, str(result)), nprocs=2, join=False, start_method="spawn"
-    )
-    try:
-        deadline = time.perf_counter() + SPAWN_TIMEOUT_S
-        while not result.exists() and time.perf_counter() < deadline:
-            time.sleep(0.5)
-    finally:
-        for p in ctx.processes:
-            p.kill()
-    out = _load(result)
-    assert out["rc"] == 3, out["stderr"][-2000:]
-    assert "no answer from a peer rank within dist.timeout_s=3 s" in out["stderr"]
-
-
-def test_dist_timeout_must_be_positive() -> None:
-    from interformer_rec.train.dist import init_distributed
-
-    with pytest.raises(ConfigError, match="dist.timeout_s=0"):
-        init_distributed(DistConfig(timeout_s=0))

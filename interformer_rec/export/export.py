@@ -131,7 +131,7 @@ def load_model(checkpoint: Path | str, pointer: str = "best") -> Tuple[nn.Module
     """
     from interformer_rec.models import build_model
     from interformer_rec.train.checkpoint import load_checkpoint, read_meta, resolve
-    from interformer_rec.train.trainer import RankingTrain
+    from interformer_rec.train.ranking import RankingTrain
 
     ckpt = resolve(Path(checkpoint), pointer)
     meta = read_meta(ckpt)
