@@ -11,10 +11,12 @@ history steps) at its initial weights, exported with a batch limit of 64 rows.""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
 import torch
+from filelock import FileLock
 
 from interformer_rec.config import (
     Config,
@@ -35,15 +37,26 @@ SYNTH = SyntheticConfig(
 
 
 def cache_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.getbasetemp() / "export-cache"
+    """The session's cache. Under pytest-xdist each worker has its own base temp
+    directory; the cache is in their shared parent, and each entry is built under a
+    file lock, so it is built once whichever worker asks first."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    d = base / "export-cache"
     d.mkdir(exist_ok=True)
     return d
 
 
+def _lock(entry: Path) -> FileLock:
+    return FileLock(str(entry) + ".lock")
+
+
 def data_dir(tmp_path_factory) -> Path:
     d = cache_dir(tmp_path_factory) / "data"
-    if not (d / "test.parquet").exists():
-        generate(SYNTH, d)
+    with _lock(d):
+        if not (d / "test.parquet").exists():
+            generate(SYNTH, d)
     return d
 
 
@@ -90,14 +103,19 @@ def checkpoint(tmp_path_factory, name: str) -> Path:
     initial weights saved from an unsharded model with ``save_checkpoint``.
     """
     run = cache_dir(tmp_path_factory) / f"run_{name}"
-    if (run / "checkpoints" / "best").exists():
-        return run
+    with _lock(run):
+        if not (run / "checkpoints" / "best").exists():
+            _train(tmp_path_factory, name, run)
+    return run
+
+
+def _train(tmp_path_factory, name: str, run: Path) -> None:
     data = data_dir(tmp_path_factory)
     if name in TRAINED:
         from interformer_rec.train.trainer import Trainer
 
         Trainer(make_config(data, name, run)).fit()
-        return run
+        return
     assert name == "interformer_local", name
     from interformer_rec.models import build_model
     from interformer_rec.train.checkpoint import save_checkpoint
@@ -108,15 +126,19 @@ def checkpoint(tmp_path_factory, name: str) -> Path:
     model = RankingTrain(build_model(cfg.data.schema, cfg.model))
     meta = {"epoch": 0, "global_step": 0, "valid": {}, "config": cfg.to_dict()}
     save_checkpoint(run / "checkpoints", "epoch_0000", model, None, meta, pointers=("latest", "best"))
-    return run
 
 
 def exported(tmp_path_factory, name: str, quantize: Optional[str] = None) -> Path:
     """The export directory of model ``name``, written by ``interformer-rec export``
     (compiled once per session)."""
     out = cache_dir(tmp_path_factory) / f"export_{name}_{quantize or 'float'}"
-    if (out / "manifest.json").exists() and (out / "model.pt2").exists():
-        return out
+    with _lock(out):
+        if not ((out / "manifest.json").exists() and (out / "model.pt2").exists()):
+            _export(tmp_path_factory, name, quantize, out)
+    return out
+
+
+def _export(tmp_path_factory, name: str, quantize: Optional[str], out: Path) -> None:
     from interformer_rec.cli import main
 
     run = checkpoint(tmp_path_factory, name)
@@ -127,7 +149,6 @@ def exported(tmp_path_factory, name: str, quantize: Optional[str] = None) -> Pat
         args += ["--quantize", quantize] if quantize else ["--kjt-program"]
     rc = main(args)
     assert rc == 0, f"interformer-rec {' '.join(args)} exited {rc}"
-    return out
 
 
 def manifest(export_dir: Path) -> dict:
