@@ -432,6 +432,15 @@ def test_predictor_refuses_a_changed_model_dir(tmp_path_factory, tmp_path, chang
             load_kjt_program(d / "program_kjt.pt2")
 
 
+def test_predictor_warns_when_the_package_was_built_with_another_torch(tmp_path_factory, tmp_path, caplog):
+    from interformer_rec.serving.predictor import Predictor
+
+    d = _tampered(tmp_path_factory, tmp_path, lambda d: _edit_manifest(d, lambda m: m["versions"].update(torch="2.0.0")))
+    with caplog.at_level("WARNING", logger="interformer_rec.serving.predictor"):
+        Predictor(d)
+    assert f"package built with torch 2.0.0, loading with {torch.__version__}" in caplog.text
+
+
 # --------------------------------------------------------------------------- quantization
 
 

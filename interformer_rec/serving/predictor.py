@@ -35,6 +35,8 @@ from interformer_rec.serving.features import (
     encode_table,
 )
 
+logger = logging.getLogger(__name__)
+
 
 class Predictor:
     """An exported model, ready to score.
