@@ -1,7 +1,8 @@
 # `make run`: create the environment if missing, generate the default synthetic data and
 # train InterFormer on it. `make test`: create the environment if missing, run the suite,
-# one pytest-xdist worker per core, each test file on one worker (most of the suite is
-# Python- and compiler-bound at its small sizes, so the workers overlap well).
+# one pytest-xdist worker per core, each test file on one worker, heaviest first
+# (tests/conftest.py); most of the suite is Python- and compiler-bound at its small
+# sizes, so the workers overlap well.
 #
 # FLAVOR=cpu (the default) or FLAVOR=cuda picks pyproject.toml's extra. The environment
 # is installed with uv. cpu: pyproject.toml's [tool.uv] override keeps torchrec's
@@ -43,7 +44,7 @@ run: $(STAMP)
 	$(VENV)/bin/interformer-rec train --config $(CONFIG)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile tests
+	$(PY) -m pytest -q -p no:cacheprovider -n auto tests
 
 clean:
 	rm -rf $(VENV) data/synthetic runs results

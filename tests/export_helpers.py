@@ -3,10 +3,11 @@ set, tiny checkpoints and their exported packages, cached under the session's py
 base temp directory so that each package is compiled (AOTInductor, ~15-25 s on 2 cores)
 once per test session, whichever test file asks first.
 
-Models (:data:`MODELS`): ``interformer`` and ``dlrm_dcn`` are trained by the real
-Trainer (3 epochs on the planted synthetic data: test AUC ~0.73 and ~0.68, the oracle's
-0.89); ``interformer_local`` is InterFormer with local attention (window 2 < the 6
-history steps) at its initial weights, exported with a batch limit of 64 rows."""
+Models: ``interformer`` and ``dlrm_dcn``, trained by the real Trainer (3 epochs on the
+planted synthetic data: test AUC ~0.72 and ~0.68, the oracle's 0.89). InterFormer runs
+local attention (blocks of :data:`LOCAL_WINDOW` = 2 steps, the histories have up to 6)
+and its package takes at most :data:`INTERFORMER_MAX_BATCH` rows per call, so that one
+compile covers both; full attention is exported by tests/test_your_log.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import os
 from pathlib import Path
 from typing import Optional
 
-import torch
 from filelock import FileLock
 
 from interformer_rec.config import (
@@ -60,14 +60,12 @@ def data_dir(tmp_path_factory) -> Path:
     return d
 
 
-TRAINED = ("interformer", "dlrm_dcn")
-LOCAL_WINDOW = 2  # model interformer_local: attention blocks of 2 steps
-LOCAL_MAX_BATCH = 64  # its package's batch limit (the test set has 256 rows)
+LOCAL_WINDOW = 2  # InterFormer's attention blocks (local attention)
+INTERFORMER_MAX_BATCH = 64  # its package's batch limit (the test set has 256 rows)
 
 
-def make_config(data: Path, name: str, out_dir: Path, attention_window: int = 64) -> Config:
-    """The tiny config of model ``name`` (``attention_window`` 64 > max_len: full
-    attention)."""
+def make_config(data: Path, name: str, out_dir: Path) -> Config:
+    """The tiny config of model ``name``."""
     return Config(
         data=DataConfig(
             schema=synthetic_schema(SYNTH),
@@ -84,7 +82,7 @@ def make_config(data: Path, name: str, out_dir: Path, attention_window: int = 64
                 num_layers=1, num_heads=2, interaction="dhen", interaction_mlp=[16], dcn_num_layers=1,
                 dcn_low_rank=4, projection_branch1=[16], projection_branch2=[16], masknet_hidden=16,
                 ffn_hidden=16, over_arch=[16], similarity_tokens=True,  # exported too
-                attention_window=attention_window,
+                attention_window=LOCAL_WINDOW,
             ),
         ),
         train=TrainConfig(
@@ -96,12 +94,9 @@ def make_config(data: Path, name: str, out_dir: Path, attention_window: int = 64
 
 
 def checkpoint(tmp_path_factory, name: str) -> Path:
-    """A run directory with a ``checkpoints/best`` for model ``name``.
-
-    :data:`TRAINED` models: the real Trainer (DMP-sharded, so loading the checkpoint
-    exercises gathering sharded tables into a plain model). ``interformer_local``: the
-    initial weights saved from an unsharded model with ``save_checkpoint``.
-    """
+    """A run directory with a ``checkpoints/best`` for model ``name``, trained by the
+    real Trainer (DMP-sharded, so loading the checkpoint exercises gathering sharded
+    tables into a plain model)."""
     run = cache_dir(tmp_path_factory) / f"run_{name}"
     with _lock(run):
         if not (run / "checkpoints" / "best").exists():
@@ -110,22 +105,9 @@ def checkpoint(tmp_path_factory, name: str) -> Path:
 
 
 def _train(tmp_path_factory, name: str, run: Path) -> None:
-    data = data_dir(tmp_path_factory)
-    if name in TRAINED:
-        from interformer_rec.train.trainer import Trainer
+    from interformer_rec.train.trainer import Trainer
 
-        Trainer(make_config(data, name, run)).fit()
-        return
-    assert name == "interformer_local", name
-    from interformer_rec.models import build_model
-    from interformer_rec.train.checkpoint import save_checkpoint
-    from interformer_rec.train.ranking import RankingTrain
-
-    cfg = make_config(data, "interformer", run, attention_window=LOCAL_WINDOW)
-    torch.manual_seed(0)
-    model = RankingTrain(build_model(cfg.data.schema, cfg.model))
-    meta = {"epoch": 0, "global_step": 0, "valid": {}, "config": cfg.to_dict()}
-    save_checkpoint(run / "checkpoints", "epoch_0000", model, None, meta, pointers=("latest", "best"))
+    Trainer(make_config(data_dir(tmp_path_factory), name, run)).fit()
 
 
 def exported(tmp_path_factory, name: str, quantize: Optional[str] = None) -> Path:
@@ -143,10 +125,9 @@ def _export(tmp_path_factory, name: str, quantize: Optional[str], out: Path) -> 
 
     run = checkpoint(tmp_path_factory, name)
     args = ["export", "--checkpoint", str(run), "--out", str(out), "--parity-rows", "256"]
-    if name == "interformer_local":
-        args += ["--max-batch", str(LOCAL_MAX_BATCH)]
-    else:
-        args += ["--quantize", quantize] if quantize else ["--kjt-program"]
+    if name == "interformer":
+        args += ["--max-batch", str(INTERFORMER_MAX_BATCH)]
+    args += ["--quantize", quantize] if quantize else ["--kjt-program"]
     rc = main(args)
     assert rc == 0, f"interformer-rec {' '.join(args)} exited {rc}"
 

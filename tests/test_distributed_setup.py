@@ -1,10 +1,12 @@
 """Distributed set-up without the shared runs: what the CPU refuses to shard (before
 planning), sequence tables kept off data-parallel, table initialisation independent of
-the sharding (and init files reaching every shard on 2 ranks), and the process-group
-timeout that ends a job with a hung peer."""
+the sharding (and init files reaching every shard on 2 ranks), the process-group
+timeout that ends a job with a hung peer, and 2 ranks reporting the metrics of the
+union of their predictions."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import time
@@ -14,7 +16,6 @@ from typing import List
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from dist_helpers import (
     CONFIG,
     PLAN_A,
@@ -24,6 +25,8 @@ from dist_helpers import (
     _load,
     _overrides,
     _spawn,
+    run_ranks,
+    start_ranks,
 )
 
 from interformer_rec.config import (
@@ -132,9 +135,7 @@ def test_a_hung_peer_ends_the_job_after_dist_timeout(tmp_path: Path) -> None:
     generate(SyntheticConfig(rows={"train": 512, "valid": 128}, seed=0), data)
     overrides = _overrides(data, tmp_path / "run", B, {}, "dist.timeout_s=3")
     result = tmp_path / "result.json"
-    ctx = mp.start_processes(
-        _hung_peer_worker, args=(_free_port(), overrides, str(result)), nprocs=2, join=False, start_method="spawn"
-    )
+    ctx = start_ranks(_hung_peer_worker, (_free_port(), overrides, str(result)), 2)
     try:
         deadline = time.perf_counter() + SPAWN_TIMEOUT_S
         while not result.exists() and time.perf_counter() < deadline:
@@ -152,3 +153,33 @@ def test_dist_timeout_must_be_positive() -> None:
 
     with pytest.raises(ConfigError, match="dist.timeout_s=0"):
         init_distributed(DistConfig(timeout_s=0))
+
+
+def _metrics_worker(rank: int, port: int, out: str) -> None:
+    """Rank 0 holds rows 0-999, rank 1 rows 1000-2999 of test_metrics' data; each writes
+    the metrics of the gathered predictions."""
+    import torch.distributed as dist
+    from test_metrics import _data
+
+    from interformer_rec.train.metrics import compute_metrics, gather_predictions
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    logits, labels, groups = _data()
+    sl = slice(0, 1000) if rank == 0 else slice(1000, None)  # unequal shards
+    Path(f"{out}.{rank}").write_text(json.dumps(compute_metrics(*gather_predictions(logits[sl], labels[sl], groups[sl]))))
+    dist.destroy_process_group()
+
+
+@pytest.mark.timeout(300)
+def test_two_ranks_report_metrics_of_the_union(tmp_path: Path) -> None:
+    from test_metrics import _data
+
+    from interformer_rec.train.metrics import compute_metrics
+
+    run_ranks(_metrics_worker, (_free_port(), str(tmp_path / "m")), 2)
+    full = compute_metrics(*_data())
+    for rank in (0, 1):
+        got = _load(tmp_path / f"m.{rank}")
+        for k in ("auc", "gauc", "logloss", "ne", "rows"):
+            assert got[k] == pytest.approx(full[k], abs=1e-9), (rank, k)

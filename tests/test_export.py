@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from export_helpers import LOCAL_MAX_BATCH, LOCAL_WINDOW, SYNTH, checkpoint, data_dir, exported, make_config, manifest
+from export_helpers import INTERFORMER_MAX_BATCH, LOCAL_WINDOW, SYNTH, checkpoint, data_dir, exported, make_config, manifest
 from interformer_rec.config import Schema
 from interformer_rec.data.reader import ParquetBatchReader
 from interformer_rec.data.synthetic import synthetic_schema
@@ -32,7 +32,7 @@ from interformer_rec.serving.features import (
     splitmix64,
 )
 
-MODELS = ["interformer", "dlrm_dcn"]  # trained (export_helpers.TRAINED)
+MODELS = ["interformer", "dlrm_dcn"]  # trained; InterFormer with local attention
 TOL = 1e-5
 # test AUC of the trained models on the planted synthetic data (oracle 0.89; ~0.73 and
 # ~0.68 measured; a model at its initial weights scores ~0.5)
@@ -177,12 +177,13 @@ def test_export_writes_package_schema_manifest(export_dir):
 def test_export_parity(export_dir):
     """The export-time parity check: package vs eager on held-out and random rows, batch 1
     and large, empty and full-length sequences, empty bags."""
-    parity = manifest(export_dir)["parity"]
+    m = manifest(export_dir)
+    parity, largest = m["parity"], m["dynamic_dims"]["batch"][1]  # InterFormer's limit: 64
     cases = parity["cases"]
     for src in ("heldout", "random"):
         for case in ("batch_1", "empty_sequences/batch_1", "full_sequences/batch_1", "empty_bags/batch_64"):
             assert f"{src}/{case}" in cases
-    assert cases["heldout/batch_256"]["rows"] == 256
+    assert cases[f"heldout/full_sequences/batch_{min(largest, 256)}"]["rows"] == min(largest, 256)
     for name, c in cases.items():
         assert c["max_abs_diff_logit"] < TOL, name
     assert parity["max_abs_diff_logit"] < TOL
@@ -259,15 +260,11 @@ def test_checkpoint_from_trainer_scores_its_auc(tmp_path_factory, name):
 # --------------------------------------------------------------------------- local attention, batch limit
 
 
-@pytest.fixture(scope="module")
-def local_dir(tmp_path_factory) -> Path:
-    return exported(tmp_path_factory, "interformer_local")
-
-
-def test_local_attention_export_parity(local_dir):
+def test_local_attention_export_parity(tmp_path_factory):
     """InterFormer with local attention (blocks of 2 < the 6 history steps): the package
     matches the eager model on every parity case, full-length histories included, and
     local attention is in effect (the same weights with full attention score otherwise)."""
+    local_dir = exported(tmp_path_factory, "interformer")
     from interformer_rec.export.export import load_model, serving_module
     from interformer_rec.export.inputs import random_encoded
     from interformer_rec.models import build_model
@@ -275,7 +272,7 @@ def test_local_attention_export_parity(local_dir):
     m = manifest(local_dir)
     assert m["config"]["model"]["interformer"]["attention_window"] == LOCAL_WINDOW < SYNTH.max_len
     cases = m["parity"]["cases"]
-    assert cases["heldout/full_sequences/batch_64"]["rows"] == LOCAL_MAX_BATCH
+    assert cases["heldout/full_sequences/batch_64"]["rows"] == INTERFORMER_MAX_BATCH
     for name, c in cases.items():
         assert c["rows"] > 0 and c["max_abs_diff_logit"] < TOL, name
     model, cfg, _, _ = load_model(Path(m["model"]["checkpoint"]))
@@ -289,13 +286,13 @@ def test_local_attention_export_parity(local_dir):
     assert (local_logits - full_logits).abs().max() > 1e-3
 
 
-def test_rows_above_max_batch_are_scored_in_chunks(local_dir, data, tmp_path):
+def test_rows_above_max_batch_are_scored_in_chunks(tmp_path_factory, data, tmp_path):
     """A package of at most 64 rows per call: 256 Parquet rows, or rows given at once, are
     scored in calls of at most 64 rows, and equal the rows scored one by one."""
     from interformer_rec.serving.predictor import Predictor
 
-    predictor = Predictor(local_dir)
-    assert predictor.max_batch == LOCAL_MAX_BATCH
+    predictor = Predictor(exported(tmp_path_factory, "interformer"))
+    assert predictor.max_batch == INTERFORMER_MAX_BATCH
     calls = []
     runner = predictor._runner
 

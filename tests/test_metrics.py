@@ -1,17 +1,14 @@
-"""Metrics agree with independent references, and 2 ranks report the union's metrics."""
+"""Metrics agree with independent references (2 ranks reporting the union's metrics:
+tests/test_distributed_setup.py)."""
 
 import math
-import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from sklearn.metrics import log_loss, roc_auc_score
 
-from interformer_rec.train.metrics import compute_metrics, gather_predictions
+from interformer_rec.train.metrics import compute_metrics
 
 
 def _data(n: int = 3000, seed: int = 0):
@@ -65,32 +62,3 @@ def test_gauc_differs_from_auc_when_groups_shift_scores():
     m = compute_metrics(logits, labels, groups)
     assert m["auc"] > 0.75
     assert abs(m["gauc"] - 0.5) < 0.1
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, port: int, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=__import__("datetime").timedelta(seconds=60))
-    logits, labels, groups = _data()
-    # unequal shards: rank 0 gets 1000 rows, rank 1 gets 2000
-    sl = slice(0, 1000) if rank == 0 else slice(1000, None)
-    gathered = gather_predictions(logits[sl], labels[sl], groups[sl])
-    out[rank] = compute_metrics(*gathered)
-    dist.destroy_process_group()
-
-
-@pytest.mark.timeout(120)
-def test_two_ranks_report_metrics_of_the_union():
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
-        res = dict(out)
-    full = compute_metrics(*_data())
-    for rank in (0, 1):
-        for k in ("auc", "gauc", "logloss", "ne", "rows"):
-            assert res[rank][k] == pytest.approx(full[k], abs=1e-9)

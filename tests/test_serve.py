@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -306,8 +307,7 @@ def strict_server(predictor):
         yield s
 
 
-def _connect(server) -> "socket.socket":
-    import socket
+def _connect(server) -> socket.socket:
     from urllib.parse import urlsplit
 
     u = urlsplit(server.url)
