@@ -194,6 +194,32 @@ def read_step(data: Path, config: Path, batch: int, workers: int, threads: int =
 # --------------------------------------------------------------------------- main
 
 
+def memory_runs(work: Path, budget: int, file_factor: float) -> Dict[str, Any]:
+    """Convert and read a random Criteo file ``file_factor`` times the memory ``budget``
+    (MB), and one of the budget's size, measuring peak RSS: the peak does not grow with
+    the input."""
+    runs = []
+    for factor in sorted({1.0, file_factor}):
+        big = work / f"big_criteo_{factor:g}.txt"
+        info = random_criteo(big, int(budget * MB * factor))
+        conv = convert_step("criteo", big, work / f"big_{factor:g}")
+        conv.pop("outputs")
+        parquet = work / f"big_{factor:g}" / f"{big.stem}.parquet"
+        read = read_step(parquet, ROOT / "configs" / "criteo.yaml", 256, 0)
+        runs.append({"raw_mb": info["bytes"] / MB, "rows": info["rows"],
+                     "parquet_mb": parquet.stat().st_size / MB, "convert": conv, "read": read})
+        big.unlink()
+        print(f"memory: {info['bytes'] / MB:.0f} MB raw ({info['rows']:,} rows) vs budget {budget} MB: "
+              f"convert peak RSS {conv['peak_rss_mb']:.0f} MB (no torch), read peak RSS "
+              f"{read['peak_rss_mb']:.0f} MB (held beyond imports {read['held_mb']:.0f} MB)", file=sys.stderr)
+    m = runs[-1]
+    return {
+        "budget_mb": budget, **m, "smaller": runs[0] if len(runs) > 1 else None,
+        "convert_within_budget": m["convert"]["peak_rss_mb"] < budget,
+        "read_held_within_budget": m["read"]["held_mb"] < budget,
+    }
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
@@ -252,28 +278,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{train['train_rows_per_s']:,.0f} rows/s; reader on the same data {train['reader_rows_per_s']:,.0f} "
           f"rows/s -> input is {100 * share:.1f}% of a step", file=sys.stderr)
 
-    # larger-than-budget file: convert and read it, measure peak RSS; the same at a
-    # quarter of the size shows that the peak does not grow with the input
-    runs = []
-    for factor in sorted({1.0, args.file_factor}):
-        big = work / f"big_criteo_{factor:g}.txt"
-        info = random_criteo(big, int(budget * MB * factor))
-        conv = convert_step("criteo", big, work / f"big_{factor:g}")
-        conv.pop("outputs")
-        parquet = work / f"big_{factor:g}" / f"{big.stem}.parquet"
-        read = read_step(parquet, ROOT / "configs" / "criteo.yaml", 256, 0)
-        runs.append({"raw_mb": info["bytes"] / MB, "rows": info["rows"],
-                     "parquet_mb": parquet.stat().st_size / MB, "convert": conv, "read": read})
-        big.unlink()
-        print(f"memory: {info['bytes'] / MB:.0f} MB raw ({info['rows']:,} rows) vs budget {budget} MB: "
-              f"convert peak RSS {conv['peak_rss_mb']:.0f} MB (no torch), read peak RSS "
-              f"{read['peak_rss_mb']:.0f} MB (held beyond imports {read['held_mb']:.0f} MB)", file=sys.stderr)
-    m = runs[-1]
-    result["memory"] = {
-        "budget_mb": budget, **m, "smaller": runs[0] if len(runs) > 1 else None,
-        "convert_within_budget": m["convert"]["peak_rss_mb"] < budget,
-        "read_held_within_budget": m["read"]["held_mb"] < budget,
-    }
+    result["memory"] = memory_runs(work, budget, args.file_factor)
 
     (out_dir / "data.json").write_text(json.dumps(result, indent=2))
     (out_dir / "data.md").write_text(markdown(result))

@@ -54,6 +54,25 @@ def _is_wait(name: str) -> bool:
     return "wait" in n and ("##" in n or "awaitable" in n or n.startswith("all2all"))
 
 
+def _comm_shares(events: List[Any], wall_ms: float) -> Tuple[float, float]:
+    """Shares of ``wall_ms`` that the profiled steps spent with communication exposed
+    (the training thread in a c10d call or waiting on one) and with the backend busy
+    (gloo/nccl events on any thread)."""
+    threads: Dict[int, int] = {}
+    for e in events:
+        if e.name.startswith("ProfilerStep") or "## forward" in e.name or "## backward" in e.name:
+            threads[e.thread] = threads.get(e.thread, 0) + 1
+    main_thread = max(threads, key=threads.get) if threads else None
+    exposed, busy = [], []
+    for e in events:
+        iv = (e.time_range.start, e.time_range.end)
+        if e.name.startswith("gloo:") or e.name.startswith("nccl:"):
+            busy.append(iv)
+        elif e.thread == main_thread and (e.name.startswith("c10d::") or _is_wait(e.name)):
+            exposed.append(iv)
+    return _union_ms(exposed) / wall_ms, _union_ms(busy) / wall_ms
+
+
 def worker(args: argparse.Namespace) -> None:
     import torch
 
@@ -101,26 +120,13 @@ def worker(args: argparse.Namespace) -> None:
         for _ in range(args.profile_steps):
             step(it)
         p_seconds = time.perf_counter() - p0
-    main_thread, exposed, busy = None, [], []
-    events = list(prof.events())
-    threads: Dict[int, int] = {}
-    for e in events:
-        if e.name.startswith("ProfilerStep") or "## forward" in e.name or "## backward" in e.name:
-            threads[e.thread] = threads.get(e.thread, 0) + 1
-    main_thread = max(threads, key=threads.get) if threads else None
-    for e in events:
-        iv = (e.time_range.start, e.time_range.end)
-        if e.name.startswith("gloo:") or e.name.startswith("nccl:"):
-            busy.append(iv)
-        elif e.thread == main_thread and (e.name.startswith("c10d::") or _is_wait(e.name)):
-            exposed.append(iv)
-    wall_ms = p_seconds * 1e3
+    exposed, busy = _comm_shares(list(prof.events()), p_seconds * 1e3)
     mine = {
         "rank": env.rank,
         "samples_per_s": args.steps * args.batch_size / seconds,
         "step_ms": seconds * 1e3 / args.steps,
-        "comm_exposed_share": _union_ms(exposed) / wall_ms,
-        "comm_busy_share": _union_ms(busy) / wall_ms,
+        "comm_exposed_share": exposed,
+        "comm_busy_share": busy,
     }
     ranks: List[Any] = [None] * env.world_size
     dist.all_gather_object(ranks, mine)
