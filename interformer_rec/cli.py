@@ -119,13 +119,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = trainer.fit()
     except RuntimeError as e:
         text = str(e)
-        if "Timed out" not in text and "timeout" not in text.lower():
+        if "timed out" in text.lower() or "timeout" in text.lower():
+            what = (f"a collective got no answer from a peer rank within dist.timeout_s={cfg.dist.timeout_s:g} s "
+                    "(a rank is hung, stopped or gone)")
+        elif "closed by peer" in text or "reset by peer" in text:
+            what = "a peer rank closed its connection (it exited or was killed: see that rank's log)"
+        else:
             raise
-        print(
-            f"interformer-rec train: error: a collective got no answer from a peer rank within "
-            f"dist.timeout_s={cfg.dist.timeout_s:g} s (a rank is hung, stopped or gone): {text.splitlines()[0]}",
-            file=sys.stderr,
-        )
+        print(f"interformer-rec train: error: {what}: {text.splitlines()[0]}", file=sys.stderr)
         return 3
     if trainer.env.is_main:
         print(format_summary(result))
