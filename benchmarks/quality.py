@@ -1,5 +1,5 @@
-"""Quality benchmark: InterFormer (dot / dcn / projection / dhen / dhen_flat) against
-TorchRec's DLRM baselines, BST and DIN, trained by the same trainer (the BARS protocol of
+"""Quality benchmark: InterFormer (dot / dcn / projection / dhen / dhen_flat / infnet)
+against TorchRec's DLRM baselines, BST, DIN, INFNet and OneTrans, trained by the same trainer (the BARS protocol of
 each data set's config: early stopping, LR schedule, best checkpoint) on the same
 features and splits.
 
@@ -47,6 +47,9 @@ MODELS = [
     "dlrm_projection",
     "bst",
     "din",
+    "interformer:infnet",
+    "infnet",
+    "onetrans",
 ]
 METRICS = ("auc", "gauc", "logloss", "ne")
 
@@ -148,7 +151,7 @@ def markdown(results: Dict[str, Dict[str, Any]]) -> str:
 
 
 def verdict(models: Dict[str, Dict[str, Any]]) -> str:
-    """Best InterFormer variant against the best baseline (DLRM family, BST, DIN; by mean
+    """Best InterFormer variant against the best baseline (DLRM family, BST, DIN, INFNet, OneTrans; by mean
     test AUC): the differences in AUC and gAUC points, whether the seed spreads
     (min..max) overlap, and which models reach NE < 1 on test."""
     def best(names: List[str]) -> Tuple[str, Dict[str, Any]]:

@@ -38,7 +38,9 @@ from interformer_rec.models import build_model, num_parameters
 from interformer_rec.train.ranking import RankingTrain
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ["interformer:dhen", "interformer:dot", "dlrm", "dlrm_dcn", "dlrm_projection", "bst"]
+MODELS = [
+    "interformer:dhen", "interformer:dot", "interformer:infnet", "dlrm", "dlrm_dcn", "dlrm_projection", "bst", "infnet", "onetrans"
+]
 PROFILE_T = 50
 DLRMS = ("dlrm", "dlrm_dcn", "dlrm_projection")
 

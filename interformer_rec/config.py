@@ -176,7 +176,7 @@ class DataConfig:
 
 # --------------------------------------------------------------------------- models
 
-Interaction = Literal["dot", "dcn", "projection", "dhen", "dhen_flat"]
+Interaction = Literal["dot", "dcn", "projection", "dhen", "dhen_flat", "infnet"]
 
 
 @dataclass
@@ -202,6 +202,10 @@ class InterFormerConfig(Checked):
     # Ensemble "concat" (concatenation, then a linear map back to the token width) or "sum"
     dhen_layers: int = 1
     dhen_ensemble: Literal["concat", "sum"] = "sum"
+    # interaction "infnet" (INFNet's proxy tokens over the two token types [X ; S_sum]):
+    # proxies per type and alternating blocks
+    infnet_proxies: int = 2
+    infnet_blocks: int = 1
     # LayerNorm on the Interaction Arch's residual stream: X^{l+1} = LN(X^l + MLP(...))
     interaction_norm: bool = True
     interaction_mlp: List[int] = field(default_factory=lambda: [64])
@@ -226,7 +230,8 @@ class InterFormerConfig(Checked):
     _key: ClassVar[str] = "model.interformer"
     _checks: ClassVar[Dict[str, Tuple[str, ...]]] = {
         "positive": (
-            "num_layers", "num_heads", "num_cls", "dhen_layers", "dcn_num_layers", "dcn_low_rank", "masknet_hidden"
+            "num_layers", "num_heads", "num_cls", "dhen_layers", "dcn_num_layers", "dcn_low_rank", "masknet_hidden",
+            "infnet_proxies", "infnet_blocks",
         ),
         "non_negative": ("num_pma", "num_recent", "ffn_hidden", "attention_window"),
         "layers": ("interaction_mlp", "projection_branch1", "projection_branch2", "over_arch"),
@@ -285,7 +290,51 @@ class DINConfig(Checked):
     }
 
 
-ModelName = Literal["interformer", "dlrm", "dlrm_dcn", "dlrm_projection", "bst", "din"]
+@dataclass
+class INFNetConfig(Checked):
+    """INFNet-style model: ``num_proxies`` learned proxy tokens per token type
+    (non-sequence, sequence, task) fuse the types by cross-attention (heterogeneous
+    flow, O(M·N·d)); a proxy gating unit per type refines each token with its proxies
+    (homogeneous flow); ``num_blocks`` alternating blocks."""
+
+    num_proxies: int = 4
+    num_blocks: int = 2
+    num_heads: int = 2
+    ffn_hidden: int = 64  # the proxies' feed-forward after each cross-attention
+    over_arch: List[int] = field(default_factory=lambda: [128, 64])
+    dropout: float = 0.0  # after each hidden layer of the over arch
+
+    _key: ClassVar[str] = "model.infnet"
+    _checks: ClassVar[Dict[str, Tuple[str, ...]]] = {
+        "positive": ("num_proxies", "num_blocks", "num_heads", "ffn_hidden"),
+        "hidden": ("over_arch",),
+        "rate": ("dropout",),
+    }
+
+
+@dataclass
+class OneTransConfig(Checked):
+    """OneTrans baseline: one causal transformer over [sequence tokens ; non-sequence
+    tokens], token-specific parameters for each non-sequence token and shared ones for
+    the sequence tokens, pyramid stacking (each layer keeps fewer of the most recent
+    sequence tokens as queries; the last keeps none)."""
+
+    num_layers: int = 2
+    num_heads: int = 2
+    ffn_hidden: int = 64
+    pyramid: bool = True
+    over_arch: List[int] = field(default_factory=lambda: [128, 64])
+    dropout: float = 0.0  # after each hidden layer of the over arch
+
+    _key: ClassVar[str] = "model.onetrans"
+    _checks: ClassVar[Dict[str, Tuple[str, ...]]] = {
+        "positive": ("num_layers", "num_heads", "ffn_hidden"),
+        "hidden": ("over_arch",),
+        "rate": ("dropout",),
+    }
+
+
+ModelName = Literal["interformer", "dlrm", "dlrm_dcn", "dlrm_projection", "bst", "din", "infnet", "onetrans"]
 
 
 @dataclass
@@ -299,6 +348,8 @@ class ModelConfig(Checked):
     dlrm: DLRMConfig = field(default_factory=DLRMConfig)
     bst: BSTConfig = field(default_factory=BSTConfig)
     din: DINConfig = field(default_factory=DINConfig)
+    infnet: INFNetConfig = field(default_factory=INFNetConfig)
+    onetrans: OneTransConfig = field(default_factory=OneTransConfig)
 
     _key: ClassVar[str] = "model"
     _checks: ClassVar[Dict[str, Tuple[str, ...]]] = {"positive": ("embedding_dim",)}
@@ -325,7 +376,7 @@ class ModelConfig(Checked):
                 )
 
 
-_MODEL_SECTIONS = ("interformer", "dlrm", "bst", "din")
+_MODEL_SECTIONS = ("interformer", "dlrm", "bst", "din", "infnet", "onetrans")
 
 
 def model_in_use(model: Dict[str, Any]) -> Dict[str, Any]:

@@ -111,7 +111,7 @@ def tiny_data(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("name", ["dlrm", "dlrm_dcn", "dlrm_projection", "bst", "din"])
+@pytest.mark.parametrize("name", ["dlrm", "dlrm_dcn", "dlrm_projection", "bst", "din", "infnet", "onetrans"])
 def test_baseline_config_trains_a_few_steps(name, tiny_data, tmp_path):
     cfg = load_config(
         ROOT / "configs" / f"synthetic_{name}.yaml",

@@ -11,7 +11,6 @@ from typing import Optional
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from interformer_rec.config import (
     ConfigError,
@@ -24,9 +23,8 @@ from interformer_rec.config import (
 )
 from interformer_rec.models import DIN, build_model, num_parameters
 from interformer_rec.models.din import DINAttentionPooling, LocalActivationUnit
-from interformer_rec.ops.metrics import auc as roc_auc
 
-from test_baselines import MAX_LEN, _membership_data, _row, make_cfg, make_inputs, make_schema
+from test_baselines import MAX_LEN, _row, make_cfg, make_inputs, make_schema, membership_auc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,27 +141,7 @@ def _train_membership(ablate: Optional[str], seed: int = 0) -> float:
     model = build_model(schema, make_cfg("din"))
     if ablate == "constant":
         model.attention.activation_unit.forward = lambda target, steps, valid: valid.to(steps.dtype)
-    batches = [_membership_data(256, s) for s in range(16)]
-    test_inputs, test_labels = _membership_data(1024, seed=100)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(15):
-        for inputs, labels in batches:
-            loss = F.binary_cross_entropy_with_logits(model(*inputs), labels)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        return roc_auc(test_labels.squeeze(1), model(*test_inputs).squeeze(1))
-
-
-@pytest.fixture
-def one_thread():
-    """Small ops: one intra-op thread is as fast as two on an idle 2-core machine and
-    several times faster on a busy one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return membership_auc(model, 16, 15)
 
 
 def test_learns_the_target_in_history_signal_through_its_attention(one_thread: None) -> None:

@@ -250,7 +250,7 @@ def test_config_schema_matches_the_converter() -> None:
     schema = load_config(ROOT / "configs" / "amazon_grocery.yaml").data.schema
     assert {t.name: t.num_embeddings for t in schema.tables} == GROCERY_TABLES
     assert {s.max_len for s in schema.sequence} == {100}
-    for model in ("dlrm", "dlrm_dcn", "dlrm_projection", "bst", "din"):
+    for model in ("dlrm", "dlrm_dcn", "dlrm_projection", "bst", "din", "infnet", "onetrans"):
         cfg = load_config(ROOT / "configs" / f"amazon_grocery_{model}.yaml")
         assert cfg.data.schema == schema and cfg.model.name == model
         assert cfg.train.out_dir == f"runs/amazon_grocery_{model}"

@@ -85,7 +85,7 @@ def test_embedding_modules_follow_schema():
     assert model.num_tokens == 2 + 2 + 2
 
 
-@pytest.mark.parametrize("interaction", ["dot", "dcn", "projection", "dhen", "dhen_flat"])
+@pytest.mark.parametrize("interaction", ["dot", "dcn", "projection", "dhen", "dhen_flat", "infnet"])
 def test_forward_shapes(interaction):
     torch.manual_seed(0)
     model = InterFormer(_schema(), _cfg(interaction))

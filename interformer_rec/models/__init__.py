@@ -23,7 +23,8 @@ def build_model(
     schema: Schema, cfg: ModelConfig, embedding_device: Optional[torch.device] = None
 ) -> nn.Module:
     """The model named by ``cfg.name`` ("interformer", "dlrm", "dlrm_dcn",
-    "dlrm_projection", "bst" or "din"), its embedding modules on ``embedding_device``.
+    "dlrm_projection", "bst", "din", "infnet" or "onetrans"), its embedding modules on
+    ``embedding_device``.
     ``cfg`` is checked again first (:meth:`ModelConfig.validate`): a config edited in code
     fails with a ``ConfigError`` naming the key, not inside a module."""
     cfg.validate()
@@ -35,6 +36,14 @@ def build_model(
         return DLRMBaseline(schema, cfg, embedding_device=embedding_device)
     if cfg.name == "bst":
         return BST(schema, cfg, embedding_device=embedding_device)
+    if cfg.name == "infnet":
+        from interformer_rec.models.infnet import INFNet
+
+        return INFNet(schema, cfg, embedding_device=embedding_device)
+    if cfg.name == "onetrans":
+        from interformer_rec.models.onetrans import OneTrans
+
+        return OneTrans(schema, cfg, embedding_device=embedding_device)
     return DIN(schema, cfg, embedding_device=embedding_device)  # validate() admits no other name
 
 

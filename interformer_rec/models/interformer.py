@@ -205,6 +205,10 @@ def build_arch(
             projection_branch2=cfg.projection_branch2,
             dhen_layers=cfg.dhen_layers,
             dhen_ensemble=cfg.dhen_ensemble,
+            token_types=(num_tokens, c + p + k),
+            num_heads=cfg.num_heads,
+            infnet_proxies=cfg.infnet_proxies,
+            infnet_blocks=cfg.infnet_blocks,
         )
         return InterFormerLayer(
             cross,

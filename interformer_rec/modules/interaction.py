@@ -17,6 +17,9 @@ Each variant maps ``F`` tokens ``[B, F, d]`` to a flat ``[B, out_dim]`` vector a
   ``out_dim = F·d``.
 * ``dhen_flat`` — the ``dot`` and ``dcn`` outputs concatenated (one flat layer, no norm
   and no shortcut): what this project used before the paper's layer.
+* ``infnet`` — INFNet's proxy tokens (:class:`~interformer_rec.modules.infnet.INFNetInteraction`):
+  ``M`` proxies per token type (``X`` and ``S_sum``) fuse the types by cross-attention
+  and gate their tokens: ``out_dim = (F + 2M)·d``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from torchrec.models.dlrm import InteractionArch as DLRMInteractionArch
 from torchrec.models.dlrm import InteractionProjectionArch
 from torchrec.modules.crossnet import LowRankCrossNet
 from torchrec.modules.mlp import MLP
+
+from interformer_rec.modules.infnet import INFNetInteraction
 
 
 class DotInteraction(nn.Module):
@@ -241,11 +246,16 @@ def build_interaction(
     projection_branch2: Sequence[int] = (64, 64),
     dhen_layers: int = 1,
     dhen_ensemble: str = "sum",
+    token_types: Sequence[int] = (),
+    num_heads: int = 1,
+    infnet_proxies: int = 2,
+    infnet_blocks: int = 1,
 ) -> nn.Module:
     """The interaction variant ``kind`` over ``num_tokens`` tokens of size ``dim``.
 
     Args:
-        kind: ``"dot"``, ``"dcn"``, ``"projection"``, ``"dhen"`` or ``"dhen_flat"``.
+        kind: ``"dot"``, ``"dcn"``, ``"projection"``, ``"dhen"``, ``"dhen_flat"`` or
+            ``"infnet"``.
         num_tokens: ``F``.
         dim: ``d``.
         dcn_layers: DCN cross layers (``dcn``, ``dhen``, ``dhen_flat``).
@@ -253,6 +263,11 @@ def build_interaction(
         projection_branch1, projection_branch2: branch layer sizes (``projection``).
         dhen_layers: stacked DHEN layers (``dhen``).
         dhen_ensemble: ``"concat"`` or ``"sum"`` (``dhen``).
+        token_types: tokens per type, summing to ``num_tokens`` (``infnet``; default: one
+            type).
+        num_heads: attention heads (``infnet``).
+        infnet_proxies: proxies per type (``infnet``).
+        infnet_blocks: alternating blocks (``infnet``; the proxies' FFN is ``4·d`` wide).
     """
     if kind == "dot":
         return DotInteraction(num_tokens, dim)
@@ -264,7 +279,12 @@ def build_interaction(
         return DHENInteraction(num_tokens, dim, dhen_layers, dcn_layers, low_rank, dhen_ensemble)
     if kind == "dhen_flat":
         return DHENFlatInteraction(num_tokens, dim, dcn_layers, low_rank)
-    raise ValueError(f"interaction {kind!r}: use dot, dcn, projection, dhen or dhen_flat")
+    if kind == "infnet":
+        types = list(token_types) or [num_tokens]
+        if sum(types) != num_tokens:
+            raise ValueError(f"token_types={types} do not sum to num_tokens={num_tokens}")
+        return INFNetInteraction(types, dim, infnet_proxies, infnet_blocks, num_heads, 4 * dim)
+    raise ValueError(f"interaction {kind!r}: use dot, dcn, projection, dhen, dhen_flat or infnet")
 
 
 class InteractionArch(nn.Module):
