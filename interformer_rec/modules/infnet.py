@@ -2,7 +2,8 @@
 ``../shared/seeds/002_*.txt``, §3.2-3.3).
 
 The tokens come in *types* (non-sequence features, a behaviour sequence, tasks). Each type
-``τ`` owns ``M`` proxy tokens ``P_τ [B, M, d]``, learned, and one block alternates two
+``τ`` owns ``M`` proxy tokens ``P_τ [B, M, d]``, which start from a learned base plus a
+map of the type's mean token (:class:`INFNetEncoder`), and one block alternates two
 flows:
 
 * **heterogeneous** (:class:`ProxyCrossAttention`): each type's proxies attend, by
