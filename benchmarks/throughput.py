@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch.utils import benchmark
+from torch.utils._pytree import tree_map_only
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -213,8 +214,8 @@ def module_times(
 
     def keep(path: str) -> Callable[..., None]:
         def hook(m: torch.nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], out: Any) -> None:
-            clone = lambda a: a.detach().clone() if isinstance(a, torch.Tensor) else a  # noqa: E731
-            inputs[path] = (tuple(clone(a) for a in args), {k: clone(v) for k, v in kwargs.items()})
+            # detached copies, nested lists and dicts too: the step's graph is freed
+            inputs[path] = tree_map_only(torch.Tensor, lambda a: a.detach().clone(), (args, kwargs))
 
         return hook
 
@@ -226,12 +227,14 @@ def module_times(
     rows = []
     for path, m in modules.items():
         args, kwargs = inputs[path]
-        args = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+        args = tree_map_only(torch.Tensor, lambda a: a.requires_grad_() if a.is_floating_point() else a, args)
 
         def step(m: torch.nn.Module = m, args: Tuple[Any, ...] = args, kwargs: Dict[str, Any] = kwargs) -> None:
             out = m(*args, **kwargs)
             outs = out if isinstance(out, tuple) else (out,)
-            sum(o.sum() for o in outs if isinstance(o, torch.Tensor) and o.requires_grad).backward()
+            grads = [o.sum() for o in outs if isinstance(o, torch.Tensor) and o.requires_grad]
+            if grads:  # a module of index arithmetic only (a mask) has nothing to backward
+                sum(grads).backward()
             m.zero_grad(set_to_none=True)
 
         seconds = median_seconds(step, warmup, steps)

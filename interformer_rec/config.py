@@ -74,8 +74,8 @@ class Schema:
     ``num_embeddings`` (the hashing trick, for raw hashed categories such as Criteo's);
     collisions are then by design, never an accident of wrapping. ``group_key`` is the
     column whose values group rows for gAUC (usually the user id). ``oracle`` is an
-    optional column with the true click probability (synthetic data), used only for
-    reporting the oracle AUC.
+    optional column with the true probability of the first label (synthetic data), used
+    only for reporting the oracle AUC; ``task_oracles`` maps further labels to theirs.
     """
 
     labels: List[str]
@@ -85,6 +85,7 @@ class Schema:
     tables: List[TableConfig] = field(default_factory=list)
     group_key: Optional[str] = None
     oracle: Optional[str] = None
+    task_oracles: Dict[str, str] = field(default_factory=dict)
     id_policy: IdPolicy = "reject"
 
     def __post_init__(self) -> None:
@@ -97,6 +98,11 @@ class Schema:
                     f"schema: feature {f.name!r} uses table {f.table!r}, "
                     f"which is not in schema.tables ({names})"
                 )
+        extra = sorted(set(self.task_oracles) - set(self.labels[1:]))
+        if extra:
+            raise ConfigError(f"schema.task_oracles: {extra} are not labels after the first ({self.labels[1:]})")
+        if self.task_oracles and self.oracle is None:
+            raise ConfigError("schema.task_oracles needs schema.oracle (the first label's)")
         cols = self.all_columns()
         if len(set(cols)) != len(cols):
             raise ConfigError(f"schema: a column is named twice in {cols}")
@@ -159,6 +165,8 @@ class SyntheticConfig:
     )
     row_group_size: int = 4096
     seed: int = 0
+    # a second planted task: `convert`, possible only after a click (see data/synthetic.py)
+    conversion: bool = False
 
 
 @dataclass
@@ -223,6 +231,11 @@ class InterFormerConfig(Checked):
     ffn_hidden: int = 0
     attention_window: int = 64
     over_arch: List[int] = field(default_factory=lambda: [128, 64])
+    # the heads on the summary, one logit per label: "shared" (one over arch with T
+    # outputs), "towers" (an over arch per task) or "mmoe" (num_experts over-arch experts
+    # shared by the tasks, a softmax gate and a linear head per task)
+    task_heads: Literal["shared", "towers", "mmoe"] = "shared"
+    num_experts: int = 4
     dropout: float = 0.1  # on the Sequence Arch's residual branches
     attention_dropout: float = 0.0  # on its attention weights: on CPU SDPA then has no fused kernel
     rope: bool = True
@@ -231,7 +244,7 @@ class InterFormerConfig(Checked):
     _checks: ClassVar[Dict[str, Tuple[str, ...]]] = {
         "positive": (
             "num_layers", "num_heads", "num_cls", "dhen_layers", "dcn_num_layers", "dcn_low_rank", "masknet_hidden",
-            "infnet_proxies", "infnet_blocks",
+            "infnet_proxies", "infnet_blocks", "num_experts",
         ),
         "non_negative": ("num_pma", "num_recent", "ffn_hidden", "attention_window"),
         "layers": ("interaction_mlp", "projection_branch1", "projection_branch2", "over_arch"),
@@ -460,6 +473,9 @@ class TrainConfig:
     # FuxiCTR's embedding_regularizer: λ · Σ ||e||² / B added to the loss, over the
     # embedding vectors the batch looks up (see train.trainer.EmbeddingRegularizer)
     embedding_regularizer: float = 0.0
+    # loss weight of each label (schema.labels), 1 where not named: the loss is
+    # Σ w_t·BCE_t / Σ w_t
+    task_weights: Dict[str, float] = field(default_factory=dict)
     seed: int = 0
     max_steps_per_epoch: Optional[int] = None
     dense_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

@@ -33,19 +33,43 @@ def test_metrics_match_sklearn():
     assert m["rows"] == len(y)
 
 
-def test_two_tasks_report_each_task_s_auc():
+TASKS = ["click", "convert"]
+
+
+def _two_task_data():
+    """test_metrics' data plus a second label column with its own logits."""
     logits, labels, groups = _data()
     g = torch.Generator().manual_seed(5)
-    second = (torch.rand(len(labels), 1, generator=g) < 0.6).double()  # another label column
+    second = (torch.rand(len(labels), 1, generator=g) < 0.1).double()
     logits2 = torch.cat([logits, second * 0.7 + torch.randn(len(labels), 1, generator=g)], 1)
-    m = compute_metrics(logits2, torch.cat([labels, second], 1), groups)
-    p = torch.sigmoid(logits2).numpy()
-    assert m["auc_per_task"] == pytest.approx(
-        [roc_auc_score(labels.squeeze(1).numpy(), p[:, 0]), roc_auc_score(second.squeeze(1).numpy(), p[:, 1])], abs=1e-12
-    )
-    assert m["auc"] == m["auc_per_task"][0] and m["auc_per_task"][1] != m["auc_per_task"][0]
-    first = compute_metrics(logits, labels, groups)  # the headline metrics are the first task's
-    assert {k: m[k] for k in first} == pytest.approx(first, abs=1e-12)
+    return logits2, torch.cat([labels, second], 1), groups
+
+
+def assert_per_task_metrics(m: dict, logits, labels, groups) -> None:
+    """Every ``<metric>/<task>`` equals the single-task metrics of that column (checked
+    against sklearn above), and the headline keys are the first task's."""
+    for t, task in enumerate(TASKS):
+        alone = compute_metrics(logits[:, t : t + 1], labels[:, t : t + 1], groups)
+        for k in ("auc", "gauc", "logloss", "ne", "pos_rate"):
+            assert m[f"{k}/{task}"] == pytest.approx(alone[k], abs=1e-9), (task, k)
+            if t == 0:
+                assert m[k] == pytest.approx(alone[k], abs=1e-9), k
+
+
+def test_two_tasks_report_each_task_s_metrics():
+    logits, labels, groups = _two_task_data()
+    m = compute_metrics(logits, labels, groups, TASKS)
+    assert_per_task_metrics(m, logits, labels, groups)
+    p, y = torch.sigmoid(logits).numpy(), labels.numpy()
+    assert m["auc/convert"] == pytest.approx(roc_auc_score(y[:, 1], p[:, 1]), abs=1e-12)
+    assert m["logloss/convert"] == pytest.approx(log_loss(y[:, 1], p[:, 1]), abs=1e-9)
+    assert m["auc/convert"] != m["auc/click"] and m["pos_rate/convert"] < 0.2 < m["pos_rate/click"]
+    with pytest.raises(ValueError, match="1 task names for 2 label columns"):
+        compute_metrics(logits, labels, groups, ["click"])
+
+
+def test_one_task_has_no_per_task_keys():
+    assert not any("/" in k for k in compute_metrics(*_data(), ["click"]))
 
 
 def test_a_split_with_one_class_has_auc_one_half():

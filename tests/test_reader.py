@@ -180,5 +180,5 @@ def test_len_matches_iteration(
 
 
 def test_oracle_auc(data: Path) -> None:
-    auc = oracle_auc(data / "train.parquet", synthetic_schema(CFG))
+    auc = oracle_auc(data / "train.parquet", synthetic_schema(CFG))["click"]
     assert 0.6 < auc < 1.0

@@ -89,26 +89,31 @@ def count_rows(paths: Paths) -> int:
     return sum(open_parquet(p).metadata.num_rows for p in resolve_paths(paths))
 
 
-def oracle_auc(paths: Paths, schema: Schema) -> float:
-    """AUC of the ``schema.oracle`` column (the true click probability) against the
-    first label: the ceiling no model can beat on this data."""
+def oracle_auc(paths: Paths, schema: Schema) -> Dict[str, float]:
+    """AUC of each oracle column (the true probability: ``schema.oracle`` for the first
+    label, ``schema.task_oracles`` for others) against its label: the ceiling no model
+    can beat on this data. ``{label: AUC}``, the first label first."""
     from torchmetrics.functional.classification import binary_auroc
 
     if schema.oracle is None:
         raise DataError("oracle_auc: the schema names no oracle column")
-    label, oracle = schema.labels[0], schema.oracle
-    ys, ps = [], []
+    pairs = {schema.labels[0]: schema.oracle, **schema.task_oracles}
+    columns = [*pairs, *pairs.values()]
+    parts: Dict[str, list] = {c: [] for c in columns}
     for path in resolve_paths(paths):
         pf = open_parquet(path)
-        for name in (label, oracle):
+        for name in columns:
             if name not in pf.schema_arrow.names:
                 raise InFile(str(path)).error("missing column", column=name)
-        for rb in pf.iter_batches(columns=[label, oracle]):
-            ys.append(rb.column(label).to_numpy(zero_copy_only=False))
-            ps.append(rb.column(oracle).to_numpy(zero_copy_only=False))
-    y = torch.from_numpy(np.concatenate(ys).astype(np.int64))
-    p = torch.from_numpy(np.concatenate(ps).astype(np.float64))
-    return float(binary_auroc(p, y))
+        for rb in pf.iter_batches(columns=columns):
+            for c in columns:
+                parts[c].append(rb.column(c).to_numpy(zero_copy_only=False))
+    out = {}
+    for label, oracle in pairs.items():
+        y = torch.from_numpy(np.concatenate(parts[label]).astype(np.int64))
+        p = torch.from_numpy(np.concatenate(parts[oracle]).astype(np.float64))
+        out[label] = float(binary_auroc(p, y))
+    return out
 
 
 def columns_of(schema: Schema) -> List[str]:

@@ -20,7 +20,12 @@ c. context x history: ``gain[context] * tanh(sum over history steps whose catego
 
 ``b0`` is set (by bisection on a fixed calibration sample) so that the click rate is
 ``cfg.positive_rate``. The label is drawn from ``true_prob = sigmoid(logit)``, which is
-written beside it, so the oracle AUC (the ceiling no model can beat) is known. Targets
+written beside it, so the oracle AUC (the ceiling no model can beat) is known. With ``conversion: true`` a second task ``convert`` is planted on top of the click: a
+clicked impression converts with probability ``q = sigmoid(c0 + conv_cat[target
+category] + 0.8 * dense_last + 1.0 * [target item occurs in the history])`` (``c0``
+calibrated to a mean ``q`` of :data:`CONVERSION_RATE`), an unclicked one never, so the
+true conversion probability ``true_prob * q`` (written as ``true_prob_convert``) is its
+oracle. The click columns do not change when the option is turned on. Targets
 are drawn from the history often enough (re-engagement, session category) that the
 history carries much of the signal. Everything is vectorised numpy and deterministic in
 ``cfg.seed``; each split has its own stream, so a split does not change when another
@@ -51,6 +56,9 @@ from interformer_rec.data.reader import oracle_auc
 
 LABEL = "click"
 ORACLE = "true_prob"
+CONVERT = "convert"
+CONVERT_ORACLE = "true_prob_convert"
+CONVERSION_RATE = 0.3  # mean conversion probability of a click
 ITEM_MATCH_WEIGHT = 1.5
 SESSION_PROB = 0.8  # chance that the most recent step follows the session category
 SESSION_DECAY = 3.0  # ... decaying as exp(-age / SESSION_DECAY) with the step's age
@@ -64,7 +72,7 @@ def dense_names(cfg: SyntheticConfig) -> list[str]:
 def synthetic_schema(cfg: SyntheticConfig) -> Schema:
     """The schema of the files :func:`generate` writes for ``cfg``."""
     return Schema(
-        labels=[LABEL],
+        labels=[LABEL, CONVERT] if cfg.conversion else [LABEL],
         dense=dense_names(cfg),
         sparse=[
             SparseFeature("user_id", "user"),
@@ -88,6 +96,7 @@ def synthetic_schema(cfg: SyntheticConfig) -> Schema:
         ],
         group_key="user_id",
         oracle=ORACLE,
+        task_oracles={CONVERT: CONVERT_ORACLE} if cfg.conversion else {},
         id_policy="reject",
     )
 
@@ -253,7 +262,16 @@ def _impressions(
     return dict(
         user=user, ctx=ctx, dense=dense, length=length, valid=valid,
         hist_item=hist_item, hist_cat=hist_cat, item=item, item_cat=item_cat, logit=logit,
+        repeat=terms["item in history"] > 0,
     )
+
+
+def conversion_logit(cfg: SyntheticConfig, imp: Dict[str, Any]) -> np.ndarray:
+    """The planted conversion logit of clicked impressions, without ``c0``: ``[n]``.
+    Its parameters come from their own stream, so the click world is unchanged."""
+    conv_cat = np.random.default_rng([cfg.seed, 3]).normal(0.0, 1.0, cfg.num_categories)
+    dense_last = imp["dense"][:, -1] if cfg.num_dense else np.zeros(len(imp["item"]))
+    return conv_cat[imp["item_cat"]] + 0.8 * dense_last + 1.0 * imp["repeat"]
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -270,12 +288,17 @@ def _intercept(logit: np.ndarray, rate: float) -> float:
 
 
 def _table(
-    world: World, cfg: SyntheticConfig, imp: Dict[str, Any], b0: float, rng: np.random.Generator
+    world: World, cfg: SyntheticConfig, imp: Dict[str, Any], b0: float, c0: float, rng: np.random.Generator,
+    conv_rng: np.random.Generator,
 ) -> pa.Table:
     prob = _sigmoid(imp["logit"] + b0)
     click = (rng.random(len(prob)) < prob).astype(np.int8)
     interests = world.interests.take(imp["user"])
     cols: Dict[str, pa.Array] = {LABEL: pa.array(click), ORACLE: pa.array(prob)}
+    if cfg.conversion:
+        q = _sigmoid(conversion_logit(cfg, imp) + c0)
+        convert = (click == 1) & (conv_rng.random(len(q)) < q)
+        cols.update({CONVERT: pa.array(convert.astype(np.int8)), CONVERT_ORACLE: pa.array(prob * q)})
     cols.update({name: pa.array(imp["dense"][:, i]) for i, name in enumerate(dense_names(cfg))})
     cols.update(
         user_id=pa.array(imp["user"]),
@@ -303,19 +326,25 @@ def generate(cfg: SyntheticConfig, out_dir: Path) -> Dict[str, Any]:
     world = make_world(cfg)
     calib = _impressions(world, cfg, CALIBRATION_ROWS, np.random.default_rng([cfg.seed, 1]))
     b0 = _intercept(calib["logit"], cfg.positive_rate)
+    c0 = _intercept(conversion_logit(cfg, calib), CONVERSION_RATE)
     schema = synthetic_schema(cfg)
     splits: Dict[str, Any] = {}
     for split, n in cfg.rows.items():
-        rng = np.random.default_rng([cfg.seed, 2, zlib.crc32(split.encode())])
-        table = _table(world, cfg, _impressions(world, cfg, n, rng), b0, rng)
+        crc = zlib.crc32(split.encode())
+        rng = np.random.default_rng([cfg.seed, 2, crc])
+        imp = _impressions(world, cfg, n, rng)
+        table = _table(world, cfg, imp, b0, c0, rng, np.random.default_rng([cfg.seed, 4, crc]))
         path = out_dir / f"{split}.parquet"
         pq.write_table(table, path, row_group_size=cfg.row_group_size)
-        click = table.column(LABEL).to_numpy()
+        oracles = oracle_auc(path, schema)
         splits[split] = {
             "path": str(path),
             "rows": n,
-            "positive_rate": round(float(click.mean()), 4),
+            **{
+                f"positive_rate{'' if t == LABEL else '_' + t}": round(float(table.column(t).to_numpy().mean()), 4)
+                for t in schema.labels
+            },
             "mean_true_prob": round(float(table.column(ORACLE).to_numpy().mean()), 4),
-            "oracle_auc": round(oracle_auc(path, schema), 4),
+            **{f"oracle_auc{'' if t == LABEL else '_' + t}": round(v, 4) for t, v in oracles.items()},
         }
     return {"out_dir": str(out_dir), "intercept": round(b0, 4), "splits": splits}

@@ -21,7 +21,6 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from interformer_rec.config import ConfigError, InterFormerConfig, ModelConfig, Schema
@@ -36,6 +35,7 @@ from interformer_rec.modules.embeddings import (
 )
 from interformer_rec.modules.interaction import InteractionArch, build_interaction
 from interformer_rec.modules.sequence import MaskNet, SequenceArch
+from interformer_rec.modules.task_heads import build_task_heads
 from interformer_rec.ops.positions import recency_positions
 from interformer_rec.ops.sequences import match_tokens
 
@@ -231,9 +231,7 @@ def build_arch(
     cls_summary = NonSequenceSummary(num_tokens, c, dim)
     layers = [layer() for _ in range(cfg.num_layers)]
     final_cross_arch = cross_arch()
-    over_arch = MLP(
-        (2 * c + p + k) * dim, [*cfg.over_arch, num_tasks], activation=nn.SiLU, activation_on_last=False
-    )
+    over_arch = build_task_heads(cfg.task_heads, (2 * c + p + k) * dim, cfg.over_arch, num_tasks, cfg.num_experts)
     return InterFormerArch(masknet, cls_summary, layers, final_cross_arch, over_arch)
 
 

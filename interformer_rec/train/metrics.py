@@ -9,7 +9,7 @@ reports the AUC of all rows, never an average of per-rank AUCs.
 from __future__ import annotations
 
 import math
-from typing import Dict, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -36,19 +36,26 @@ def gather_predictions(*tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
 
 
 def compute_metrics(
-    logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor
+    logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, tasks: Optional[Sequence[str]] = None
 ) -> Dict[str, float]:
-    """AUC, gAUC, logloss (natural log, mean over rows) and NE of the first task, plus
-    per-task AUCs when there are several tasks. Where a split has one class only, its
-    AUC is 0.5 (TorchRec's no-signal value).
+    """AUC, gAUC, logloss (natural log, mean over rows), NE and positive rate of every
+    task. The first task's are the headline keys (``auc``, ``gauc``, ``logloss``,
+    ``ne``, ``pos_rate``: what early stopping monitors); with several tasks each task's
+    are also under ``<metric>/<task>`` (``auc/convert``), flat floats, so they reach the
+    history, TensorBoard (``valid/auc/convert``) and the summary like the headline ones.
+    Where a task has one class only, its AUC is 0.5 (TorchRec's no-signal value).
 
     Args:
         logits: ``[N, T]``. labels: ``[N, T]`` in {0, 1}. groups: ``[N]``.
+        tasks: the ``T`` label names (default ``task0``, ``task1``, ...).
     """
     logits, labels = logits.detach().double().cpu(), labels.detach().double().cpu()
     groups = groups.detach().cpu()
     probs = torch.sigmoid(logits)
     n_tasks = labels.size(1)
+    tasks = list(tasks) if tasks is not None else [f"task{t}" for t in range(n_tasks)]
+    if len(tasks) != n_tasks:
+        raise ValueError(f"compute_metrics: {len(tasks)} task names for {n_tasks} label columns")
     aucs = [auc(labels[:, t], probs[:, t]) for t in range(n_tasks)]
     aucs = [0.5 if math.isnan(a) else a for a in aucs]
     weights = torch.ones_like(labels)
@@ -57,14 +64,17 @@ def compute_metrics(
     pos = labels.T.sum(-1)
     ne = compute_ne(ce_sum, weights.T.sum(-1), pos, weights.T.sum(-1) - pos, ETA)
     logloss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0)
-    out = {
-        "auc": aucs[0],
-        "gauc": gauc(labels[:, 0], probs[:, 0], groups),
-        "logloss": float(logloss[0]),
-        "ne": float(ne[0]),
-        "pos_rate": float(pos[0] / labels.size(0)),
-        "rows": int(labels.size(0)),
-    }
+    per_task = [
+        {
+            "auc": aucs[t],
+            "gauc": gauc(labels[:, t], probs[:, t], groups),
+            "logloss": float(logloss[t]),
+            "ne": float(ne[t]),
+            "pos_rate": float(pos[t] / labels.size(0)),
+        }
+        for t in range(n_tasks)
+    ]
+    out: Dict[str, Any] = {**per_task[0], "rows": int(labels.size(0))}
     if n_tasks > 1:
-        out["auc_per_task"] = aucs
+        out.update({f"{k}/{task}": v for task, m in zip(tasks, per_task) for k, v in m.items()})
     return out

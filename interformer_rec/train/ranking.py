@@ -3,7 +3,7 @@ model runs in."""
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +19,9 @@ ModelOutput = Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor
 class RankingTrain(nn.Module):
     """Wraps a ranking model for training, as ``torchrec.models.dlrm.DLRMTrain`` does:
     ``forward(batch) -> (loss, (bce, logits, labels, groups))``, all detached but the
-    first. ``bce`` is the mean binary cross-entropy over rows and tasks; in training the
-    loss adds ``embedding_regularizer · Σ ||e||² / B`` over the batch's lookups when a
+    first. ``bce`` is the task-weighted binary cross-entropy ``Σ_t w_t·BCE_t / Σ_t w_t``
+    (``BCE_t`` the mean over rows of task ``t``; all ``w_t = 1``: the mean over rows and
+    tasks); in training the loss adds ``embedding_regularizer · Σ ||e||² / B`` over the batch's lookups when a
     :class:`~interformer_rec.train.protocol.EmbeddingRegularizer` is attached.
 
     Args:
@@ -31,14 +32,23 @@ class RankingTrain(nn.Module):
             the embedding lookups (not autocast ops), the logits handed to the loss, the
             loss and the parameters stay float32.
         device_type: where the batches are (``cpu`` or ``cuda``): the autocast's device.
+        task_weights: ``w_t`` of each label column (default all 1).
     """
 
     def __init__(
-        self, model: nn.Module, embedding_regularizer: float = 0.0, precision: str = "fp32", device_type: str = "cpu"
+        self,
+        model: nn.Module,
+        embedding_regularizer: float = 0.0,
+        precision: str = "fp32",
+        device_type: str = "cpu",
+        task_weights: Optional[Sequence[float]] = None,
     ) -> None:
         super().__init__()
         if precision not in ("fp32", "bf16"):
             raise ConfigError(f"train.precision={precision!r}: expected fp32 or bf16")
+        if task_weights is not None and (min(task_weights) < 0 or sum(task_weights) <= 0):
+            raise ConfigError(f"train.task_weights: {list(task_weights)}: need w >= 0 with a positive sum")
+        self.task_weights = list(task_weights) if task_weights is not None else None
         self.model = model
         self.embedding_regularizer = embedding_regularizer
         self.precision = precision
@@ -49,7 +59,12 @@ class RankingTrain(nn.Module):
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             logits = self.model(batch.dense, batch.sparse, batch.sequence)
         logits = logits.float()
-        bce = F.binary_cross_entropy_with_logits(logits, batch.labels)
+        if self.task_weights is None:
+            bce = F.binary_cross_entropy_with_logits(logits, batch.labels)
+        else:
+            w = torch.tensor(self.task_weights, device=logits.device)
+            per_task = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none").mean(0)
+            bce = (per_task * w).sum() / w.sum()
         loss = bce
         if self.regularizer is not None:
             squares = self.regularizer.pop()

@@ -40,7 +40,7 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.distributed.types import ShardedModule
 from tqdm import tqdm
 
-from interformer_rec.config import Config
+from interformer_rec.config import Config, ConfigError
 from interformer_rec.data.batch import Batch
 from interformer_rec.data.reader import ParquetBatchReader, oracle_auc
 from interformer_rec.models import build_model, compile_dense, num_parameters
@@ -86,7 +86,12 @@ class Trainer:
         )
         if tc.compile:
             compile_dense(model)
-        self.model = RankingTrain(model, tc.embedding_regularizer, tc.precision, self.env.device.type)
+        labels = schema.labels
+        unknown = sorted(set(tc.task_weights) - set(labels))
+        if unknown:
+            raise ConfigError(f"train.task_weights: {unknown} are not labels of the schema ({labels})")
+        weights = [float(tc.task_weights.get(t, 1.0)) for t in labels] if tc.task_weights else None
+        self.model = RankingTrain(model, tc.embedding_regularizer, tc.precision, self.env.device.type, weights)
         self.dmp, self.optimizer, self.plan = shard(
             self.model,
             cfg.dist,
@@ -356,7 +361,7 @@ class Trainer:
             groups.append(gr)
         self.dmp.train()
         lg, lb, gr = gather_predictions(torch.cat(logits), torch.cat(labels), torch.cat(groups))
-        return compute_metrics(lg, lb, gr)
+        return compute_metrics(lg, lb, gr, self.cfg.data.schema.labels)
 
     def evaluate_checkpoint(self, ckpt: Path, split: str) -> Dict[str, Any]:
         """Load ``ckpt`` (any world size and plan) into this trainer's sharded model and
@@ -410,6 +415,7 @@ class Trainer:
         result: Dict[str, Any] = {
             "model": self.cfg.model.name,
             "interaction": self.cfg.model.interformer.interaction,
+            "tasks": list(self.cfg.data.schema.labels),
             "num_parameters": self.num_params,
             "dense_parameters": self.dense_params,
             "world_size": self.env.world_size,
@@ -431,7 +437,10 @@ class Trainer:
         schema = self.cfg.data.schema
         if schema.oracle:
             split = "test" if self.cfg.data.test else "valid"
-            result["oracle_auc"] = oracle_auc(getattr(self.cfg.data, split), schema)
+            oracles = oracle_auc(getattr(self.cfg.data, split), schema)
+            result["oracle_auc"] = oracles[schema.labels[0]]
+            if len(oracles) > 1:
+                result.update({f"oracle_auc/{task}": v for task, v in oracles.items()})
         if self.env.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
@@ -452,26 +461,34 @@ class Trainer:
         print(
             f"epoch {epoch}: train_loss {row['train_loss']:.4f} "
             f"({row['train_samples_per_s']:.0f} samples/s) | valid auc {row['valid_auc']:.4f} "
-            f"gauc {row['valid_gauc']:.4f} logloss {row['valid_logloss']:.4f} ne {row['valid_ne']:.4f}",
+            f"gauc {row['valid_gauc']:.4f} logloss {row['valid_logloss']:.4f} ne {row['valid_ne']:.4f}"
+            + "".join(f" | {k[len('valid_'):]} {v:.4f}" for k, v in row.items() if k.startswith("valid_auc/")),
             flush=True,
         )
 
 
 def format_summary(result: Dict[str, Any]) -> str:
-    """A readable end-of-run summary."""
+    """A readable end-of-run summary: a row per split (per split and task when there
+    are several tasks)."""
+    tasks = result.get("tasks", [])
     lines = [
         f"model: {result['model']}"
         + (f" ({result['interaction']})" if result["model"] == "interformer" else ""),
         f"parameters: {result['num_parameters']:,} ({result['dense_parameters']:,} dense)",
         f"train time: {result['train_seconds']:.1f}s on {result['world_size']} rank(s); best epoch {result['best_epoch']}",
-        f"{'split':<8}{'AUC':>8}{'gAUC':>8}{'logloss':>9}{'NE':>8}{'rows':>9}",
+        f"{'split':<16}{'AUC':>8}{'gAUC':>8}{'logloss':>9}{'NE':>8}{'rows':>9}",
     ]
     for split in ("valid", "test"):
         m = result.get(split)
-        if m:
+        if not m:
+            continue
+        for task in tasks if len(tasks) > 1 else [None]:
+            at = (lambda k: m[k]) if task is None else (lambda k: m[f"{k}/{task}"])  # noqa: E731
+            name = split if task is None else f"{split}/{task}"
             lines.append(
-                f"{split:<8}{m['auc']:>8.4f}{m['gauc']:>8.4f}{m['logloss']:>9.4f}{m['ne']:>8.4f}{m['rows']:>9,}"
+                f"{name:<16}{at('auc'):>8.4f}{at('gauc'):>8.4f}{at('logloss'):>9.4f}{at('ne'):>8.4f}{m['rows']:>9,}"
             )
     if "oracle_auc" in result:
-        lines.append(f"oracle AUC (true click probability): {result['oracle_auc']:.4f}")
+        oracles = [f"{t} {result[f'oracle_auc/{t}']:.4f}" for t in tasks if f"oracle_auc/{t}" in result]
+        lines.append("oracle AUC (true probability): " + (", ".join(oracles) or f"{result['oracle_auc']:.4f}"))
     return "\n".join(lines)
