@@ -110,15 +110,27 @@ def run_one(
 def summarize(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     out: Dict[str, Any] = {"seeds": len(runs), "overrides": runs[0]["overrides"]}
     for k in METRICS:
-        vals = [r["test"][k] for r in runs]
-        out[k] = {"mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "values": vals}
+        out[k] = _mean_std([r["test"][k] for r in runs])
     out["num_parameters"] = runs[0]["num_parameters"]
     out["train_seconds"] = statistics.mean(r["train_seconds"] for r in runs)
     out["epochs"] = [r.get("epochs_trained", len(r["history"])) for r in runs]
     out["best_epoch"] = [r["best_epoch"] for r in runs]
     if "oracle_auc" in runs[0]:
         out["oracle_auc"] = runs[0]["oracle_auc"]
+    tasks = runs[0].get("tasks", [])
+    if len(tasks) > 1:  # every task's test metrics (and oracle AUC), mean and std over seeds
+        out["per_task"] = {
+            t: {
+                **{k: _mean_std([r["test"][f"{k}/{t}"] for r in runs]) for k in METRICS},
+                **({"oracle_auc": runs[0][f"oracle_auc/{t}"]} if f"oracle_auc/{t}" in runs[0] else {}),
+            }
+            for t in tasks
+        }
     return out
+
+
+def _mean_std(vals: List[float]) -> Dict[str, Any]:
+    return {"mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "values": vals}
 
 
 def markdown(results: Dict[str, Dict[str, Any]]) -> str:
@@ -147,6 +159,20 @@ def markdown(results: Dict[str, Dict[str, Any]]) -> str:
                 row += f" {(m['auc']['mean'] - 0.5) / (oracle - 0.5):.1%} |"
             lines.append(row)
         lines += ["", verdict(models), ""]
+        per_task = {n: m["per_task"] for n, m in models.items() if "per_task" in m}
+        if per_task:
+            lines += [
+                "Every task (test, mean ± std over seeds):", "",
+                "| model | task | AUC | gAUC | logloss | NE | oracle AUC |", "|---|---|---|---|---|---|---|",
+            ]
+            for name, tasks in per_task.items():
+                for t, m in tasks.items():
+                    lines.append(
+                        f"| {name} | {t} | "
+                        + " | ".join(f"{m[k]['mean']:.4f} ± {m[k]['std']:.4f}" for k in METRICS)
+                        + (f" | {m['oracle_auc']:.4f} |" if "oracle_auc" in m else " | - |")
+                    )
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -166,7 +192,9 @@ def verdict(models: Dict[str, Dict[str, Any]]) -> str:
     for k in ("auc", "gauc"):
         diff = 100 * (i[k]["mean"] - b[k]["mean"])
         apart = min(i[k]["values"]) > max(b[k]["values"]) or max(i[k]["values"]) < min(b[k]["values"])
-        parts.append(f"{k} {diff:+.2f} points (seed spreads {'do not overlap' if apart else 'overlap'})")
+        spread = "one seed: no spread" if min(i["seeds"], b["seeds"]) < 2 else (
+            f"seed spreads {'do not overlap' if apart else 'overlap'}")
+        parts.append(f"{k} {diff:+.2f} points ({spread})")
     line = f"Best InterFormer ({fi}) vs best baseline ({fb}): " + "; ".join(parts) + "."
     oracle = i.get("oracle_auc")
     if oracle:

@@ -482,12 +482,9 @@ def format_summary(result: Dict[str, Any]) -> str:
         m = result.get(split)
         if not m:
             continue
-        for task in tasks if len(tasks) > 1 else [None]:
-            at = (lambda k: m[k]) if task is None else (lambda k: m[f"{k}/{task}"])  # noqa: E731
-            name = split if task is None else f"{split}/{task}"
-            lines.append(
-                f"{name:<16}{at('auc'):>8.4f}{at('gauc'):>8.4f}{at('logloss'):>9.4f}{at('ne'):>8.4f}{m['rows']:>9,}"
-            )
+        for suffix in [f"/{t}" for t in tasks] if len(tasks) > 1 else [""]:
+            auc, gauc, logloss, ne = (m[f"{k}{suffix}"] for k in ("auc", "gauc", "logloss", "ne"))
+            lines.append(f"{split + suffix:<16}{auc:>8.4f}{gauc:>8.4f}{logloss:>9.4f}{ne:>8.4f}{m['rows']:>9,}")
     if "oracle_auc" in result:
         oracles = [f"{t} {result[f'oracle_auc/{t}']:.4f}" for t in tasks if f"oracle_auc/{t}" in result]
         lines.append("oracle AUC (true probability): " + (", ".join(oracles) or f"{result['oracle_auc']:.4f}"))
