@@ -29,6 +29,7 @@ SAME_WORKER = {
 # cores with a cold inductor cache
 HEAVIEST_FIRST = [
     "tests/test_export.py",  # ~250 s: 3 packages compiled, test_serve.py's included
+    "tests/test_multitask.py",  # ~110 s: a two-task model trained, exported (AOTI) and served
     "tests/test_your_log.py",  # ~65 s: the README's path, its export included
     "tests/test_gpu_check.py",  # ~60 s
     "tests/test_distributed.py",  # ~60 s: 2-rank runs

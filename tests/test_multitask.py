@@ -34,7 +34,7 @@ from interformer_rec.train.ranking import RankingTrain
 
 SYNTH = SyntheticConfig(
     num_users=50, num_items=40, num_categories=5, num_contexts=3, num_segments=3, num_dense=2,
-    max_len=6, min_len=0, rows={"train": 4096, "valid": 1024, "test": 1024}, row_group_size=512, seed=0,
+    max_len=6, min_len=0, rows={"train": 3072, "valid": 512, "test": 1024}, row_group_size=512, seed=0,
     conversion=True,
 )
 
@@ -147,7 +147,7 @@ def _config(data: Path, out: Path, task_weights=None) -> Config:
             ),
         ),
         train=TrainConfig(
-            batch_size=128, eval_batch_size=512, epochs=3, out_dir=str(out), progress=False,
+            batch_size=128, eval_batch_size=512, epochs=2, out_dir=str(out), progress=False,
             task_weights=task_weights or {"click": 1.0, "convert": 2.0},
             dense_optimizer=OptimizerConfig(name="adam", lr=1e-2),
             embedding_optimizer=OptimizerConfig(name="adagrad", lr=0.05),
