@@ -48,7 +48,13 @@ class RankingTrain(nn.Module):
             raise ConfigError(f"train.precision={precision!r}: expected fp32 or bf16")
         if task_weights is not None and (min(task_weights) < 0 or sum(task_weights) <= 0):
             raise ConfigError(f"train.task_weights: {list(task_weights)}: need w >= 0 with a positive sum")
-        self.task_weights = list(task_weights) if task_weights is not None else None
+        # a buffer, so it moves with the model once instead of being built every step;
+        # not persistent: checkpoints and exported state stay as they were
+        self.task_weights: Optional[torch.Tensor]
+        self.register_buffer(
+            "task_weights", torch.tensor(task_weights, dtype=torch.float32) if task_weights is not None else None,
+            persistent=False,
+        )
         self.model = model
         self.embedding_regularizer = embedding_regularizer
         self.precision = precision
@@ -62,9 +68,8 @@ class RankingTrain(nn.Module):
         if self.task_weights is None:
             bce = F.binary_cross_entropy_with_logits(logits, batch.labels)
         else:
-            w = torch.tensor(self.task_weights, device=logits.device)
             per_task = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="none").mean(0)
-            bce = (per_task * w).sum() / w.sum()
+            bce = (per_task * self.task_weights).sum() / self.task_weights.sum()
         loss = bce
         if self.regularizer is not None:
             squares = self.regularizer.pop()
