@@ -169,6 +169,34 @@ def test_a_crafted_metadata_pickle_is_refused_before_it_runs(tmp_path: Path) -> 
         checkpoint.load_checkpoint(ckpt, _model(0))
 
 
+class _ByGetattr:
+    """Pickles as ``getattr(cls, name)``, as Python 3.11.2 pickles an enum member."""
+
+    def __init__(self, cls, name: str) -> None:
+        self.cls, self.name = cls, name
+
+    def __reduce__(self):
+        return (getattr, (self.cls, self.name))
+
+
+def test_metadata_with_enum_members_pickled_by_getattr_loads_and_other_getattr_is_refused(tmp_path: Path) -> None:
+    import pickle
+    from pathlib import PosixPath
+
+    from torch.distributed.checkpoint.metadata import _MEM_FORMAT_ENCODING
+
+    _save(tmp_path, "epoch_0000", 1, 10)
+    ckpt = checkpoint.resolve(tmp_path, "latest")
+    md = checkpoint.read_dcp_metadata(ckpt / ".metadata")
+    md.planner_data = _ByGetattr(_MEM_FORMAT_ENCODING, "TORCH_CONTIGUOUS_FORMAT")
+    (ckpt / ".metadata").write_bytes(pickle.dumps(md))
+    assert checkpoint.read_dcp_metadata(ckpt / ".metadata").planner_data is _MEM_FORMAT_ENCODING.TORCH_CONTIGUOUS_FORMAT
+    md.planner_data = _ByGetattr(PosixPath, "home")
+    (ckpt / ".metadata").write_bytes(pickle.dumps(md))
+    with pytest.raises(checkpoint.CheckpointError, match=r"getattr\(PosixPath, 'home'\).*not checkpoint metadata"):
+        checkpoint.read_dcp_metadata(ckpt / ".metadata")
+
+
 def test_a_crafted_non_tensor_entry_is_refused(tmp_path: Path) -> None:
     import torch.distributed.checkpoint as dcp
 

@@ -42,7 +42,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.metadata import _MEM_FORMAT_ENCODING, Metadata
 from torch.distributed.checkpoint.planner import ReadItem
 from torch.optim import Optimizer
 
@@ -83,11 +83,24 @@ class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if name in _METADATA_GLOBALS.get(module, ()):
             return super().find_class(module, name)
+        if module == "builtins" and name == "getattr":
+            return self._enum_member
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
         raise CheckpointError(
             f"{self.path}: refers to {module}.{name}, which is not checkpoint metadata; "
             "refusing to load it (a checkpoint must come from a trusted source)"
+        )
+
+
+    def _enum_member(self, cls: Any, name: Any) -> Any:
+        """``getattr(cls, name)`` only for a member of the metadata's memory-format enum:
+        some Python builds (3.11.2 here) pickle an enum member as that call."""
+        if cls is _MEM_FORMAT_ENCODING and isinstance(name, str) and name in cls.__members__:
+            return cls[name]
+        raise CheckpointError(
+            f"{self.path}: calls getattr({getattr(cls, '__name__', type(cls).__name__)}, {name!r}), which is not "
+            "checkpoint metadata; refusing to load it (a checkpoint must come from a trusted source)"
         )
 
 
