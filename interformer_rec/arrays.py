@@ -90,10 +90,26 @@ class Jagged:
         )
 
 
-def list_array(j: Jagged) -> pa.Array:
-    """A ``list<int64>`` Arrow array of a :class:`Jagged` (the converters' and the
-    generator's list columns)."""
-    return pa.ListArray.from_arrays(pa.array(j.offsets.astype(np.int32)), pa.array(j.values, pa.int64()))
+def list_array(j: Jagged, value_type: pa.DataType = pa.int64()) -> pa.Array:
+    """A ``list<value_type>`` Arrow array of a :class:`Jagged` (the converters' and the
+    generator's list columns: ``list<int64>`` ids, ``list<float>`` sequence floats)."""
+    return pa.ListArray.from_arrays(pa.array(j.offsets.astype(np.int32)), pa.array(j.values, value_type))
+
+
+def history_ages(ts: np.ndarray, idx: np.ndarray, lengths: np.ndarray) -> Jagged:
+    """Days from each history event to its example (float32, ``>= 0`` for a log in time
+    order): the sequence float ``hist_age_days`` of the converters.
+
+    Args:
+        ts: ``[N]`` unix seconds of a log sorted by user, then time.
+        idx: ``[m]`` positions of the examples in it.
+        lengths: ``[m]`` history lengths (the events ``idx - lengths .. idx - 1``).
+
+    Returns:
+        ``m`` rows of ``lengths`` ages, oldest event first.
+    """
+    then = gather(ts, idx - lengths, lengths)
+    return Jagged(lengths, ((np.repeat(ts[idx], lengths) - then) / 86400.0).astype(np.float32))
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:

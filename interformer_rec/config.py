@@ -61,6 +61,25 @@ class SequenceFeature:
     max_len: int
 
 
+@dataclass
+class SequenceFloatFeature:
+    """A ``list<float>`` (or ``list<int>``) column of one number per history step,
+    parallel to the id sequences (e.g. time since each event, dwell time, price): equal
+    lengths per row, most recent last, cut to the same ``max_len`` most recent steps.
+
+    Each value is first transformed (``transform``: ``none``, or ``log1p``:
+    ``sign(f)·log(1 + |f|)``, for heavy-tailed durations and counts), then encoded
+    (``encoder``): ``linear``, a per-feature linear map ``f·w + b``; or
+    ``soft_one_hot`` (Transformers4Rec's soft one-hot embedding): ``num_bins`` learned
+    bins, ``softmax(f·w_b + b_b)`` over the bins weighting ``num_bins`` learned
+    embeddings. How the encoded values join each step is ``Schema.sequence_float_merge``."""
+
+    name: str
+    encoder: Literal["linear", "soft_one_hot"] = "linear"
+    num_bins: int = 16
+    transform: Literal["none", "log1p"] = "none"
+
+
 IdPolicy = Literal["hash", "reject"]
 
 
@@ -76,12 +95,21 @@ class Schema:
     column whose values group rows for gAUC (usually the user id). ``oracle`` is an
     optional column with the true probability of the first label (synthetic data), used
     only for reporting the oracle AUC; ``task_oracles`` maps further labels to theirs.
+
+    ``sequence_floats`` are numbers per history step beside the id sequences (see
+    :class:`SequenceFloatFeature`); ``sequence_float_merge`` says how their encodings
+    join each step ``x`` (the ``k`` sequences' embeddings, ``k·d`` wide): ``concat``
+    (each feature encoded to ``d``, the step becomes ``(k + n_float)·d`` wide) or
+    ``elementwise`` (each encoded to ``k·d``, ``m = x ⊙ (1 + Σ_f e_f)``, as
+    Transformers4Rec's element-wise aggregation).
     """
 
     labels: List[str]
     dense: List[str] = field(default_factory=list)
     sparse: List[SparseFeature] = field(default_factory=list)
     sequence: List[SequenceFeature] = field(default_factory=list)
+    sequence_floats: List[SequenceFloatFeature] = field(default_factory=list)
+    sequence_float_merge: Literal["concat", "elementwise"] = "concat"
     tables: List[TableConfig] = field(default_factory=list)
     group_key: Optional[str] = None
     oracle: Optional[str] = None
@@ -106,6 +134,11 @@ class Schema:
         cols = self.all_columns()
         if len(set(cols)) != len(cols):
             raise ConfigError(f"schema: a column is named twice in {cols}")
+        if self.sequence_floats and not self.sequence:
+            raise ConfigError("schema.sequence_floats: needs at least one schema.sequence (they are parallel to it)")
+        for f in self.sequence_floats:
+            if f.num_bins < 2:
+                raise ConfigError(f"schema.sequence_floats: {f.name!r} num_bins={f.num_bins}: must be >= 2")
         lens = {s.max_len for s in self.sequence}
         if len(lens) > 1:
             raise ConfigError(
@@ -141,6 +174,7 @@ class Schema:
     def all_columns(self) -> List[str]:
         cols = [*self.labels, *self.dense, *(f.name for f in self.sparse)]
         cols += [s.name for s in self.sequence]
+        cols += [f.name for f in self.sequence_floats]
         return cols
 
 

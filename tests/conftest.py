@@ -31,6 +31,7 @@ HEAVIEST_FIRST = [
     "tests/test_export.py",  # ~250 s: 3 packages compiled, test_serve.py's included
     "tests/test_multitask.py",  # ~110 s: a two-task model trained, exported (AOTI) and served
     "tests/test_your_log.py",  # ~65 s: the README's path, its export included
+    "tests/test_sequence_floats.py",  # ~60 s: five torch.exports
     "tests/test_gpu_check.py",  # ~60 s
     "tests/test_distributed.py",  # ~60 s: 2-rank runs
     "tests/test_device.py",  # ~40 s: torch.compile'd training

@@ -322,11 +322,12 @@ def test_read_blocks_lines_and_long_lines(tmp_path: Path) -> None:
 
 def test_amazon_reviews_negative_sampling(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    reviews, truth = [], {}
+    reviews, truth, times_by_name = [], {}, {}
     for u in range(30):
         items = rng.choice(40, size=rng.integers(2, 9), replace=False)
         times = np.sort(rng.integers(0, 10**6, len(items)))
         truth[f"U{u}"] = [f"A{i:03d}" for i in items]
+        times_by_name[f"U{u}"] = times.tolist()
         reviews += [{"reviewerID": f"U{u}", "asin": f"A{i:03d}", "unixReviewTime": int(t), "overall": 5.0}
                     for i, t in zip(items, times)]
     order = rng.permutation(len(reviews))
@@ -346,6 +347,7 @@ def test_amazon_reviews_negative_sampling(tmp_path: Path) -> None:
     assert len(train) + len(test) == 2 * (n_reviews - n_users) and len(test) == 2 * n_users
     uid = {u: i + 1 for i, u in enumerate(sorted(truth))}
     by_user = {uid[u]: [item_id[a] for a in seq] for u, seq in truth.items()}
+    times_of = {uid[u]: t for u, t in times_by_name.items()}
     for split, rs in (("train", train), ("test", test)):
         for pos, neg in zip(rs[0::2], rs[1::2]):
             assert (pos["label"], neg["label"]) == (1, 0)
@@ -353,6 +355,10 @@ def test_amazon_reviews_negative_sampling(tmp_path: Path) -> None:
             seq = by_user[pos["user_id"]]
             k = seq.index(pos["item_id"])
             assert k >= 1 and pos["hist_item_ids"] == seq[max(0, k - 3):k], "the previous <= 3 items"
+            when = times_of[pos["user_id"]]
+            assert pos["hist_age_days"] == pytest.approx([(when[k] - when[j]) / 86400 for j in range(max(0, k - 3), k)],
+                                                         rel=1e-6), "days from each history review"
+            assert neg["hist_age_days"] == pos["hist_age_days"]
             assert (k == len(seq) - 1) == (split == "test"), "the last review goes to test"
             assert neg["item_id"] not in seq, "negatives are items the user never reviewed"
             asin_of = {v: a for a, v in item_id.items()}

@@ -69,7 +69,8 @@ def reference(reviews: Sequence[Review], max_len: int) -> Dict[Tuple[int, int], 
         items = [i for _, _, i in sorted(rs)]
         days = [t for t, _, _ in sorted(rs)]
         for k in range(1, len(items)):
-            out[(u, items[k])] = {"hist": items[max(0, k - max_len):k], "k": k, "day": days[k]}
+            lo = max(0, k - max_len)
+            out[(u, items[k])] = {"hist": items[lo:k], "k": k, "day": days[k], "hist_days": days[lo:k]}
     return out
 
 
@@ -103,6 +104,7 @@ def test_histories_targets_and_categories(tiny) -> None:
         assert r["cat_id"] == cat(r["item_id"])
         assert r["log_hist_len"] == pytest.approx(math.log1p(want["k"]), rel=1e-6), "untruncated length"
         assert r["timestamp"] == (16000 + want["day"]) * DAY
+        assert r["hist_age_days"] == [want["day"] - d for d in want["hist_days"]], "days since each history review"
     assert ref[(13, 31)]["hist"] == [33] and ref[(13, 32)]["hist"] == [33, 31], "same day: file order"
     got = {(r["user_id"], r["item_id"]): r["hist_item_ids"] for r in positives}
     assert got[(13, 31)] == [33] and got[(13, 32)] == [33, 31]

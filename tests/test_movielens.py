@@ -90,6 +90,8 @@ def test_history_matches_a_reference(converted, raw) -> None:
         earlier = mine[mine[:, 3] < when][-MAX_LEN:]
         assert t["hist_item_ids"][i] == earlier[:, 1].tolist()
         assert t["hist_ratings"][i] == earlier[:, 2].tolist(), "the stars of each history item"
+        assert t["hist_stars"][i] == earlier[:, 2].astype(float).tolist(), "the same stars as floats"
+        assert t["hist_age_days"][i] == pytest.approx(((when - earlier[:, 3]) / 86400).tolist(), rel=1e-6)
 
 
 def test_schema_matches_config_and_reader_accepts_files(converted) -> None:

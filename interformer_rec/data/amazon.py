@@ -28,8 +28,10 @@ by the review count, not the text size). Per user, in time order, each review ``
 gives a positive example (history = the previous at most ``max_len`` items, target =
 the item) and a negative (same history, target = an item drawn uniformly from the items
 the user never reviewed, from ``seed``). As in DIN, each user's last review goes to
-``test.parquet``, the others to ``train.parquet``. Malformed lines of either file fall
-under the bad-row policy.
+``test.parquet``, the others to ``train.parquet``. Beside the DIN form's columns it
+writes ``user_id`` and ``hist_age_days`` (``list<float>``, parallel to the history: days
+from each history review to this one, a sequence float). Malformed lines of either file
+fall under the bad-row policy.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 import numpy as np
 import pyarrow as pa
 
-from interformer_rec.arrays import ConversionError, Jagged, gather, list_array
+from interformer_rec.arrays import ConversionError, Jagged, gather, history_ages, list_array
 from interformer_rec.data.convert import (
     AtomicParquetWriter,
     BadRowPolicy,
@@ -286,13 +288,15 @@ class _Timeline:
     """Every review, sorted by user, then time, then file order.
 
     Attributes:
-        user, item: ``[R]`` ids. k: ``[R]`` index of the review within its user's.
+        user, item: ``[R]`` ids. ts: ``[R]`` unix seconds. k: ``[R]`` index of the
+            review within its user's.
         neg: ``[R]`` a sampled item the user never reviewed. cat_of_item: ``[I + 1]``.
         max_len: history length cap.
     """
 
     user: np.ndarray
     item: np.ndarray
+    ts: np.ndarray
     k: np.ndarray
     neg: np.ndarray
     cat_of_item: np.ndarray
@@ -318,6 +322,7 @@ class _Timeline:
                 "hist_item_ids": list_array(hist.take(pick)),
                 "hist_cat_ids": list_array(hcat.take(pick)),
                 "user_id": pa.array(self.user[both][inter]),
+                "hist_age_days": list_array(history_ages(self.ts, idx, lens).take(pick), pa.float32()),
             }
         )
 
@@ -330,7 +335,7 @@ def _timeline(user: np.ndarray, item: np.ndarray, ts: np.ndarray, cat_of_item: n
     pos = np.arange(len(u))
     k = pos - np.maximum.accumulate(np.where(first, pos, 0))
     neg = _negatives(u, it, len(cat_of_item) - 1, np.random.default_rng(seed))
-    return _Timeline(u, it, k, neg, cat_of_item, max_len)
+    return _Timeline(u, it, ts[order], k, neg, cat_of_item, max_len)
 
 
 def _write_split(w: AtomicParquetWriter, tl: _Timeline, idx: np.ndarray, row_group_size: int) -> Dict[str, Any]:
@@ -390,7 +395,8 @@ def build_amazon_din(
         tl = _timeline(user, item, np.asarray(times, np.int64), cat_of_item, max_len, seed)
         del users, asins, times
         last = np.r_[tl.user[1:] != tl.user[:-1], True]
-        schema = ARROW_SCHEMA.append(pa.field("user_id", pa.int64()))
+        schema = ARROW_SCHEMA.append(pa.field("user_id", pa.int64())).append(
+            pa.field("hist_age_days", pa.list_(pa.float32())))
         summary: Dict[str, Any] = {}
         for name, sel in (("train", (tl.k >= 1) & ~last), ("test", (tl.k >= 1) & last)):
             writers[name] = AtomicParquetWriter(out_dir / f"{name}.parquet", schema)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -23,6 +24,9 @@ class Batch(Pipelineable):
         labels: ``[B, tasks]`` float32 in {0, 1}.
         groups: ``[B]`` int64 group id of each row for gAUC (the user id), zeros when
             the schema has no ``group_key``.
+        sequence_floats: ``[V_f, n_float]`` float32 numbers per history step
+            (``Schema.sequence_floats``): one row per step of the sequences (their
+            lengths, most recent last), one column per feature; ``None`` without any.
     """
 
     dense: torch.Tensor
@@ -30,6 +34,7 @@ class Batch(Pipelineable):
     sequence: KeyedJaggedTensor
     labels: torch.Tensor
     groups: torch.Tensor
+    sequence_floats: Optional[torch.Tensor] = None
 
     @property
     def batch_size(self) -> int:
@@ -42,6 +47,8 @@ class Batch(Pipelineable):
             sequence=self.sequence.to(device=device, non_blocking=non_blocking),
             labels=self.labels.to(device=device, non_blocking=non_blocking),
             groups=self.groups.to(device=device, non_blocking=non_blocking),
+            sequence_floats=None if self.sequence_floats is None
+            else self.sequence_floats.to(device=device, non_blocking=non_blocking),
         )
 
     def record_stream(self, stream: torch.Stream) -> None:
@@ -50,6 +57,8 @@ class Batch(Pipelineable):
         self.sequence.record_stream(stream)
         self.labels.record_stream(stream)
         self.groups.record_stream(stream)
+        if self.sequence_floats is not None:
+            self.sequence_floats.record_stream(stream)
 
     def pin_memory(self) -> "Batch":
         return Batch(
@@ -58,4 +67,5 @@ class Batch(Pipelineable):
             sequence=self.sequence.pin_memory(),
             labels=self.labels.pin_memory(),
             groups=self.groups.pin_memory(),
+            sequence_floats=None if self.sequence_floats is None else self.sequence_floats.pin_memory(),
         )

@@ -23,6 +23,11 @@ naming the source and, where it applies, the column and the row.
 * Sequences: a null row is an empty sequence. The parallel sequences of one row must
   have equal lengths, else an error names the row and the columns. A sequence longer
   than ``max_len`` keeps its ``max_len`` most recent (last) steps.
+* Sequence floats (``list<integer or floating>``, parallel to the sequences): a null
+  row is an empty list (so beside a non-empty history it is a length mismatch); a null
+  value inside a list, or a value that is NaN or infinite in float32, is an error naming
+  the row; their lengths must equal the sequences' in every row (the same unequal
+  lengths error); they are cut to the same ``max_len`` most recent steps.
 * Ids, ``schema.id_policy == "reject"``: an id outside ``[0, num_embeddings)`` of its
   table is an error naming the table and its size (every id of a column is checked,
   including steps that truncation would drop). ``"hash"``: every id of every sparse and
@@ -32,7 +37,7 @@ naming the source and, where it applies, the column and the row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
@@ -120,6 +125,8 @@ class Rows:
         unpooled: one :class:`Jagged` per ``Schema.unpooled_keys`` (sequences truncated).
         labels: ``[n, tasks]`` float32, or ``None`` when not decoded (serving).
         groups: ``[n]`` int64 group keys, or ``None`` when not decoded (serving).
+        floats: one float32 :class:`Jagged` per ``Schema.sequence_floats`` (lengths
+            equal to the sequences', truncated like them).
     """
 
     dense: np.ndarray
@@ -127,6 +134,7 @@ class Rows:
     unpooled: List[Jagged]
     labels: Optional[np.ndarray] = None
     groups: Optional[np.ndarray] = None
+    floats: List[Jagged] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.dense)
@@ -139,6 +147,7 @@ class Rows:
             [j.take(idx) for j in self.unpooled],
             None if self.labels is None else self.labels[idx],
             None if self.groups is None else self.groups[idx],
+            [j.take(idx) for j in self.floats],
         )
 
     def slice(self, start: int, stop: int) -> "Rows":
@@ -148,6 +157,7 @@ class Rows:
             [j.slice(start, stop) for j in self.unpooled],
             None if self.labels is None else self.labels[start:stop],
             None if self.groups is None else self.groups[start:stop],
+            [j.slice(start, stop) for j in self.floats],
         )
 
     @staticmethod
@@ -164,16 +174,21 @@ class Rows:
             [Jagged.concat(js) for js in zip(*(p.unpooled for p in parts))],
             cat([p.labels for p in parts]),
             cat([p.groups for p in parts]),
+            [Jagged.concat(js) for js in zip(*(p.floats for p in parts))],
         )
 
-    def model_inputs(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The five model inputs as new arrays (no view of these rows)::
+    def model_inputs(self) -> Tuple[np.ndarray, ...]:
+        """The model inputs as new arrays (no view of these rows)::
 
             dense             [n, n_dense]        float32
             sparse_values     [V_s]               int64   pooled ids, key-major
             sparse_lengths    [n_pooled, n]       int32
             sequence_values   [V_q]               int64   targets then sequences, key-major
             sequence_lengths  [n_unpooled, n]     int32
+            sequence_floats   [V_f, n_float]      float32 only with sequence floats: one
+                                                          row per history step (the
+                                                          sequences' lengths), a column
+                                                          per feature
         """
         n = len(self)
 
@@ -183,7 +198,10 @@ class Rows:
             values = np.concatenate([p.values for p in parts]).astype(np.int64, copy=False)
             return values, np.stack([p.lengths for p in parts]).astype(np.int32)
 
-        return (np.array(self.dense, np.float32, order="C"), *kjt(self.pooled), *kjt(self.unpooled))
+        out = (np.array(self.dense, np.float32, order="C"), *kjt(self.pooled), *kjt(self.unpooled))
+        if self.floats:
+            out += (np.stack([f.values for f in self.floats], axis=1).astype(np.float32),)
+        return out
 
     def to_tensors(self) -> Tuple["torch.Tensor", ...]:
         """:meth:`model_inputs` as torch tensors (torch is imported here, on first use)."""
@@ -215,12 +233,17 @@ def _is_number(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t)
 
 
+def _is_number_list(t: pa.DataType) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and _is_number(t.value_type)
+
+
 _Check = Tuple[str, Callable[[pa.DataType], bool]]
 _NUMBER: _Check = ("integer or floating point", _is_number)
 _LABEL: _Check = ("integer, floating point or boolean", lambda t: _is_number(t) or pa.types.is_boolean(t))
 _INT: _Check = ("integer (int64)", _is_int)
 _INT_OR_LIST: _Check = ("integer (int64) or list<int64>", lambda t: _is_int(t) or _is_int_list(t))
 _LIST: _Check = ("list<int64>", _is_int_list)
+_FLOAT_LIST: _Check = ("list<float> (or list<integer>)", _is_number_list)
 
 
 def expected_types(schema: Schema, training: bool = True) -> Dict[str, _Check]:
@@ -231,6 +254,7 @@ def expected_types(schema: Schema, training: bool = True) -> Dict[str, _Check]:
     expected.update({f.name: _INT_OR_LIST for f in schema.pooled_features})
     expected.update({f.name: _INT for f in schema.target_features})
     expected.update({s.name: _LIST for s in schema.sequence})
+    expected.update({f.name: _FLOAT_LIST for f in schema.sequence_floats})
     if training and schema.group_key is not None:
         expected[schema.group_key] = _INT  # one group per row, even if also a pooled feature
     return expected
@@ -310,6 +334,23 @@ def ids(col: Column, column: str, where: Where, target: bool = False) -> Jagged:
     return Jagged(lengths, values.astype(np.int64))
 
 
+def float_lists(col: Column, column: str, where: Where) -> Jagged:
+    """A ``list<number>`` column (a sequence float) as float32 :class:`Jagged`: a null row
+    is empty; a null value, or one not finite in float32, is an error naming the row."""
+    arr = _array(col)
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy().astype(np.int64)
+    flat = pc.list_flatten(arr)
+    if flat.null_count:
+        raise where.error("null value inside a list", column, _row_of(lengths, _first_null(flat)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = flat.to_numpy(zero_copy_only=False).astype(np.float32)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        pos = _first(bad)
+        raise where.error(f"value {values[pos]} is not finite (float32)", column, _row_of(lengths, pos))
+    return Jagged(lengths, values)
+
+
 def apply_id_policy(j: Jagged, column: str, table: str, size: int, policy: str, where: Where) -> Jagged:
     """Check (``"reject"``) or hash (``"hash"``) the ids of ``column``, a feature of
     ``table`` with ``size`` rows."""
@@ -327,7 +368,7 @@ def apply_id_policy(j: Jagged, column: str, table: str, size: int, policy: str, 
 
 
 def check_parallel(seqs: Mapping[str, Jagged], where: Where) -> None:
-    """Parallel sequences must have equal lengths in every row."""
+    """Parallel sequences (ids and floats) must have equal lengths in every row."""
     names = list(seqs)
     for other in names[1:]:
         diff = seqs[names[0]].lengths != seqs[other].lengths
@@ -347,20 +388,26 @@ def assemble(
     where: Where,
     labels: Optional[np.ndarray] = None,
     groups: Optional[np.ndarray] = None,
+    floats: Optional[Mapping[str, Jagged]] = None,
 ) -> Rows:
-    """:class:`Rows` from checked columns: parallel sequences must have equal lengths;
-    sequences are cut to their most recent ``max_len`` steps.
+    """:class:`Rows` from checked columns: parallel sequences (and sequence floats) must
+    have equal lengths; they are cut to their most recent ``max_len`` steps.
 
     Args:
         dense: ``[n, n_dense]`` float32, already checked finite.
         policed: every id feature's :class:`Jagged` (``n`` rows, targets with one id
             each), through :func:`apply_id_policy`.
         labels, groups: ``[n, tasks]`` and ``[n]``, if decoded.
+        floats: every sequence float's :class:`Jagged` (:func:`float_lists`).
     """
-    check_parallel({s.name: policed[s.name] for s in schema.sequence}, where)
+    floats = floats or {}
+    parallel = {s.name: policed[s.name] for s in schema.sequence}
+    parallel.update({f.name: floats[f.name] for f in schema.sequence_floats})
+    check_parallel(parallel, where)
     unpooled = [policed[f.name] for f in schema.target_features]
     unpooled += [policed[s.name].tail(s.max_len) for s in schema.sequence]
-    return Rows(dense, [policed[f.name] for f in schema.pooled_features], unpooled, labels, groups)
+    tails = [floats[f.name].tail(schema.max_len) for f in schema.sequence_floats]
+    return Rows(dense, [policed[f.name] for f in schema.pooled_features], unpooled, labels, groups, tails)
 
 
 def decode_table(table: pa.Table, schema: Schema, where: Where, training: bool = True) -> Rows:
@@ -384,7 +431,8 @@ def decode_table(table: pa.Table, schema: Schema, where: Where, training: bool =
         raw = ids(col(name), name, where, target=name in targets)
         size = schema.table(table_name).num_embeddings
         policed[name] = apply_id_policy(raw, name, table_name, size, schema.id_policy, where)
-    return assemble(schema, dense, policed, where, labels, groups)
+    floats = {f.name: float_lists(col(f.name), f.name, where) for f in schema.sequence_floats}
+    return assemble(schema, dense, policed, where, labels, groups, floats)
 
 
 def id_columns(schema: Schema) -> List[Tuple[str, str]]:

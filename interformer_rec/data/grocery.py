@@ -64,7 +64,8 @@ earlier splits (they are the past), never forward.
 Written: ``label`` (int8), ``user_id`` (int64; the group key for gAUC and a pooled
 feature), ``item_id``, ``cat_id`` (int64, the target, sharing the ``item`` / ``cat``
 tables with the history), ``hist_item_ids``, ``hist_cat_ids`` (``list<int64>``),
-``log_hist_len`` (float32), and ``timestamp`` (int64 unix time of the review, not in
+``log_hist_len`` (float32), ``hist_age_days`` (``list<float>``, parallel to the
+history: days from each history review to this one, a sequence float), and ``timestamp`` (int64 unix time of the review, not in
 the schema: for auditing the split), in row groups of ``row_group_size`` rows, each
 file by :class:`~interformer_rec.data.convert.AtomicParquetWriter` (it appears only
 when complete). The log is small: it is held in memory as int arrays, every step a
@@ -83,7 +84,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 
-from interformer_rec.arrays import ConversionError, Jagged, gather, list_array
+from interformer_rec.arrays import ConversionError, Jagged, gather, history_ages, list_array
 from interformer_rec.data.amazon import _negatives
 from interformer_rec.data.convert import (
     AtomicParquetWriter,
@@ -113,6 +114,7 @@ ARROW_SCHEMA = pa.schema(
         ("hist_item_ids", pa.list_(pa.int64())),
         ("hist_cat_ids", pa.list_(pa.int64())),
         ("log_hist_len", pa.float32()),
+        ("hist_age_days", pa.list_(pa.float32())),
         ("timestamp", pa.int64()),
     ]
 )
@@ -277,6 +279,7 @@ def _table(lg: _Log, idx: np.ndarray, neg: np.ndarray, cat_of_item: np.ndarray, 
     hist = Jagged(lens, gather(lg.item, idx - lens, lens))  # the user's previous reviews
     pick = np.repeat(np.arange(len(idx)), 2)
     hist = hist.take(pick)
+    ages = history_ages(lg.ts, idx, lens).take(pick)
     target = np.stack([lg.item[idx], neg[idx]], axis=1).ravel()
     return pa.table(
         {
@@ -287,6 +290,7 @@ def _table(lg: _Log, idx: np.ndarray, neg: np.ndarray, cat_of_item: np.ndarray, 
             "hist_item_ids": list_array(hist),
             "hist_cat_ids": list_array(Jagged(hist.lengths, cat_of_item[hist.values])),
             "log_hist_len": pa.array(np.log1p(lg.k[idx][pick]).astype(np.float32)),
+            "hist_age_days": list_array(ages, pa.float32()),
             "timestamp": pa.array(lg.ts[idx][pick]),
         },
         schema=ARROW_SCHEMA,

@@ -17,7 +17,9 @@ release to rating / 80), ``log_item_count`` (log #earlier ratings of the item / 
 ``item_id`` and ``item_genre`` (targets, sharing the ``item`` and ``genre`` tables with
 the history), ``item_genres`` (multi-hot), ``release_year``; sequences
 ``hist_item_ids``, ``hist_genre_ids`` and ``hist_ratings`` (the stars, 1..5, the user
-gave each history item: known before the row's time, so no leakage); and ``timestamp`` (unix seconds, not a feature).
+gave each history item: known before the row's time, so no leakage); sequence floats
+``hist_stars`` (the same stars as ``float``) and ``hist_age_days`` (days from each
+history rating to this one); and ``timestamp`` (unix seconds, not a feature).
 """
 
 from __future__ import annotations
@@ -235,6 +237,9 @@ def _columns(
         "hist_item_ids": list_array(hist_items),
         "hist_genre_ids": list_array(Jagged(hist_items.lengths, items["genre"][hist_items.values])),
         "hist_ratings": list_array(Jagged(hist_rows.lengths, r["rating"][hist_rows.values])),
+        "hist_stars": list_array(Jagged(hist_rows.lengths, r["rating"][hist_rows.values].astype(np.float32)), pa.float32()),
+        "hist_age_days": list_array(Jagged(hist_rows.lengths, (
+            (np.repeat(ts, hist_rows.lengths) - ts[hist_rows.values]) / 86400.0).astype(np.float32)), pa.float32()),
         "timestamp": pa.array(ts),
     }
     return pa.table(cols)

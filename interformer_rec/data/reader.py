@@ -58,7 +58,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NamedTuple, Tuple, Union
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -128,7 +128,7 @@ def columns_of(schema: Schema) -> List[str]:
 
 
 class Packed(NamedTuple):
-    """A batch as seven numpy arrays: what DataLoader workers send to the training
+    """A batch as numpy arrays: what DataLoader workers send to the training
     process (pickled through the pipe, far cheaper than a :class:`Batch`'s tensors,
     each of which would travel as its own shared-memory segment).
 
@@ -137,6 +137,7 @@ class Packed(NamedTuple):
         sparse_values, sparse_lengths: the pooled KJT's (key-major; lengths
             ``[n_pooled, B]`` int32).
         sequence_values, sequence_lengths: the unpooled KJT's.
+        sequence_floats: ``[V_f, n_float]`` float32, or ``None`` without sequence floats.
     """
 
     dense: np.ndarray
@@ -146,13 +147,14 @@ class Packed(NamedTuple):
     sparse_lengths: np.ndarray
     sequence_values: np.ndarray
     sequence_lengths: np.ndarray
+    sequence_floats: Optional[np.ndarray] = None
 
     @staticmethod
     def of(rows: Rows) -> "Packed":
         """Copies of decoded training ``rows`` (so no window buffer is kept)."""
-        dense, sv, sl, qv, ql = rows.model_inputs()
+        dense, sv, sl, qv, ql, *floats = rows.model_inputs()
         assert rows.labels is not None and rows.groups is not None, "training rows carry labels and groups"
-        return Packed(dense, rows.labels.copy(), rows.groups.copy(), sv, sl, qv, ql)
+        return Packed(dense, rows.labels.copy(), rows.groups.copy(), sv, sl, qv, ql, *floats)
 
     def to_batch(self, schema: Schema) -> Batch:
         b = len(self.labels)
@@ -167,6 +169,7 @@ class Packed(NamedTuple):
             sequence=kjt(schema.unpooled_keys, self.sequence_values, self.sequence_lengths),
             labels=torch.from_numpy(self.labels),
             groups=torch.from_numpy(self.groups),
+            sequence_floats=None if self.sequence_floats is None else torch.from_numpy(self.sequence_floats),
         )
 
 

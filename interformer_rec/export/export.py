@@ -5,7 +5,8 @@ front of the model, compiled by AOTInductor into one package.
 
     checkpoint (DCP, any world size) ──► plain unsharded model (eval, no optimizer, no DMP)
       ──► ServingModule: (dense, sparse_values, sparse_lengths, sequence_values,
-                          sequence_lengths) -> KJTs built inside -> model -> logits
+                          sequence_lengths[, sequence_floats]) -> KJTs built inside
+                          -> model -> logits
       ──► torch.export, dynamic batch and jagged-length dims
       ──► fbgemm's jagged ops rewritten in ATen (float tables)
       ──► AOTInductor package  model.pt2 (+ schema.json, manifest.json)
@@ -74,7 +75,8 @@ class ServingModule(nn.Module):
     from flat tensors (keys fixed by the schema) and returns the logits.
 
     Args:
-        model: any model with ``forward(dense, sparse: KJT, sequence: KJT) -> [B, tasks]``.
+        model: any model with ``forward(dense, sparse: KJT, sequence: KJT[, floats])
+            -> [B, tasks]``.
         sparse_keys: keys of the pooled KJT (``FeatureSpec.pooled_keys``).
         sequence_keys: keys of the unpooled KJT (``FeatureSpec.unpooled_keys``).
     """
@@ -92,6 +94,7 @@ class ServingModule(nn.Module):
         sparse_lengths: Tensor,
         sequence_values: Tensor,
         sequence_lengths: Tensor,
+        sequence_floats: Optional[Tensor] = None,
     ) -> Tensor:
         """
         Args:
@@ -100,6 +103,8 @@ class ServingModule(nn.Module):
             sparse_lengths: ``[n_pooled, B]`` int32.
             sequence_values: ``[V_q]`` int64 target then sequence ids, key-major.
             sequence_lengths: ``[n_unpooled, B]`` int32.
+            sequence_floats: ``[V_f, n_float]`` float32, only if the schema has sequence
+                floats.
 
         Returns:
             ``[B, tasks]`` logits.
@@ -111,7 +116,9 @@ class ServingModule(nn.Module):
         sequence = KeyedJaggedTensor(
             keys=self.sequence_keys, values=sequence_values, lengths=sequence_lengths.reshape(-1), stride=batch
         )
-        return self.model(dense, sparse, sequence)
+        if sequence_floats is None:
+            return self.model(dense, sparse, sequence)
+        return self.model(dense, sparse, sequence, sequence_floats)
 
 
 # --------------------------------------------------------------------------- loading
@@ -160,17 +167,21 @@ def _size_oblivious():
 
 
 def dynamic_shapes(spec: FeatureSpec, max_batch: int = MAX_BATCH) -> Tuple[Dict[int, Dim], ...]:
-    """The dynamic dims of the five inputs: batch (``1..max_batch``) and value counts."""
+    """The dynamic dims of the inputs: batch (``1..max_batch``) and value counts (and
+    the history steps of ``sequence_floats``)."""
     batch = Dim("batch", min=1, max=max_batch)
     sparse_values = Dim("sparse_values", min=0, max=MAX_VALUES)
     sequence_values = Dim("sequence_values", min=0, max=MAX_VALUES)
-    return (
+    dims: Tuple[Dict[int, Dim], ...] = (
         {0: batch},
         {0: sparse_values} if spec.pooled else {},
         {1: batch},
         {0: sequence_values},
         {1: batch},
     )
+    if spec.floats:
+        dims += ({0: Dim("history_steps", min=0, max=MAX_VALUES)},)
+    return dims
 
 
 def export_program(
@@ -290,7 +301,8 @@ def input_spec(spec: FeatureSpec) -> List[Dict[str, Any]]:
         {"name": "sparse_lengths", "dtype": "int32", "shape": [n_pooled, "batch"], "keys": spec.pooled_keys},
         {"name": "sequence_values", "dtype": "int64", "shape": ["sequence_values"], "keys": spec.unpooled_keys},
         {"name": "sequence_lengths", "dtype": "int32", "shape": [n_unpooled, "batch"], "keys": spec.unpooled_keys},
-    ]
+    ] + ([{"name": "sequence_floats", "dtype": "float32", "shape": ["history_steps", len(spec.floats)],
+           "columns": spec.floats}] if spec.floats else [])
 
 
 def export(

@@ -14,13 +14,20 @@ from interformer_rec.export.manifest import ExportError
 from interformer_rec.serving.features import Encoded, FeatureSpec, Jagged, encode_table
 
 # dense [B, n_dense], sparse_values [V_s], sparse_lengths [n_pooled, B],
-# sequence_values [V_q], sequence_lengths [n_unpooled, B]
-Inputs = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+# sequence_values [V_q], sequence_lengths [n_unpooled, B] (, sequence_floats [V_f, n_float])
+Inputs = Tuple[Tensor, ...]
 
 
 def _random_ids(rng: np.random.Generator, lengths: np.ndarray, size: int) -> Jagged:
     """Rows of ``lengths[i]`` ids in ``[0, size)``."""
     return Jagged(lengths.astype(np.int64), rng.integers(0, size, int(lengths.sum())).astype(np.int64))
+
+
+def _random_floats(rng: np.random.Generator, spec: FeatureSpec, lengths: np.ndarray) -> List[Jagged]:
+    """One float :class:`Jagged` of ``lengths`` per sequence float (log-normal values:
+    positive and spread over decades, like durations)."""
+    return [Jagged(lengths.astype(np.int64), rng.lognormal(0.0, 2.0, int(lengths.sum())).astype(np.float32))
+            for _ in spec.floats]
 
 
 def random_encoded(
@@ -50,15 +57,16 @@ def random_encoded(
         seq_len = rng.integers(0, T + 1, n)
     unpooled = [_random_ids(rng, np.ones(n, np.int64), f.num_embeddings) for f in spec.targets]
     unpooled += [_random_ids(rng, seq_len, f.num_embeddings) for f in spec.sequences]
-    return Encoded(dense, pooled, unpooled)
+    return Encoded(dense, pooled, unpooled, floats=_random_floats(rng, spec, seq_len))
 
 
 def with_sequences(enc: Encoded, spec: FeatureSpec, mode: str, rng: np.random.Generator) -> Encoded:
-    """``enc`` with its sequences replaced: ``empty`` or ``full`` (max_len random ids)."""
+    """``enc`` with its sequences (and sequence floats) replaced: ``empty`` or ``full``
+    (max_len random ids and values)."""
     n, nt = len(enc), len(spec.targets)
     lengths = np.zeros(n, np.int64) if mode == "empty" else np.full(n, spec.max_len, np.int64)
     seqs = [_random_ids(rng, lengths, f.num_embeddings) for f in spec.sequences]
-    return Encoded(enc.dense, enc.pooled, enc.unpooled[:nt] + seqs)
+    return Encoded(enc.dense, enc.pooled, enc.unpooled[:nt] + seqs, floats=_random_floats(rng, spec, lengths))
 
 
 def example_inputs(spec: FeatureSpec, n: int = 8, seed: int = 0) -> Inputs:
@@ -68,6 +76,8 @@ def example_inputs(spec: FeatureSpec, n: int = 8, seed: int = 0) -> Inputs:
     for _ in range(100):
         t = random_encoded(spec, n, rng).to_tensors()
         sizes = [n] + ([t[1].numel()] if spec.pooled else []) + [t[3].numel()]
+        if spec.floats and (spec.targets or len(spec.sequences) > 1):  # else V_f = V_q always
+            sizes.append(t[5].size(0))
         if len(set(sizes)) == len(sizes) and min(sizes) >= 2:
             return t
     raise ExportError("could not draw example inputs with distinct sizes")

@@ -30,6 +30,7 @@ from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from interformer_rec.config import ConfigError, ModelConfig, Schema
+from interformer_rec.modules.continuous import mean_floats, require_floats, sequence_floats
 from interformer_rec.modules.embeddings import build_ebc, build_ec, init_range, pooled_table_configs
 from interformer_rec.ops.sequences import right_align
 
@@ -113,7 +114,9 @@ class DLRMBaseline(nn.Module):
     ``cfg.dlrm.over_arch + [tasks]``, with dropout ``cfg.dlrm.dropout`` after each of its
     hidden layers. A schema without dense features gets one constant
     column of ones, so the dense arch learns a constant vector that joins the interaction
-    as a bias token (TorchRec's DLRM always has a dense input).
+    as a bias token (TorchRec's DLRM always has a dense input). Sequence floats are
+    pooled like the histories: each one's mean over the row's steps (after its
+    ``transform``) joins the dense input.
 
     Args:
         schema: the data schema.
@@ -128,11 +131,15 @@ class DLRMBaseline(nn.Module):
         _check(cfg.name in DLRM_VARIANTS, f"model.name={cfg.name!r} is not one of {DLRM_VARIANTS}")
         d = cfg.embedding_dim
         dc = cfg.dlrm
-        self.constant_dense = not schema.dense
+        self.has_floats = bool(schema.sequence_floats)
+        self.log1p = [f.transform == "log1p" for f in schema.sequence_floats]
+        self.first_sequence = schema.sequence[0].name if schema.sequence else ""
+        self.max_len = schema.max_len
+        self.constant_dense = not schema.dense and not schema.sequence_floats
         self.merge = MergeFeatures(bool(schema.pooled_features), bool(schema.unpooled_keys))
         kwargs = dict(
             embedding_bag_collection=dlrm_ebc(schema, d, embedding_device),
-            dense_in_features=max(len(schema.dense), 1),
+            dense_in_features=max(len(schema.dense) + len(schema.sequence_floats), 1),
             dense_arch_layer_sizes=dc.dense_arch + [d],
             over_arch_layer_sizes=dc.over_arch + [len(schema.labels)],
         )
@@ -158,16 +165,22 @@ class DLRMBaseline(nn.Module):
         """The (possibly sharded) EmbeddingBagCollection inside the DLRM."""
         return self.dlrm.sparse_arch.embedding_bag_collection
 
-    def forward(self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor) -> Tensor:
+    def forward(
+        self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor, floats: Optional[Tensor] = None
+    ) -> Tensor:
         """
         Args:
             dense: ``[B, n_dense]`` float.
             sparse: pooled features, keys ``schema.pooled_features``.
             sequence: keys ``schema.unpooled_keys`` (targets, then sequences).
+            floats: ``[V_f, n_float]`` sequence floats (``None`` without any).
 
         Returns:
             ``[B, tasks]`` logits.
         """
+        if self.has_floats:
+            lengths = sequence.to_dict()[self.first_sequence].lengths()
+            dense = torch.cat([dense, mean_floats(require_floats(floats), lengths, self.max_len, self.log1p)], dim=1)
         if self.constant_dense:
             dense = dense.new_ones(dense.size(0), 1)
         return self.dlrm(dense, self.merge(sparse, sequence))
@@ -240,7 +253,8 @@ class BST(nn.Module):
         self.target_slots: List[Optional[str]] = target_slots(schema)
         self.ebc: Optional[EmbeddingBagCollection] = build_ebc(schema, d, embedding_device)
         self.ec = build_ec(schema, d, embedding_device)
-        self.step_proj = nn.Linear(len(schema.sequence) * d, d)
+        self.floats = sequence_floats(schema, len(schema.sequence) * d, d)
+        self.step_proj = nn.Linear(len(schema.sequence) * d if self.floats is None else self.floats.out_dim, d)
         self.sequence_arch = BSTSequenceArch(
             self.max_len + 1, d, bc.num_layers, bc.num_heads, bc.dropout
         )
@@ -253,12 +267,15 @@ class BST(nn.Module):
             MLP(in_features, bc.over_arch), nn.Linear(bc.over_arch[-1], len(schema.labels))
         )
 
-    def forward(self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor) -> Tensor:
+    def forward(
+        self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor, floats: Optional[Tensor] = None
+    ) -> Tensor:
         """
         Args:
             dense: ``[B, n_dense]`` float.
             sparse: pooled features, keys ``schema.pooled_features``.
             sequence: keys ``schema.unpooled_keys`` (targets, then sequences).
+            floats: ``[V_f, n_float]`` sequence floats (``None`` without any).
 
         Returns:
             ``[B, tasks]`` logits.
@@ -266,17 +283,19 @@ class BST(nn.Module):
         jts: Dict[str, JaggedTensor] = self.ec(sequence)
         T = self.max_len
         lengths = jts[self.sequence_names[0]].lengths().to(torch.int64).clamp(max=T)
-        # fbgemm's jagged_to_padded_dense (to_padded_dense) pads on the right only: the
-        # most recent step is moved to position T-1 by a gather
-        steps = torch.cat(
-            [right_align(jts[n].to_padded_dense(desired_length=T), lengths) for n in self.sequence_names], dim=-1
-        )
+        steps = torch.cat([jts[n].to_padded_dense(desired_length=T) for n in self.sequence_names], dim=-1)
         # to_padded_dense with length 1 gives a zero vector for a missing target id
         targets = {n: jts[n].to_padded_dense(desired_length=1).squeeze(1) for n in self.target_names}
         zeros = steps.new_zeros(steps.size(0), steps.size(-1) // len(self.sequence_names))
         target_step = torch.cat(
             [targets[n] if n is not None else zeros for n in self.target_slots], dim=-1
         )
+        if self.floats is not None:
+            steps = self.floats(steps, require_floats(floats), lengths)
+            target_step = self.floats.target(target_step)
+        # fbgemm's jagged_to_padded_dense (to_padded_dense) pads on the right only: the
+        # most recent step is moved to position T-1 by a gather
+        steps = right_align(steps, lengths)
         tokens = self.step_proj(torch.cat([steps, target_step.unsqueeze(1)], dim=1))  # [B, T+1, d]
         positions = torch.arange(T + 1, device=lengths.device)
         padding_mask = positions < (T - lengths).unsqueeze(1)  # the target (position T) is never padded

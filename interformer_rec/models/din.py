@@ -27,6 +27,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from interformer_rec.config import ModelConfig, Schema
 from interformer_rec.models.baselines import _check, target_slots
+from interformer_rec.modules.continuous import require_floats, sequence_floats
 from interformer_rec.modules.embeddings import build_ebc, build_ec
 from interformer_rec.ops.sequences import masked_mean
 
@@ -137,7 +138,8 @@ class DIN(nn.Module):
         self.extra_target_names: List[str] = [n for n in self.target_names if n not in self.target_slots]
         self.ebc: Optional[EmbeddingBagCollection] = build_ebc(schema, d, embedding_device)
         self.ec = build_ec(schema, d, embedding_device)
-        step_dim = len(self.sequence_names) * d
+        self.floats = sequence_floats(schema, len(self.sequence_names) * d, d)
+        step_dim = len(self.sequence_names) * d if self.floats is None else self.floats.out_dim
         self.attention = DINAttentionPooling(step_dim, dc.attention_mlp)
         in_features = (
             3 * step_dim
@@ -149,15 +151,16 @@ class DIN(nn.Module):
             nn.Linear(dc.over_arch[-1], len(schema.labels)),
         )
 
-    def history(self, jts: Dict[str, JaggedTensor]) -> Tuple[Tensor, Tensor]:
+    def history(self, jts: Dict[str, JaggedTensor], floats: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """The padded history and its mask from the EmbeddingCollection output.
 
         Args:
             jts: EC output by feature name (values ``[sum(lengths), d]``).
+            floats: ``[V_f, n_float]`` sequence floats, merged into each step.
 
         Returns:
-            ``steps [B, T, k*d]`` (left-aligned, zeros at padded steps) and
-            ``valid [B, T]`` bool, True at real steps.
+            ``steps [B, T, D]`` (``D = k*d`` or the merged width; left-aligned, zeros at
+            padded steps) and ``valid [B, T]`` bool, True at real steps.
         """
         T = self.max_len
         lengths = jts[self.sequence_names[0]].lengths().to(torch.int64).clamp(max=T)
@@ -165,24 +168,31 @@ class DIN(nn.Module):
             [jts[n].to_padded_dense(desired_length=T) for n in self.sequence_names], dim=-1
         )
         valid = torch.arange(T, device=lengths.device) < lengths.unsqueeze(1)
+        if self.floats is not None:
+            steps = self.floats(steps, require_floats(floats), lengths)
         return steps, valid
 
-    def forward(self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor) -> Tensor:
+    def forward(
+        self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor, floats: Optional[Tensor] = None
+    ) -> Tensor:
         """
         Args:
             dense: ``[B, n_dense]`` float.
             sparse: pooled features, keys ``schema.pooled_features``.
             sequence: keys ``schema.unpooled_keys`` (targets, then sequences).
+            floats: ``[V_f, n_float]`` sequence floats (``None`` without any).
 
         Returns:
             ``[B, tasks]`` logits.
         """
         jts: Dict[str, JaggedTensor] = self.ec(sequence)
-        steps, valid = self.history(jts)  # [B, T, k*d], [B, T]
+        steps, valid = self.history(jts, floats)  # [B, T, D], [B, T]
         # to_padded_dense with length 1 gives a zero vector for a missing target id
         targets = {n: jts[n].to_padded_dense(desired_length=1).squeeze(1) for n in self.target_names}
         zeros = steps.new_zeros(steps.size(0), self.dim)
         target = torch.cat([targets[n] if n is not None else zeros for n in self.target_slots], dim=-1)
+        if self.floats is not None:
+            target = self.floats.target(target)
         parts = [self.attention(target, steps, valid), target, masked_mean(steps, valid)]
         parts += [targets[n] for n in self.extra_target_names]
         if self.ebc is not None:

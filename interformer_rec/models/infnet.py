@@ -89,14 +89,17 @@ class INFNet(TokenModel):
         super().__init__(schema, cfg.embedding_dim, "infnet", embedding_device)
         self.arch = INFNetArch(self.num_tokens, self.max_len, len(schema.labels), cfg.embedding_dim, cfg.infnet)
 
-    def forward(self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor) -> Tensor:
+    def forward(
+        self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor, floats: Optional[Tensor] = None
+    ) -> Tensor:
         """
         Args:
             dense: ``[B, n_dense]`` float.
             sparse: pooled features, keys ``schema.pooled_features``.
             sequence: keys ``schema.unpooled_keys`` (targets, then sequences).
+            floats: ``[V_f, n_float]`` sequence floats (``None`` without any).
 
         Returns:
             ``[B, tasks]`` logits.
         """
-        return self.arch(*self.tokens(dense, sparse, sequence))
+        return self.arch(*self.tokens(dense, sparse, sequence, floats))

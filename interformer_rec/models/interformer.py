@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from interformer_rec.config import ConfigError, InterFormerConfig, ModelConfig, Schema
+from interformer_rec.modules.continuous import require_floats, sequence_floats
 from interformer_rec.modules.cross import CrossArch, NonSequenceSummary
 from interformer_rec.modules.embeddings import (
     DenseTokens,
@@ -176,7 +177,7 @@ class InterFormerArch(nn.Module):
 
 
 def build_arch(
-    cfg: InterFormerConfig, num_tokens: int, num_sequences: int, num_tasks: int, dim: int
+    cfg: InterFormerConfig, num_tokens: int, step_dim: int, num_tasks: int, dim: int
 ) -> InterFormerArch:
     """:class:`InterFormerArch` sized by ``cfg`` (the one place the modules' sizes are read
     from the config).
@@ -184,7 +185,8 @@ def build_arch(
     Args:
         cfg: InterFormer sizes.
         num_tokens: ``n`` non-sequence tokens.
-        num_sequences: ``k`` parallel sequences (each step is ``k·d`` wide before MaskNet).
+        step_dim: width of a step before MaskNet (``k·d`` for ``k`` parallel sequences,
+            more with sequence floats concatenated).
         num_tasks: logits per example.
         dim: ``d``.
     """
@@ -227,7 +229,7 @@ def build_arch(
         )
 
     # constructed in registration order: a seed's initial weights follow the module tree
-    masknet = MaskNet(num_sequences * dim, cfg.masknet_hidden, dim)
+    masknet = MaskNet(step_dim, cfg.masknet_hidden, dim)
     cls_summary = NonSequenceSummary(num_tokens, c, dim)
     layers = [layer() for _ in range(cfg.num_layers)]
     final_cross_arch = cross_arch()
@@ -279,20 +281,26 @@ class InterFormer(nn.Module):
         self.ec = build_ec(schema, d, embedding_device)
         dense_cls = ProjectedDenseToken if ic.dense_tokens == "projected" else DenseTokens
         self.dense_tokens = dense_cls(len(schema.dense), d) if schema.dense else None
-        self.arch = build_arch(ic, self.num_tokens, len(self.sequence_names), len(schema.labels), d)
+        self.floats = sequence_floats(schema, len(self.sequence_names) * d, d)
+        step_dim = len(self.sequence_names) * d if self.floats is None else self.floats.out_dim
+        self.arch = build_arch(ic, self.num_tokens, step_dim, len(schema.labels), d)
 
-    def embed(self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def embed(
+        self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor, floats: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Tensor, Tensor]:
         """Embedding lookups.
 
         Args:
             dense: ``[B, n_dense]``.
             sparse: pooled features (keys ``schema.pooled_features``).
             sequence: target features then sequences (keys ``schema.unpooled_keys``).
+            floats: ``[V_f, n_float]`` sequence floats (``None`` without any).
 
         Returns:
             ``X¹ [B, n, d]`` (dense, pooled, target, match, similarity tokens in that
             order),
-            ``steps [B, T, k·d]`` (zeros at padded steps), ``lengths [B]``.
+            ``steps [B, T, k·d]`` (zeros at padded steps; with sequence floats merged,
+            :class:`~interformer_rec.modules.continuous.SequenceFloats`), ``lengths [B]``.
         """
         tokens = []
         if self.dense_tokens is not None:
@@ -306,20 +314,25 @@ class InterFormer(nn.Module):
             tokens.append(match_tokens(targets, steps, len(self.sequence_names), self.match_pairs))
         if self.similarity is not None:
             tokens.append(self.similarity(targets, steps))
+        if self.floats is not None:
+            steps = self.floats(steps, require_floats(floats), lengths)
         return torch.cat(tokens, dim=1), steps, lengths
 
     def forward_embedded(self, x: Tensor, steps: Tensor, lengths: Tensor) -> Tensor:
         """Everything after the lookups: :class:`InterFormerArch`."""
         return self.arch(x, steps, lengths)
 
-    def forward(self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor) -> Tensor:
+    def forward(
+        self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor, floats: Optional[Tensor] = None
+    ) -> Tensor:
         """
         Args:
             dense: ``[B, n_dense]`` float.
             sparse: pooled features KJT (keys ``schema.pooled_features``).
             sequence: unpooled KJT (keys ``schema.unpooled_keys``).
+            floats: ``[V_f, n_float]`` sequence floats (``Batch.sequence_floats``).
 
         Returns:
             ``[B, len(schema.labels)]`` logits.
         """
-        return self.forward_embedded(*self.embed(dense, sparse, sequence))
+        return self.forward_embedded(*self.embed(dense, sparse, sequence, floats))

@@ -316,17 +316,20 @@ class OneTrans(TokenModel):
             nn.Linear(c.over_arch[-1], len(schema.labels)),
         )
 
-    def forward(self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor) -> Tensor:
+    def forward(
+        self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor, floats: Optional[Tensor] = None
+    ) -> Tensor:
         """
         Args:
             dense: ``[B, n_dense]`` float.
             sparse: pooled features, keys ``schema.pooled_features``.
             sequence: keys ``schema.unpooled_keys`` (targets, then sequences).
+            floats: ``[V_f, n_float]`` sequence floats (``None`` without any).
 
         Returns:
             ``[B, tasks]`` logits.
         """
-        x, s, valid = self.tokens(dense, sparse, sequence)  # s left-aligned, zeros at padded steps
+        x, s, valid = self.tokens(dense, sparse, sequence, floats)  # s left-aligned, zeros at padded steps
         lengths = valid.sum(1)
         s = right_align(s, lengths)
         valid = torch.arange(self.max_len, device=s.device) >= (self.max_len - lengths).unsqueeze(1)

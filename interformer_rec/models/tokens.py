@@ -25,6 +25,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from interformer_rec.config import ConfigError, Schema
 from interformer_rec.models.baselines import target_slots
+from interformer_rec.modules.continuous import require_floats, sequence_floats
 from interformer_rec.modules.embeddings import DenseTokens, build_ebc, build_ec, pooled_tokens, unpooled_tokens
 
 
@@ -64,15 +65,21 @@ class TokenModel(nn.Module):
         self.ebc: Optional[EmbeddingBagCollection] = build_ebc(schema, dim, embedding_device)
         self.ec = build_ec(schema, dim, embedding_device)
         self.dense_tokens = DenseTokens(len(schema.dense), dim) if schema.dense else None
-        self.step_proj = nn.Linear(len(self.sequence_names) * dim, dim)
+        step_dim = len(self.sequence_names) * dim
+        self.floats = sequence_floats(schema, step_dim, dim)
+        self.step_proj = nn.Linear(step_dim if self.floats is None else self.floats.out_dim, dim)
 
-    def tokens(self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def tokens(
+        self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor, floats: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Tensor, Tensor]:
         """Embedding lookups as tokens.
 
         Args:
             dense: ``[B, n_dense]``.
             sparse: pooled features (keys ``schema.pooled_features``).
             sequence: target features then sequences (keys ``schema.unpooled_keys``).
+            floats: ``[V_f, n_float]`` sequence floats, merged into each step before
+                its projection (the target step gets the merge's neutral value).
 
         Returns:
             ``X [B, n, d]`` (dense, pooled, target step, other target tokens in that
@@ -91,8 +98,13 @@ class TokenModel(nn.Module):
         targets = {n: jts[n].to_padded_dense(desired_length=1) for n in self.target_names}  # each [B, 1, d]
         if self.has_target_step:
             zeros = steps.new_zeros(steps.size(0), 1, self.dim)
-            parts.append(self.step_proj(torch.cat([targets[n] if n else zeros for n in self.target_slots], dim=-1)))
+            target_step = torch.cat([targets[n] if n else zeros for n in self.target_slots], dim=-1)
+            if self.floats is not None:
+                target_step = self.floats.target(target_step)
+            parts.append(self.step_proj(target_step))
         parts += [targets[n] for n in self.extra_target_names]
         valid = torch.arange(self.max_len, device=lengths.device) < lengths.unsqueeze(1)
+        if self.floats is not None:
+            steps = self.floats(steps, require_floats(floats), lengths)
         s = self.step_proj(steps).masked_fill(~valid.unsqueeze(-1), 0.0)
         return torch.cat(parts, dim=1), s, valid

@@ -9,8 +9,8 @@ decode path (:mod:`interformer_rec.data.decode`), so a row scores the same wheth
 read for training or sent to the server. Row dicts and ranking requests are parsed here
 (JSON types: a dense value is a number, not a bool; a pooled value an id or a list of
 ids, null or ``[]`` an empty bag; a target exactly one id; a sequence a list of ids, most
-recent last, null empty; ids fit in int64), then policed, checked and truncated by that
-same module.
+recent last, null empty; ids fit in int64; a sequence float a list of numbers, one per
+step, null empty), then policed, checked and truncated by that same module.
 
 Every error is an :class:`InputError` naming the field and the row or candidate (for a
 table: the source, column and row, exactly as the training reader's :class:`DataError`).
@@ -22,6 +22,7 @@ Model inputs (the exported program's signature, ``B`` rows)::
     sparse_lengths    [n_pooled, B]       int32
     sequence_values   [V_q]               int64   targets then sequences, key-major
     sequence_lengths  [n_unpooled, B]     int32
+    sequence_floats   [V_f, n_float]      float32 only if the schema has sequence floats
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ import numpy as np
 import pyarrow as pa
 
 from interformer_rec.arrays import DataError, Jagged, splitmix64  # noqa: F401 - re-exported
-from interformer_rec.config import Schema, SequenceFeature, SparseFeature, TableConfig
+from interformer_rec.config import Schema, SequenceFeature, SequenceFloatFeature, SparseFeature, TableConfig
 from interformer_rec.data import decode
 from interformer_rec.data.decode import InFile, InValues, Rows
 
-INPUT_NAMES = ("dense", "sparse_values", "sparse_lengths", "sequence_values", "sequence_lengths")
+INPUT_NAMES = ("dense", "sparse_values", "sparse_lengths", "sequence_values", "sequence_lengths", "sequence_floats")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 Encoded = Rows  # the serving name of decoded rows: the model's inputs as numpy arrays
 
@@ -69,6 +70,8 @@ def schema_from_dict(d: Mapping[str, Any]) -> Schema:
         dense=list(d.get("dense", [])),
         sparse=[SparseFeature(**f) for f in d.get("sparse", [])],
         sequence=[SequenceFeature(**s) for s in d.get("sequence", [])],
+        sequence_floats=[SequenceFloatFeature(**f) for f in d.get("sequence_floats", [])],
+        sequence_float_merge=d.get("sequence_float_merge", "concat"),
         tables=[TableConfig(**t) for t in d.get("tables", [])],
         group_key=d.get("group_key"),
         oracle=d.get("oracle"),
@@ -91,6 +94,7 @@ class FeatureSpec:
         pooled: pooled features (``sparse_values`` keys, in order).
         targets: target features (first keys of ``sequence_values``).
         sequences: sequence features (the rest of ``sequence_values``).
+        floats: sequence float features (the columns of ``sequence_floats``).
         max_len: ``T`` of the sequences.
     """
 
@@ -102,6 +106,7 @@ class FeatureSpec:
         self.pooled = [IdFeature(f.name, f.table, size[f.table]) for f in schema.pooled_features]
         self.targets = [IdFeature(f.name, f.table, size[f.table]) for f in schema.target_features]
         self.sequences = [IdFeature(s.name, s.table, size[s.table]) for s in schema.sequence]
+        self.floats: List[str] = [f.name for f in schema.sequence_floats]
         self.max_len = schema.max_len
         self.id_policy = schema.id_policy
         self.group_key = schema.group_key
@@ -109,6 +114,7 @@ class FeatureSpec:
         self.kind.update({f.name: "pooled" for f in self.pooled})
         self.kind.update({f.name: "target" for f in self.targets})
         self.kind.update({f.name: "sequence" for f in self.sequences})
+        self.kind.update({n: "sequence_float" for n in self.floats})
         self.id_features = {f.name: f for f in [*self.pooled, *self.targets, *self.sequences]}
 
     @property
@@ -122,7 +128,7 @@ class FeatureSpec:
     @property
     def feature_names(self) -> List[str]:
         """Every input feature (not the labels), in input order."""
-        return [*self.dense, *self.pooled_keys, *self.unpooled_keys]
+        return [*self.dense, *self.pooled_keys, *self.unpooled_keys, *self.floats]
 
     def to_dict(self) -> Dict[str, Any]:
         """What ``schema.json`` holds: the schema, and the input layout derived from it."""
@@ -132,6 +138,7 @@ class FeatureSpec:
                 "dense": self.dense,
                 "sparse_keys": self.pooled_keys,
                 "sequence_keys": self.unpooled_keys,
+                "sequence_floats": self.floats,
                 "max_len": self.max_len,
                 "id_policy": self.id_policy,
             },
@@ -154,6 +161,7 @@ def request_format(spec: FeatureSpec) -> Dict[str, Any]:
         "pooled": "id or list of ids (null or [] = empty)",
         "target": "one id",
         "sequence": f"list of ids, most recent last (at most {spec.max_len} kept)",
+        "sequence_float": "list of numbers, one per step of the sequences (same length), most recent last",
     }
     return {
         "body": {
@@ -198,6 +206,17 @@ def _id_list(v: Any, kind: str, at: str) -> List[int]:
         if not INT64_MIN <= int(x) <= INT64_MAX:
             raise InputError(f"{at}[{i}]: id {x} does not fit in int64")
     return list(v)
+
+
+def _float_list(v: Any, at: str) -> List[float]:
+    """One row's sequence float values from JSON/Python: a list of numbers, null empty."""
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
+    if v is None:
+        return []
+    if not isinstance(v, (list, tuple)):
+        raise InputError(f"{at}: expected a list of numbers, got {_kind(v)} {_short(v)}")
+    return [_dense_value(x, f"{at}[{i}]") for i, x in enumerate(v)]
 
 
 def _dense_value(v: Any, at: str) -> float:
@@ -250,6 +269,22 @@ def id_column(spec: FeatureSpec, values: Sequence[Any], name: str, where: InValu
     return decode.apply_id_policy(Jagged(lengths, flat), name, f.table, f.num_embeddings, spec.id_policy, where)
 
 
+def float_column(values: Sequence[Any], name: str, where: InValues) -> Jagged:
+    """One sequence float's raw values as a float32 :class:`Jagged`, checked finite (not
+    yet truncated)."""
+    rows = [_float_list(v, f"{where.label(i)}.{name}") for i, v in enumerate(values)]
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    flat = np.fromiter((x for r in rows for x in r), dtype=np.float64, count=int(lengths.sum()))
+    with np.errstate(over="ignore"):
+        flat32 = flat.astype(np.float32)
+    bad = ~np.isfinite(flat32)
+    if bad.any():
+        pos = int(np.argmax(bad))
+        row = int(np.searchsorted(np.cumsum(lengths), pos, side="right"))
+        raise where.error(f"value {flat32[pos]} is not finite (float32)", name, row)
+    return Jagged(lengths, flat32)
+
+
 def encode_rows(spec: FeatureSpec, rows: Sequence[Mapping[str, Any]]) -> Encoded:
     """Encode raw feature dicts, one per row (extra keys such as labels are ignored)."""
     if not isinstance(rows, (list, tuple)) or not rows:
@@ -266,7 +301,8 @@ def encode_rows(spec: FeatureSpec, rows: Sequence[Mapping[str, Any]]) -> Encoded
         for k, name in enumerate(spec.dense):
             dense[:, k] = dense_column([r[name] for r in rows], name, where)
         ids = {name: id_column(spec, [r[name] for r in rows], name, where) for name in spec.id_features}
-        return decode.assemble(spec.schema, dense, ids, where)
+        floats = {name: float_column([r[name] for r in rows], name, where) for name in spec.floats}
+        return decode.assemble(spec.schema, dense, ids, where, floats=floats)
 
 
 MAX_REQUEST_ID = 128
@@ -338,8 +374,14 @@ def encode_request(spec: FeatureSpec, request: Any, max_candidates: int = 4096) 
                 ids[name] = id_column(spec, [c[name] for c in cands], name, in_cand)
             else:
                 ids[name] = id_column(spec, [user[name]], name, in_user).repeat(n)
-        shared_seqs = all(s.name not in cand_keys for s in spec.sequences)
-        return decode.assemble(spec.schema, dense, ids, in_user if shared_seqs else in_cand)
+        floats: Dict[str, Jagged] = {}
+        for name in spec.floats:
+            if name in cand_keys:
+                floats[name] = float_column([c[name] for c in cands], name, in_cand)
+            else:
+                floats[name] = float_column([user[name]], name, in_user).repeat(n)
+        shared_seqs = all(s not in cand_keys for s in [*(q.name for q in spec.sequences), *spec.floats])
+        return decode.assemble(spec.schema, dense, ids, in_user if shared_seqs else in_cand, floats=floats)
 
 
 # --------------------------------------------------------------------------- parquet

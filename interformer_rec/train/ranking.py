@@ -63,7 +63,10 @@ class RankingTrain(nn.Module):
 
     def forward(self, batch: Batch) -> ModelOutput:
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            logits = self.model(batch.dense, batch.sparse, batch.sequence)
+            inputs = (batch.dense, batch.sparse, batch.sequence)
+            if batch.sequence_floats is not None:  # models without them keep their 3-input forward
+                inputs += (batch.sequence_floats,)
+            logits = self.model(*inputs)
         logits = logits.float()
         if self.task_weights is None:
             bce = F.binary_cross_entropy_with_logits(logits, batch.labels)
