@@ -20,6 +20,7 @@ from interformer_rec.config import (
     Config,
     ConfigError,
     DataConfig,
+    DLRMConfig,
     InterFormerConfig,
     ModelConfig,
     OptimizerConfig,
@@ -280,14 +281,14 @@ def test_rows_request_and_table_encode_floats_like_the_reader(tmp_path: Path) ->
 
 def planted(path: Path, n: int, seed: int) -> None:
     """Histories of random items (no signal in any id) with a dwell time per step; the
-    label is 1 when the most recent step's dwell exceeds 1 (log-normal: half the rows)."""
+    label is 1 when the dwell times' geometric mean exceeds 1 (log-normal: half the rows)."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, 7, n)
     dwell = rng.lognormal(0.0, 1.5, int(lengths.sum())).astype(np.float32)
-    last = dwell[np.cumsum(lengths) - 1]
     offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
+    mean_log = np.add.reduceat(np.log(dwell), offsets[:-1]) / lengths
     pq.write_table(pa.table({
-        "y": pa.array((last > 1).astype(np.int8)),
+        "y": pa.array((mean_log > 0).astype(np.int8)),
         "user": pa.array(rng.integers(0, 50, n)),
         "item": pa.array(rng.integers(0, 40, n)),
         "hist_item": pa.ListArray.from_arrays(pa.array(offsets), pa.array(rng.integers(0, 40, int(lengths.sum())))),
@@ -295,9 +296,11 @@ def planted(path: Path, n: int, seed: int) -> None:
     }), path, row_group_size=512)
 
 
-def test_trainer_learns_a_signal_that_only_the_floats_carry(tmp_path: Path) -> None:
-    """Reader → Batch → TrainPipelineSparseDist → DMP InterFormer (soft one-hot, concat):
-    the label depends only on the dwell time of the most recent step."""
+@pytest.mark.parametrize("name", ["interformer", "dlrm_dcn"])
+def test_trainer_learns_a_signal_that_only_the_floats_carry(tmp_path: Path, name: str) -> None:
+    """Reader → Batch → TrainPipelineSparseDist → DMP model (InterFormer: soft one-hot,
+    concat; DLRM_DCN: the history mean in its dense input): the label depends only on
+    the dwell times."""
     from interformer_rec.train.trainer import Trainer
 
     for split, n, seed in (("train", 4096, 0), ("valid", 1024, 1)):
@@ -311,11 +314,12 @@ def test_trainer_learns_a_signal_that_only_the_floats_carry(tmp_path: Path) -> N
     )
     cfg = Config(
         data=DataConfig(schema=schema, train=str(tmp_path / "train.parquet"), valid=str(tmp_path / "valid.parquet")),
-        model=ModelConfig(embedding_dim=8, interformer=InterFormerConfig(
+        model=ModelConfig(name=name, embedding_dim=8, dlrm=DLRMConfig(dense_arch=[16], over_arch=[16], dcn_low_rank=4),
+                          interformer=InterFormerConfig(
             num_cls=2, num_pma=1, num_recent=1, interaction_mlp=[16], masknet_hidden=16, over_arch=[16],
             dcn_low_rank=4, dropout=0.0)),
         train=TrainConfig(batch_size=128, epochs=3, out_dir=str(tmp_path / "run"), progress=False, log_every=1000,
                           dense_optimizer=OptimizerConfig(lr=0.01)),
     )
     result = Trainer(cfg).fit()
-    assert result["valid"]["auc"] > 0.85, result["valid"]
+    assert result["valid"]["auc"] > 0.9, result["valid"]
