@@ -323,3 +323,12 @@ def test_trainer_learns_a_signal_that_only_the_floats_carry(tmp_path: Path, name
     )
     result = Trainer(cfg).fit()
     assert result["valid"]["auc"] > 0.9, result["valid"]
+
+
+def test_inspect_counts_floats_that_do_not_match_the_history(tmp_path: Path) -> None:
+    from interformer_rec.data.inspect import inspect_data
+
+    path = write(tmp_path, price=pa.array([[1], [2, 3], [], [4, 5, 6], [8]], pa.list_(pa.float64())))
+    r = inspect_data(path, float_schema())
+    assert r["schema_checks"]["unequal_parallel_sequences"]["hist_item/dwell/price"] == 1
+    assert "hist_item/dwell/price: 1 rows with unequal parallel" in "\n".join(r["problems"])

@@ -266,6 +266,9 @@ def _schema_checks(table: pa.Table, schema: Schema, checks: Dict[str, Dict[str, 
             seq_lens[s.name] = lens
             t = checks["truncated_sequences"]
             t[s.name] = t.get(s.name, 0) + int((lens > s.max_len).sum())
+    for f in schema.sequence_floats:  # parallel to the sequences too
+        if f.name in names and pa.types.is_list(table.column(f.name).type):
+            seq_lens[f.name] = pc.fill_null(pc.list_value_length(table.column(f.name).combine_chunks()), 0).to_numpy()
     if len(seq_lens) > 1:
         ref_name, ref = next(iter(seq_lens.items()))
         key = "/".join(seq_lens)
