@@ -53,8 +53,8 @@ def _row_of(lengths: np.ndarray, position: int) -> int:
 
 @dataclass
 class Jagged:
-    """One jagged feature of ``n`` rows: ``lengths [n]`` int64, ``values [sum]`` int64;
-    ``offsets [n + 1]`` is derived."""
+    """One jagged feature of ``n`` rows: ``lengths [n]`` int64, ``values [sum]`` (int64
+    ids, or float32 sequence floats); ``offsets [n + 1]`` is derived."""
 
     lengths: np.ndarray
     values: np.ndarray
@@ -96,20 +96,18 @@ def list_array(j: Jagged, value_type: pa.DataType = pa.int64()) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(j.offsets.astype(np.int32)), pa.array(j.values, value_type))
 
 
-def history_ages(ts: np.ndarray, idx: np.ndarray, lengths: np.ndarray) -> Jagged:
-    """Days from each history event to its example (float32, ``>= 0`` for a log in time
-    order): the sequence float ``hist_age_days`` of the converters.
+def ages_in_days(now: np.ndarray, then: Jagged) -> Jagged:
+    """Days from each history event to its example (float32): the sequence float
+    ``hist_age_days`` of the converters.
 
     Args:
-        ts: ``[N]`` unix seconds of a log sorted by user, then time.
-        idx: ``[m]`` positions of the examples in it.
-        lengths: ``[m]`` history lengths (the events ``idx - lengths .. idx - 1``).
+        now: ``[m]`` unix seconds of the examples.
+        then: ``m`` rows of the unix seconds of each example's history events.
 
     Returns:
-        ``m`` rows of ``lengths`` ages, oldest event first.
+        ``then``'s rows of ages (``now - then``, in days).
     """
-    then = gather(ts, idx - lengths, lengths)
-    return Jagged(lengths, ((np.repeat(ts[idx], lengths) - then) / 86400.0).astype(np.float32))
+    return Jagged(then.lengths, ((np.repeat(now, then.lengths) - then.values) / 86400.0).astype(np.float32))
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:

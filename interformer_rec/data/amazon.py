@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 import numpy as np
 import pyarrow as pa
 
-from interformer_rec.arrays import ConversionError, Jagged, gather, history_ages, list_array
+from interformer_rec.arrays import ConversionError, Jagged, ages_in_days, gather, list_array
 from interformer_rec.data.convert import (
     AtomicParquetWriter,
     BadRowPolicy,
@@ -307,6 +307,7 @@ class _Timeline:
         lens = np.minimum(self.k[idx], self.max_len)
         hist = Jagged(lens, gather(self.item, idx - lens, lens))
         hcat = Jagged(lens, self.cat_of_item[hist.values])
+        ages = ages_in_days(self.ts[idx], Jagged(lens, gather(self.ts, idx - lens, lens)))
         both = np.r_[idx, idx]
         target = np.r_[self.item[idx], self.neg[idx]]
         label = np.r_[np.ones(len(idx), np.int8), np.zeros(len(idx), np.int8)]
@@ -322,7 +323,7 @@ class _Timeline:
                 "hist_item_ids": list_array(hist.take(pick)),
                 "hist_cat_ids": list_array(hcat.take(pick)),
                 "user_id": pa.array(self.user[both][inter]),
-                "hist_age_days": list_array(history_ages(self.ts, idx, lens).take(pick), pa.float32()),
+                "hist_age_days": list_array(ages.take(pick), pa.float32()),
             }
         )
 

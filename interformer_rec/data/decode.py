@@ -334,6 +334,19 @@ def ids(col: Column, column: str, where: Where, target: bool = False) -> Jagged:
     return Jagged(lengths, values.astype(np.int64))
 
 
+def finite_lists(lengths: np.ndarray, values: np.ndarray, column: str, where: Where) -> Jagged:
+    """Rows of ``lengths`` numbers (``values``, any float or int dtype) as float32
+    :class:`Jagged`, if every value is finite in float32; else an error naming the row
+    of the first that is not."""
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32's range: inf, which then fails
+        values = values.astype(np.float32)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        pos = _first(bad)
+        raise where.error(f"value {values[pos]} is not finite (float32)", column, _row_of(lengths, pos))
+    return Jagged(lengths, values)
+
+
 def float_lists(col: Column, column: str, where: Where) -> Jagged:
     """A ``list<number>`` column (a sequence float) as float32 :class:`Jagged`: a null row
     is empty; a null value, or one not finite in float32, is an error naming the row."""
@@ -342,13 +355,7 @@ def float_lists(col: Column, column: str, where: Where) -> Jagged:
     flat = pc.list_flatten(arr)
     if flat.null_count:
         raise where.error("null value inside a list", column, _row_of(lengths, _first_null(flat)))
-    with np.errstate(over="ignore", invalid="ignore"):
-        values = flat.to_numpy(zero_copy_only=False).astype(np.float32)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        pos = _first(bad)
-        raise where.error(f"value {values[pos]} is not finite (float32)", column, _row_of(lengths, pos))
-    return Jagged(lengths, values)
+    return finite_lists(lengths, flat.to_numpy(zero_copy_only=False), column, where)
 
 
 def apply_id_policy(j: Jagged, column: str, table: str, size: int, policy: str, where: Where) -> Jagged:

@@ -84,7 +84,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 
-from interformer_rec.arrays import ConversionError, Jagged, gather, history_ages, list_array
+from interformer_rec.arrays import ConversionError, Jagged, ages_in_days, gather, list_array
 from interformer_rec.data.amazon import _negatives
 from interformer_rec.data.convert import (
     AtomicParquetWriter,
@@ -279,7 +279,7 @@ def _table(lg: _Log, idx: np.ndarray, neg: np.ndarray, cat_of_item: np.ndarray, 
     hist = Jagged(lens, gather(lg.item, idx - lens, lens))  # the user's previous reviews
     pick = np.repeat(np.arange(len(idx)), 2)
     hist = hist.take(pick)
-    ages = history_ages(lg.ts, idx, lens).take(pick)
+    ages = ages_in_days(lg.ts[idx], Jagged(lens, gather(lg.ts, idx - lens, lens))).take(pick)
     target = np.stack([lg.item[idx], neg[idx]], axis=1).ravel()
     return pa.table(
         {

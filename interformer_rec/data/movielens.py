@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from interformer_rec.arrays import Jagged, gather, list_array
+from interformer_rec.arrays import Jagged, ages_in_days, gather, list_array
 from interformer_rec.data.corating import corating_embeddings
 
 NUM_USERS = 944  # ids 1..943
@@ -216,6 +216,7 @@ def _columns(
     user, item, ts = r["user"], r["item"], r["ts"]
     hist_rows, n_history = _histories(r, max_len)
     hist_items = Jagged(hist_rows.lengths, item[hist_rows.values])
+    hist_stars = r["rating"][hist_rows.values]
     order, group_start, run_start = _earlier(item, ts)
     n_item_earlier = np.empty_like(order)
     n_item_earlier[order] = run_start - group_start
@@ -236,10 +237,9 @@ def _columns(
         "release_year": pa.array(items["year"][item]),
         "hist_item_ids": list_array(hist_items),
         "hist_genre_ids": list_array(Jagged(hist_items.lengths, items["genre"][hist_items.values])),
-        "hist_ratings": list_array(Jagged(hist_rows.lengths, r["rating"][hist_rows.values])),
-        "hist_stars": list_array(Jagged(hist_rows.lengths, r["rating"][hist_rows.values].astype(np.float32)), pa.float32()),
-        "hist_age_days": list_array(Jagged(hist_rows.lengths, (
-            (np.repeat(ts, hist_rows.lengths) - ts[hist_rows.values]) / 86400.0).astype(np.float32)), pa.float32()),
+        "hist_ratings": list_array(Jagged(hist_rows.lengths, hist_stars)),
+        "hist_stars": list_array(Jagged(hist_rows.lengths, hist_stars.astype(np.float32)), pa.float32()),
+        "hist_age_days": list_array(ages_in_days(ts, Jagged(hist_rows.lengths, ts[hist_rows.values])), pa.float32()),
         "timestamp": pa.array(ts),
     }
     return pa.table(cols)

@@ -133,7 +133,8 @@ class DLRMBaseline(nn.Module):
         dc = cfg.dlrm
         self.has_floats = bool(schema.sequence_floats)
         self.log1p = [f.transform == "log1p" for f in schema.sequence_floats]
-        self.first_sequence = schema.sequence[0].name if schema.sequence else ""
+        # position of the first sequence among the unpooled KJT's keys
+        self.first_sequence = schema.unpooled_keys.index(schema.sequence[0].name) if schema.sequence else 0
         self.max_len = schema.max_len
         self.constant_dense = not schema.dense and not schema.sequence_floats
         self.merge = MergeFeatures(bool(schema.pooled_features), bool(schema.unpooled_keys))
@@ -179,7 +180,7 @@ class DLRMBaseline(nn.Module):
             ``[B, tasks]`` logits.
         """
         if self.has_floats:
-            lengths = sequence.to_dict()[self.first_sequence].lengths()
+            lengths = sequence.lengths().view(-1, sequence.stride())[self.first_sequence]  # key-major [keys, B]
             dense = torch.cat([dense, mean_floats(require_floats(floats), lengths, self.max_len, self.log1p)], dim=1)
         if self.constant_dense:
             dense = dense.new_ones(dense.size(0), 1)

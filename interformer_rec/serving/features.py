@@ -275,14 +275,7 @@ def float_column(values: Sequence[Any], name: str, where: InValues) -> Jagged:
     rows = [_float_list(v, f"{where.label(i)}.{name}") for i, v in enumerate(values)]
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     flat = np.fromiter((x for r in rows for x in r), dtype=np.float64, count=int(lengths.sum()))
-    with np.errstate(over="ignore"):
-        flat32 = flat.astype(np.float32)
-    bad = ~np.isfinite(flat32)
-    if bad.any():
-        pos = int(np.argmax(bad))
-        row = int(np.searchsorted(np.cumsum(lengths), pos, side="right"))
-        raise where.error(f"value {flat32[pos]} is not finite (float32)", name, row)
-    return Jagged(lengths, flat32)
+    return decode.finite_lists(lengths, flat, name, where)
 
 
 def encode_rows(spec: FeatureSpec, rows: Sequence[Mapping[str, Any]]) -> Encoded:

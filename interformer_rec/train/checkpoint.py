@@ -92,7 +92,6 @@ class _MetadataUnpickler(pickle.Unpickler):
             "refusing to load it (a checkpoint must come from a trusted source)"
         )
 
-
     def _enum_member(self, cls: Any, name: Any) -> Any:
         """``getattr(cls, name)`` only for a member of the metadata's memory-format enum:
         some Python builds (3.11.2 here) pickle an enum member as that call."""
