@@ -212,6 +212,21 @@ def test_bst_padded_positions_never_change_outputs(training: bool) -> None:
     assert (out.view(B, MAX_LEN + 1, 16)[padding_mask] == 0).all()
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_bst_sequence_arch_equals_its_transformer_encoder(training: bool) -> None:
+    """The SDPA forward computes what ``nn.TransformerEncoder`` computes over the same
+    weights (its eval fast path included)."""
+    torch.manual_seed(0)
+    arch = BSTSequenceArch(length=MAX_LEN + 1, dim=16, num_layers=2, num_heads=2, dropout=0.0).train(training)
+    lengths = torch.tensor([0, 1, 3, 8, 8])
+    padding_mask = torch.arange(MAX_LEN + 1) < (MAX_LEN - lengths).unsqueeze(1)
+    tokens = torch.randn(5, MAX_LEN + 1, 16)
+    with torch.no_grad():
+        ref = arch.encoder(tokens + arch.position, src_key_padding_mask=padding_mask)
+        out = arch(tokens, padding_mask)
+    torch.testing.assert_close(out, ref.masked_fill(padding_mask.unsqueeze(-1), 0.0).flatten(1))
+
+
 def test_bst_row_does_not_depend_on_its_batch_or_mode() -> None:
     schema = make_schema()
     torch.manual_seed(0)
@@ -220,7 +235,7 @@ def test_bst_row_does_not_depend_on_its_batch_or_mode() -> None:
     dense, sparse, sequence = make_inputs(schema, 4, lengths=lengths)
     with torch.no_grad():
         batch = model(dense, sparse, sequence)
-        model.eval()  # TransformerEncoder's inference fast path
+        model.eval()  # no dropout
         batch_eval = model(dense, sparse, sequence)
         rows = [
             model(dense[i : i + 1], _row(sparse, i), _row(sequence, i)) for i in range(4)

@@ -222,9 +222,7 @@ def test_every_model_reads_each_rows_floats(name: str, merge: str) -> None:
         assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-# BST is left out: its nn.TransformerEncoder does not export with a dynamic batch (the
-# multi-head attention's packed in-projection guards batch != 1), with or without floats
-@pytest.mark.parametrize("name,merge", [m for m in MODEL_MERGES if m != ("interformer", "elementwise") and m[0] != "bst"])
+@pytest.mark.parametrize("name,merge", [m for m in MODEL_MERGES if m != ("interformer", "elementwise")])
 def test_exported_serving_program_matches_eager(name: str, merge: str) -> None:
     """The package's graph (plain tensors in, fbgemm's jagged ops rewritten in ATen)
     equals the eager model, at batch 1 and 37, empty and full-length histories."""

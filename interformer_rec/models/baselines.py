@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
@@ -188,9 +189,15 @@ class DLRMBaseline(nn.Module):
 
 
 class BSTSequenceArch(nn.Module):
-    """Learned positional embeddings and a ``TransformerEncoder`` over a padded token
-    sequence. Padded positions are masked as keys and zeroed in the output, so whatever
-    they hold never changes any output.
+    """Learned positional embeddings and a ``TransformerEncoder`` (post-norm, ReLU) over
+    a padded token sequence. Padded positions are masked as keys and zeroed in the
+    output, so whatever they hold never changes any output.
+
+    The encoder's layers hold the weights; their attention runs through
+    ``F.scaled_dot_product_attention`` over each ``nn.MultiheadAttention``'s own
+    projections (the same function as the layer's forward): ``MultiheadAttention``'s
+    packed in-projection makes ``torch.export`` guard ``batch != 1``, so the model
+    would not export with a dynamic batch.
 
     Args:
         length: number of positions ``L`` (history steps + 1 target).
@@ -217,8 +224,22 @@ class BSTSequenceArch(nn.Module):
         Returns:
             ``[B, L*d]`` the encoder outputs, zeros at padded positions, flattened.
         """
-        out = self.encoder(tokens + self.position, src_key_padding_mask=padding_mask)
-        return out.masked_fill(padding_mask.unsqueeze(-1), 0.0).flatten(1)
+        x = tokens + self.position
+        keep = ~padding_mask[:, None, None, :]  # [B, 1, 1, L]: SDPA attends where True
+        for layer in self.encoder.layers:
+            x = layer.norm1(x + layer.dropout1(self._attention(layer.self_attn, x, keep)))
+            x = layer.norm2(x + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(x))))))
+        return x.masked_fill(padding_mask.unsqueeze(-1), 0.0).flatten(1)
+
+    def _attention(self, mha: nn.MultiheadAttention, x: Tensor, keep: Tensor) -> Tensor:
+        """``mha``'s self-attention of ``x [B, L, d]`` by SDPA over its own weights."""
+        B, L, d = x.shape
+        q, k, v = (
+            t.view(B, L, mha.num_heads, d // mha.num_heads).transpose(1, 2)
+            for t in F.linear(x, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
+        )
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=mha.dropout if self.training else 0.0)
+        return mha.out_proj(out.transpose(1, 2).reshape(B, L, d))
 
 
 class BST(nn.Module):
