@@ -256,3 +256,48 @@ def test_a_checkpoint_with_its_optimizer_restores_both(tmp_path: Path) -> None:
     assert _same(fresh, model)
     for key, s in opt.state_dict()["state"].items():
         assert torch.equal(fresh_opt.state_dict()["state"][key]["sum"], s["sum"]), key
+
+
+_THREADS_SCRIPT = r"""
+import os, sys, torch, torch.distributed as dist
+from torch import nn
+from interformer_rec.train import checkpoint
+import torch.distributed.checkpoint as dcp
+
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+dist.init_process_group("gloo", rank=0, world_size=1)
+threads = lambda: len(os.listdir("/proc/self/task"))
+# a plan of a few hundred entries: gloo copies a gather of it with a parallel_for
+model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(300)])
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+opt = CombinedOptimizer([KeyedOptimizerWrapper(dict(model.named_parameters()), lambda p: torch.optim.Adam(p))])
+model(torch.ones(2, 8)).sum().backward()
+opt.step()
+torch.ones(1 << 16).add_(1)  # the training thread's own OpenMP team exists already
+before = threads()
+if sys.argv[3] == "raw":
+    dcp.save({"model": model.state_dict()}, checkpoint_id=sys.argv[1] + "/raw")
+else:
+    ckpt = checkpoint.save_checkpoint(sys.argv[1], "epoch_0000", model, opt, {"global_step": 1})
+    checkpoint.load_checkpoint(ckpt, model, opt)
+print(threads() - before)
+"""
+
+
+def _new_threads(tmp_path: Path, mode: str, port: int) -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", _THREADS_SCRIPT, str(tmp_path), str(port), mode],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="counts threads in /proc")
+def test_a_single_rank_save_and_load_start_no_thread(tmp_path: Path) -> None:
+    """The cause of the half-speed epochs after a checkpoint (checkpoint._single_process):
+    DCP's gather on a 1-rank gloo group gave a gloo worker thread an OpenMP team for the
+    rest of the process. Our save and load start no thread; a raw ``dcp.save`` on the
+    same group does (the check can fail)."""
+    assert _new_threads(tmp_path, "raw", 29611) > 0, "gloo no longer starts a thread: _single_process may go"
+    assert _new_threads(tmp_path, "ours", 29612) == 0

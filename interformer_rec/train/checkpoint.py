@@ -161,7 +161,12 @@ def safe_dcp_load(
 
     planner = SafeLoadPlanner(allow_partial_load=allow_partial_load)
     try:
-        dcp.load(state, storage_reader=reader or SafeFileSystemReader(str(ckpt)), planner=planner)
+        dcp.load(
+            state,
+            storage_reader=reader or SafeFileSystemReader(str(ckpt)),
+            planner=planner,
+            no_dist=_single_process(),
+        )
     except CheckpointException as e:
         refused = [exc for exc, _ in e.failures.values() if isinstance(exc, CheckpointError)]
         if refused:
@@ -205,6 +210,22 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _single_process() -> bool:
+    """No process group, or one of one rank: DCP then runs without collectives.
+
+    Why it matters: DCP gathers its plans with ``gather_object``. On gloo the gather
+    runs in one of the process group's worker threads, whose copy of a large plan (tens of
+    kB: every entry of a model and its optimizer) is an ATen ``parallel_for``, so libgomp
+    gives that thread an OpenMP team of its own for the rest of the process. libgomp then
+    manages more threads than there are CPUs and throttles the spin-wait of every team
+    (``gomp_throttled_spin_count_var``): the training threads sleep and wake at each
+    parallel region's barrier (~800 context switches a step instead of ~8) and a 2-core
+    run trained at half speed after its first checkpoint (tests/test_checkpoint.py
+    checks that a save and a load start no thread). With several ranks, launchers set
+    ``OMP_NUM_THREADS=1`` (torchrun does), so gloo's threads run no team."""
+    return not dist.is_initialized() or dist.get_world_size() == 1
+
+
 def _is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
@@ -237,7 +258,7 @@ def save_checkpoint(
     state: Dict[str, Any] = {"model": model.state_dict()}
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()
-    dcp.save(state, checkpoint_id=str(tmp))
+    dcp.save(state, checkpoint_id=str(tmp), no_dist=_single_process())
     _barrier()
     if _is_main():
         for fname, text in (files or {}).items():
