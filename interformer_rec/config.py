@@ -214,6 +214,9 @@ class DataConfig:
     test: Optional[str] = None
     synthetic: Optional[SyntheticConfig] = None
     shuffle_row_groups: bool = True
+    # batches of similar history length within each shuffle window (data.reader), for
+    # every split the trainer reads: each batch is padded to its own longest history
+    length_buckets: bool = True
 
 
 # --------------------------------------------------------------------------- models

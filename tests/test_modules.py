@@ -354,6 +354,43 @@ def test_model_padding_invariance_larger_T_and_garbage():
     torch.testing.assert_close(model.forward_embedded(x, steps, lens), out, atol=1e-6, rtol=0)
 
 
+def test_model_pads_each_batch_to_its_longest_history_and_jagged_masknet_equals_padded():
+    """A batch's steps are as long as its longest real history (at least 1), not
+    max_len; the model's forward (MaskNet on the jagged real steps) equals the padded
+    path at the batch's T and at max_len; the same row scores alike in batches of
+    different T."""
+    torch.manual_seed(0)
+    model = InterFormer(_schema(20), _model_cfg()).eval()
+    by_row = {}
+    for seed, lengths in enumerate(([0, 2, 5, 6], [0, 0, 0, 0], [1, 3, 3, 2], [20, 0, 1, 7])):
+        inputs = _inputs(torch.tensor(lengths), seed=seed)
+        x, steps, lens = model.embed(*inputs)
+        assert steps.size(1) == max(1, *lengths)
+        out = model(*inputs)
+        torch.testing.assert_close(model.forward_embedded(x, steps, lens), out, atol=1e-6, rtol=0)
+        padded = F.pad(steps, (0, 0, 0, 20 - steps.size(1)))
+        torch.testing.assert_close(model.forward_embedded(x, padded, lens), out, atol=1e-6, rtol=0)
+        by_row[seed] = (inputs, out)
+    # row 1 of the first batch (2 steps, T = 6) alone in a batch of T = 2
+    dense, sparse, sequence = by_row[0][0]
+    sp, sq = sparse.to_dict(), sequence.to_dict()
+    alone = (
+        dense[1:2],
+        KeyedJaggedTensor.from_jt_dict({k: _row(v, 1) for k, v in sp.items()}),
+        KeyedJaggedTensor.from_jt_dict({k: _row(v, 1) for k, v in sq.items()}),
+    )
+    assert model.embed(*alone)[1].size(1) == 2
+    torch.testing.assert_close(model(*alone), by_row[0][1][1:2], atol=1e-6, rtol=0)
+
+
+def _row(jt, b):
+    from torchrec.sparse.jagged_tensor import JaggedTensor
+
+    lengths = jt.lengths()
+    o = jt.offsets()
+    return JaggedTensor(values=jt.values()[o[b] : o[b + 1]], lengths=lengths[b : b + 1])
+
+
 def test_model_local_attention_changes_only_rows_longer_than_the_window():
     """Whole model: a window covering the sequence is full attention; a window of 2
     steps changes the rows whose history is longer than one window (their steps no longer

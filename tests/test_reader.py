@@ -138,11 +138,12 @@ def test_shuffle_is_deterministic_and_a_permutation(data: Path) -> None:
 
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("length_buckets", [False, True])
 def test_two_ranks_see_what_one_rank_with_double_batch_sees(
-    data: Path, shuffle: bool, drop_last: bool
+    data: Path, shuffle: bool, drop_last: bool, length_buckets: bool
 ) -> None:
     schema = synthetic_schema(CFG)
-    kw = dict(shuffle=shuffle, seed=7, drop_last=drop_last, shuffle_window=64)
+    kw = dict(shuffle=shuffle, seed=7, drop_last=drop_last, shuffle_window=64, length_buckets=length_buckets)
     path = data / "train.parquet"  # 301 rows: 21 global batches of 14, then 7 rows
     one = read_all(ParquetBatchReader(path, schema, 14, **kw))
     ranks = [
@@ -182,3 +183,41 @@ def test_len_matches_iteration(
 def test_oracle_auc(data: Path) -> None:
     auc = oracle_auc(data / "train.parquet", synthetic_schema(CFG))["click"]
     assert 0.6 < auc < 1.0
+
+
+def _history_lengths(batches: List[List[Row]]) -> List[List[int]]:
+    return [[len(r[4][-1]) for r in b] for b in batches]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_length_buckets_group_similar_lengths_and_keep_every_row_once(data: Path, shuffle: bool) -> None:
+    schema = synthetic_schema(CFG)
+    path = data / "train.parquet"  # 301 rows of 0..8 steps, row groups of 32
+
+    def epoch(buckets: bool, e: int = 0) -> List[List[Row]]:
+        r = ParquetBatchReader(path, schema, 8, shuffle=shuffle, seed=5, shuffle_window=96, length_buckets=buckets)
+        r.set_epoch(e)
+        return read_all(r)
+
+    plain, bucketed = epoch(False), epoch(True)
+    assert sorted(r for b in bucketed for r in b) == sorted(r for b in plain for r in b)
+    assert [len(b) for b in bucketed] == [len(b) for b in plain]
+    assert bucketed == epoch(True), "deterministic"
+    if shuffle:
+        assert bucketed != epoch(True, e=1)
+
+    def padded(batches: List[List[Row]]) -> int:  # steps paid when each batch pads to its longest
+        return sum(len(ls) * max(ls) for ls in _history_lengths(batches))
+
+    real = sum(map(sum, _history_lengths(plain)))
+    assert padded(bucketed) - real < 0.35 * (padded(plain) - real)
+
+
+def test_length_buckets_resume_mid_epoch(data: Path) -> None:
+    """start_batch=k yields exactly the batches after the first k, bucketed alike."""
+    schema = synthetic_schema(CFG)
+    kw = dict(shuffle=True, seed=2, shuffle_window=64, length_buckets=True, drop_last=True)
+    path = data / "train.parquet"
+    full = read_all(ParquetBatchReader(path, schema, 10, **kw))
+    for k in (0, 7, 20):
+        assert read_all(ParquetBatchReader(path, schema, 10, start_batch=k, **kw)) == full[k:]

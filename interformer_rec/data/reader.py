@@ -35,6 +35,14 @@ would get zero rows and TorchRec cannot run a zero-row KJT: so no rank ever gets
 empty batch, every rank runs ``len(reader)`` steps, and at most ``world_size - 1`` rows
 of a split go unseen (none with one rank).
 
+Length buckets (``length_buckets``, ``data.length_buckets``): within each window, the
+rows are regrouped into global batches of similar history length (sorted by length, cut
+into global batches, the batches permuted when shuffling), so that a batch padded to its
+own longest history (the models do) pays for few padded steps. Only the rows between the
+window's first and last global-batch boundaries are regrouped; the batch a window shares
+with its neighbour stays mixed. The regrouping depends on the global batch, the seed and
+the epoch, not on the rank or the workers: every guarantee above holds with it.
+
 DataLoader workers: ``reader.loader(num_workers=N)`` (or, slower,
 ``DataLoader(reader, batch_size=None, num_workers=N)``) splits the epoch's global
 batches into ``N`` contiguous ranges of nearly equal length (the first ``T % N`` workers
@@ -217,6 +225,9 @@ class ParquetBatchReader(IterableDataset):
             the reader holds is about one window.
         start_batch: skip the first ``start_batch`` global batches of each epoch's
             order (resuming mid-epoch); ``len`` counts the batches after them.
+        length_buckets: group the rows of each window into global batches of similar
+            history length (see the module docstring), so that a batch padded to its
+            longest history holds few padded steps.
 
     Use it directly or through ``DataLoader(reader, batch_size=None, num_workers=N)``
     (the workers share the epoch's batches, see the module docstring).
@@ -235,6 +246,7 @@ class ParquetBatchReader(IterableDataset):
         world_size: int = 1,
         shuffle_window: int = 65536,
         start_batch: int = 0,
+        length_buckets: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -252,6 +264,7 @@ class ParquetBatchReader(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.shuffle_window = shuffle_window
+        self.length_buckets = length_buckets and bool(schema.sequence)
         self.epoch = 0
         self.files = resolve_paths(paths)
         self.columns = columns_of(schema)
@@ -306,11 +319,44 @@ class ParquetBatchReader(IterableDataset):
 
     def _read_window(self, files: Dict[int, pq.ParquetFile], w: _Window) -> Rows:
         rows = Rows.concat([self._read(files, self.row_groups[i]) for i in w.groups])
+        order = np.arange(len(rows))
         if self.shuffle:
             rng = np.random.default_rng()
             rng.bit_generator.state = w.rng_state
-            rows = rows.take(rng.permutation(len(rows)))
-        return rows
+            order = rng.permutation(len(rows))
+        if self.length_buckets:
+            lengths = rows.unpooled[len(self.schema.target_features)].lengths
+            order = self._bucket(order, lengths[order], w)
+        return rows if not (self.shuffle or self.length_buckets) else rows.take(order)
+
+    def _bucket(self, order: np.ndarray, lengths: np.ndarray, w: _Window) -> np.ndarray:
+        """``order`` (a window's rows in stream order) regrouped so that each global
+        batch that lies inside the window holds rows of similar history length: the
+        rows between the window's first and last global-batch boundaries are sorted by
+        length (stably: equal lengths keep their order), cut into global batches, each
+        batch's rows permuted (so that every rank's slice is alike) and, when
+        shuffling, the batches permuted. The rows before the first boundary and after
+        the last (the batches shared with the neighbouring windows) stay as they are.
+
+        Args:
+            order: ``[n]`` row indices of the window.
+            lengths: ``[n]`` their history lengths.
+            w: the window (its stream position fixes the batch boundaries).
+        """
+        step = self.batch_size * self.world_size
+        head = (-w.start) % step
+        full = max(len(order) - head, 0) // step
+        if full == 0:
+            return order
+        mid = slice(head, head + full * step)
+        batches = order[mid][np.argsort(lengths[mid], kind="stable")].reshape(full, step)
+        rng = np.random.default_rng([self.seed, self.epoch, w.index, 1])  # not the stream's generator
+        batches = rng.permuted(batches, axis=1)
+        if self.shuffle:
+            batches = batches[rng.permutation(full)]
+        out = order.copy()
+        out[mid] = batches.reshape(-1)
+        return out
 
     def _num_global_batches(self) -> int:
         full, rest = divmod(self.num_rows, self.batch_size * self.world_size)

@@ -28,7 +28,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 from interformer_rec.config import ModelConfig, Schema
 from interformer_rec.models.baselines import _check, target_slots
 from interformer_rec.modules.continuous import require_floats, sequence_floats
-from interformer_rec.modules.embeddings import build_ebc, build_ec
+from interformer_rec.modules.embeddings import build_ebc, build_ec, unpooled_tokens
 from interformer_rec.ops.sequences import masked_mean
 
 
@@ -162,11 +162,8 @@ class DIN(nn.Module):
             ``steps [B, T, D]`` (``D = k*d`` or the merged width; left-aligned, zeros at
             padded steps) and ``valid [B, T]`` bool, True at real steps.
         """
-        T = self.max_len
-        lengths = jts[self.sequence_names[0]].lengths().to(torch.int64).clamp(max=T)
-        steps = torch.cat(
-            [jts[n].to_padded_dense(desired_length=T) for n in self.sequence_names], dim=-1
-        )
+        _, steps, lengths = unpooled_tokens(jts, [], self.sequence_names, self.max_len)  # T: the batch's longest
+        T = steps.size(1)
         valid = torch.arange(T, device=lengths.device) < lengths.unsqueeze(1)
         if self.floats is not None:
             steps = self.floats(steps, require_floats(floats), lengths)

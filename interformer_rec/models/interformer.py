@@ -31,7 +31,10 @@ from interformer_rec.modules.embeddings import (
     ProjectedDenseToken,
     build_ebc,
     build_ec,
+    pad_steps,
+    padded_length,
     pooled_tokens,
+    step_values,
     unpooled_tokens,
 )
 from interformer_rec.modules.interaction import InteractionArch, build_interaction
@@ -152,14 +155,35 @@ class InterFormerArch(nn.Module):
         self.final_cross_arch = final_cross_arch
         self.over_arch = over_arch
 
-    def forward(self, x: Tensor, steps: Tensor, lengths: Tensor) -> Tensor:
-        """Everything after the lookups (the dense part of the model).
+    def forward(self, x: Tensor, steps: Tensor, lengths: Tensor, T: Optional[int] = None) -> Tensor:
+        """Everything after the lookups (the dense part of the model), on padded steps
+        or, given ``T``, on jagged steps: MaskNet then runs on the real steps only (the
+        EmbeddingCollection's values) and its output is padded to ``T``.
 
         Args:
             x: ``[B, n, d]`` non-sequence tokens ``X¹``.
-            steps: ``[B, T, k·d]`` per-step sequence embeddings, left-aligned.
-            lengths: ``[B]`` real steps per row (``<= T``); values at padded steps are
-                ignored.
+            steps: ``[B, T, k·d]`` per-step sequence embeddings, left-aligned (values at
+                padded steps are ignored); or, with ``T``, ``[V, k·d]`` every row's real
+                steps, row-major (``sum(lengths) = V``).
+            lengths: ``[B]`` real steps per row (``<= T``; with jagged steps, rows
+                longer than ``T`` keep their first ``T`` steps).
+            T: the padded length, for jagged ``steps``.
+
+        Returns:
+            ``[B, tasks]`` logits.
+        """
+        if T is not None:
+            return self.forward_steps(x, pad_steps(self.masknet(steps), lengths, T), lengths.clamp(max=T))
+        step_valid = torch.arange(steps.shape[1], device=steps.device).unsqueeze(0) < lengths.unsqueeze(1)
+        return self.forward_steps(x, self.masknet(steps, step_valid), lengths)
+
+    def forward_steps(self, x: Tensor, steps: Tensor, lengths: Tensor) -> Tensor:
+        """Everything after MaskNet.
+
+        Args:
+            x: ``[B, n, d]``.
+            steps: ``[B, T, d]`` MaskNet's output, zeros at padded steps.
+            lengths: ``[B]`` real steps per row (``<= T``).
 
         Returns:
             ``[B, tasks]`` logits.
@@ -169,7 +193,7 @@ class InterFormerArch(nn.Module):
         # CLS positions are always valid
         valid = F.pad(step_valid, (self.num_cls, 0), value=True)
         positions = recency_positions(lengths, self.num_cls, T)
-        s = torch.cat([self.cls_summary(x), self.masknet(steps, step_valid)], dim=1)  # S¹ [B, c + T, d]
+        s = torch.cat([self.cls_summary(x), steps], dim=1)  # S¹ [B, c + T, d]
         for layer in self.layers:
             x, s = layer(x, s, valid, lengths, positions)
         x_sum, s_sum = self.final_cross_arch(x, s, valid, lengths)
@@ -285,10 +309,28 @@ class InterFormer(nn.Module):
         step_dim = len(self.sequence_names) * d if self.floats is None else self.floats.out_dim
         self.arch = build_arch(ic, self.num_tokens, step_dim, len(schema.labels), d)
 
+    def _x(self, dense: Tensor, sparse: KeyedJaggedTensor, targets: Optional[Tensor], steps: Optional[Tensor]) -> Tensor:
+        """``X¹ [B, n, d]``: dense, pooled, target, match and similarity tokens in that
+        order (``steps [B, T, k·d]``, the raw padded steps, only with match or
+        similarity tokens)."""
+        tokens = []
+        if self.dense_tokens is not None:
+            tokens.append(self.dense_tokens(dense))
+        if self.ebc is not None:
+            tokens.append(pooled_tokens(self.ebc(sparse), self.pooled_names))
+        if targets is not None:
+            tokens.append(targets)
+            if self.match_pairs:
+                tokens.append(match_tokens(targets, steps, len(self.sequence_names), self.match_pairs))
+            if self.similarity is not None:
+                tokens.append(self.similarity(targets, steps))
+        return torch.cat(tokens, dim=1)
+
     def embed(
         self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor, floats: Optional[Tensor] = None
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Embedding lookups.
+        """Embedding lookups, the history padded to the batch's ``T``
+        (:func:`~interformer_rec.modules.embeddings.padded_length`).
 
         Args:
             dense: ``[B, n_dense]``.
@@ -302,30 +344,44 @@ class InterFormer(nn.Module):
             ``steps [B, T, k·d]`` (zeros at padded steps; with sequence floats merged,
             :class:`~interformer_rec.modules.continuous.SequenceFloats`), ``lengths [B]``.
         """
-        tokens = []
-        if self.dense_tokens is not None:
-            tokens.append(self.dense_tokens(dense))
-        if self.ebc is not None:
-            tokens.append(pooled_tokens(self.ebc(sparse), self.pooled_names))
         targets, steps, lengths = unpooled_tokens(self.ec(sequence), self.target_names, self.sequence_names, self.max_len)
-        if targets is not None:
-            tokens.append(targets)
-        if self.match_pairs:
-            tokens.append(match_tokens(targets, steps, len(self.sequence_names), self.match_pairs))
-        if self.similarity is not None:
-            tokens.append(self.similarity(targets, steps))
+        x = self._x(dense, sparse, targets, steps)
         if self.floats is not None:
             steps = self.floats(steps, require_floats(floats), lengths)
-        return torch.cat(tokens, dim=1), steps, lengths
+        return x, steps, lengths
+
+    def embed_jagged(
+        self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor, floats: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Tensor, Tensor, int]:
+        """:meth:`embed` with the history left jagged: only real steps.
+
+        Returns:
+            ``X¹ [B, n, d]``, ``values [V, step_dim]`` every row's real steps, row-major
+            (sequence floats merged), ``lengths [B]`` and the batch's padded length ``T``.
+        """
+        jts = self.ec(sequence)
+        values, lengths = step_values(jts, self.sequence_names)
+        T = padded_length(lengths, self.max_len)
+        targets = None
+        if self.target_names:
+            targets = torch.cat([jts[n].to_padded_dense(desired_length=1) for n in self.target_names], dim=1)
+        steps = pad_steps(values, lengths, T) if self.match_pairs or self.similarity is not None else None
+        x = self._x(dense, sparse, targets, steps)
+        if self.floats is not None:
+            values = self.floats.forward_jagged(values, require_floats(floats))
+        return x, values, lengths, T
 
     def forward_embedded(self, x: Tensor, steps: Tensor, lengths: Tensor) -> Tensor:
-        """Everything after the lookups: :class:`InterFormerArch`."""
+        """Everything after the lookups on padded steps: :class:`InterFormerArch`."""
         return self.arch(x, steps, lengths)
 
     def forward(
         self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor, floats: Optional[Tensor] = None
     ) -> Tensor:
-        """
+        """MaskNet and the sequence floats run on the real steps only (jagged), the rest
+        on the batch's padded length ``T``. Under ``torch.export`` the history is padded
+        to ``max_len`` before MaskNet (:meth:`embed`): the same logits, a static size.
+
         Args:
             dense: ``[B, n_dense]`` float.
             sparse: pooled features KJT (keys ``schema.pooled_features``).
@@ -335,4 +391,6 @@ class InterFormer(nn.Module):
         Returns:
             ``[B, len(schema.labels)]`` logits.
         """
-        return self.forward_embedded(*self.embed(dense, sparse, sequence, floats))
+        if torch.compiler.is_exporting():
+            return self.arch(*self.embed(dense, sparse, sequence, floats))
+        return self.arch(*self.embed_jagged(dense, sparse, sequence, floats))

@@ -93,7 +93,7 @@ class TokenModel(nn.Module):
         if self.ebc is not None:
             parts.append(pooled_tokens(self.ebc(sparse), self.pooled_names))
         jts = self.ec(sequence)
-        _, steps, lengths = unpooled_tokens(jts, [], self.sequence_names, self.max_len)
+        _, steps, lengths = unpooled_tokens(jts, [], self.sequence_names, self.max_len, batch_len=False)
         # to_padded_dense with length 1 gives a zero vector for a missing target id
         targets = {n: jts[n].to_padded_dense(desired_length=1) for n in self.target_names}  # each [B, 1, d]
         if self.has_target_step:

@@ -171,6 +171,22 @@ class SequenceFloats(nn.Module):
             return torch.cat([steps, e.flatten(2)], dim=-1)
         return steps * (1.0 + e.sum(2))
 
+    def forward_jagged(self, steps: Tensor, values: Tensor) -> Tensor:
+        """:meth:`forward` on the real steps only (jagged values, no padding).
+
+        Args:
+            steps: ``[V, step_dim]`` the real steps' embeddings.
+            values: ``[V, I]`` their numbers (``Batch.sequence_floats``).
+
+        Returns:
+            ``[V, out_dim]``.
+        """
+        f = transform(values, self.log1p)
+        e = torch.stack([enc(f[:, i]) for i, enc in enumerate(self.encoders)], dim=1)  # [V, I, width]
+        if self.merge == "concat":
+            return torch.cat([steps, e.flatten(1)], dim=-1)
+        return steps * (1.0 + e.sum(1))
+
     def target(self, step: Tensor) -> Tensor:
         """A target step (which has no such numbers) brought to the merged width:
         zeros in the features' slots (``concat``), unchanged (``elementwise``).

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedTensor
@@ -148,8 +149,60 @@ def pooled_tokens(pooled: KeyedTensor, names: List[str]) -> Tensor:
     return torch.stack([by_name[n] for n in names], dim=1)
 
 
+def padded_length(lengths: Tensor, max_len: int) -> int:
+    """``T`` of a batch: its longest real history (at least 1, at most ``max_len``), so
+    that sequence work follows the real steps, not ``max_len``. Under ``torch.export``
+    or an fx trace (TorchRec's train pipeline traces the model) it is ``max_len``: a
+    static size. Padded steps never change an output, so both give the same logits.
+
+    Args:
+        lengths: ``[B]`` real steps per row.
+        max_len: the schema's cap.
+    """
+    if torch.compiler.is_exporting() or is_fx_symbolic_tracing() or lengths.numel() == 0:
+        return max_len
+    return max(1, min(max_len, int(lengths.max())))
+
+
+def step_values(jts: Dict[str, JaggedTensor], sequence_names: List[str]) -> Tuple[Tensor, Tensor]:
+    """The ``k`` parallel sequences' embeddings concatenated per real step, jagged.
+
+    Args:
+        jts: EC output by feature name (values ``[sum(lengths), d]``; the ``k``
+            sequences have equal lengths per row).
+        sequence_names: the ``k`` sequences.
+
+    Returns:
+        ``values [V, k·d]`` (every real step of every row, row-major; steps of a row
+        beyond ``max_len`` included, :func:`pad_steps` drops them) and ``lengths [B]``
+        (int64, not clamped).
+    """
+    values = torch.cat([jts[n].values() for n in sequence_names], dim=-1)
+    return values, jts[sequence_names[0]].lengths().to(torch.int64)
+
+
+def pad_steps(values: Tensor, lengths: Tensor, T: int) -> Tensor:
+    """Jagged steps to a left-aligned padded tensor (fbgemm's ``jagged_to_padded_dense``;
+    ATen in an exported graph, :mod:`interformer_rec.ops.jagged`).
+
+    Args:
+        values: ``[V, D]``.
+        lengths: ``[B]`` int64, ``sum = V``.
+        T: padded length (rows longer keep their first ``T`` steps).
+
+    Returns:
+        ``[B, T, D]``, zeros after each row's steps.
+    """
+    offsets = torch.ops.fbgemm.asynchronous_complete_cumsum(lengths)
+    return torch.ops.fbgemm.jagged_to_padded_dense(values, [offsets], [T], 0.0)
+
+
 def unpooled_tokens(
-    jts: Dict[str, JaggedTensor], target_names: List[str], sequence_names: List[str], max_len: int
+    jts: Dict[str, JaggedTensor],
+    target_names: List[str],
+    sequence_names: List[str],
+    max_len: int,
+    batch_len: bool = True,
 ) -> Tuple[Optional[Tensor], Tensor, Tensor]:
     """Split the EmbeddingCollection output into target tokens and sequence steps.
 
@@ -157,19 +210,24 @@ def unpooled_tokens(
         jts: EC output by feature name (values ``[sum(lengths), d]``).
         target_names: target features (one id per row each).
         sequence_names: the ``k`` parallel sequences (equal lengths per row).
-        max_len: ``T``.
+        max_len: the cap on ``T``.
+        batch_len: pad to the batch's longest history (:func:`padded_length`); else to
+            ``max_len`` (models whose sizes depend on ``T``).
 
     Returns:
         ``targets [B, n_target, d]`` (``None`` without target features),
         ``steps [B, T, k*d]`` (the k sequences' embeddings concatenated per step,
-        left-aligned, zeros at padded steps; a row longer than ``T`` breaks the Batch
-        contract and is cut to its first ``T`` steps) and ``lengths [B]`` (int64,
-        clamped to ``T``).
+        left-aligned, zeros at padded steps; a row longer than ``max_len`` breaks the
+        Batch contract and is cut to its first ``max_len`` steps) and ``lengths [B]``
+        (int64, clamped to ``T``).
     """
     targets = None
     if target_names:
         # to_padded_dense with length 1 is robust to a missing id (zero token)
         targets = torch.cat([jts[n].to_padded_dense(desired_length=1) for n in target_names], dim=1)
-    steps = torch.cat([jts[n].to_padded_dense(desired_length=max_len) for n in sequence_names], dim=-1)
-    lengths = jts[sequence_names[0]].lengths().to(torch.int64).clamp(max=max_len)
-    return targets, steps, lengths
+    lengths = jts[sequence_names[0]].lengths().to(torch.int64)
+    T = padded_length(lengths, max_len) if batch_len else max_len
+    # each sequence padded on its own offsets (one cat of the jagged values would make
+    # torch.export equate the sequences' unbacked value counts and guard the batch)
+    steps = torch.cat([jts[n].to_padded_dense(desired_length=T) for n in sequence_names], dim=-1)
+    return targets, steps, lengths.clamp(max=T)

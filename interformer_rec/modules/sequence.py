@@ -40,16 +40,21 @@ class MaskNet(nn.Module):
         # (a random quadratic of them): target-history matches are found much sooner
         nn.init.ones_(self.mlp_mask._mlp[-1]._linear.bias)
 
-    def forward(self, e: Tensor, valid: Tensor) -> Tensor:
-        """
+    def forward(self, e: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+        """Padded steps (with ``valid``) or jagged steps (without: only real steps, so
+        the work follows the real history lengths).
+
         Args:
-            e: ``[B, T, k*d]`` per-step concatenated embeddings.
-            valid: ``[B, T]`` bool, True at real steps.
+            e: ``[B, T, k*d]`` per-step concatenated embeddings, or ``[V, k*d]`` the
+                real steps of every row (jagged values).
+            valid: ``[B, T]`` bool, True at real steps (padded input only).
 
         Returns:
-            ``[B, T, d]``, zeros at padded steps.
+            ``[B, T, d]`` with zeros at padded steps, or ``[V, d]``.
         """
         out = self.mlp_lce(e * self.mlp_mask(e))
+        if valid is None:
+            return out
         return torch.where(valid.unsqueeze(-1), out, torch.zeros_like(out))
 
 

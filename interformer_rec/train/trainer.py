@@ -159,6 +159,7 @@ class Trainer:
             rank=self.env.rank,
             world_size=self.env.world_size,
             start_batch=start_batch,
+            length_buckets=d.length_buckets,
         )
 
     def _progress(
