@@ -194,6 +194,12 @@ class SyntheticConfig:
     positive_rate: float = 0.25  # the intercept is calibrated to this click rate
     max_len: int = 20
     min_len: int = 0
+    # history lengths: uniform on [min_len, max_len], or long-tailed like real logs:
+    # log-normal with mean `mean_len` and shape `length_sigma`, rounded, clipped to
+    # [min_len, max_len]
+    length_dist: Literal["uniform", "lognormal"] = "uniform"
+    mean_len: float = 10.0
+    length_sigma: float = 1.0
     rows: Dict[str, int] = field(
         default_factory=lambda: {"train": 40000, "valid": 8000, "test": 8000}
     )

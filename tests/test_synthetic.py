@@ -119,3 +119,19 @@ def test_context_changes_which_part_of_history_matters(default_data) -> None:
 
     order = np.argsort(tau)  # short memory first
     assert uplift(order[-2:]) > uplift(order[:2]) + 0.1
+
+
+def test_lognormal_history_lengths_are_long_tailed_and_capped() -> None:
+    import numpy as np
+
+    from interformer_rec.data.synthetic import history_lengths
+
+    cfg = SyntheticConfig(max_len=2000, min_len=0, length_dist="lognormal", mean_len=100.0, length_sigma=1.0)
+    lengths = history_lengths(cfg, 200_000, np.random.default_rng(0))
+    assert lengths.min() >= 0 and lengths.max() <= 2000
+    assert abs(lengths.mean() - 100.0) < 2.0
+    assert np.median(lengths) < 0.7 * lengths.mean()  # long tail: median exp(mu) = 0.61 * mean
+    capped = history_lengths(dataclasses.replace(cfg, max_len=100), 200_000, np.random.default_rng(0))
+    assert (capped == np.minimum(lengths, 100)).all(), "the same draws, cut to max_len"
+    uniform = history_lengths(SyntheticConfig(max_len=20, min_len=3), 1000, np.random.default_rng(0))
+    assert uniform.min() >= 3 and uniform.max() <= 20

@@ -124,6 +124,8 @@ def make_world(cfg: SyntheticConfig) -> World:
         raise ValueError("synthetic: num_items must be >= num_categories")
     if not 0 <= cfg.min_len <= cfg.max_len or cfg.max_len < 1:
         raise ValueError("synthetic: need 0 <= min_len <= max_len and max_len >= 1")
+    if cfg.length_dist == "lognormal" and not (cfg.mean_len > 0 and cfg.length_sigma > 0):
+        raise ValueError("synthetic: a lognormal length_dist needs mean_len > 0 and length_sigma > 0")
     rng = np.random.default_rng([cfg.seed, 0])
     n_cat, n_user = cfg.num_categories, cfg.num_users
     item_cat = rng.permutation(np.arange(cfg.num_items) % n_cat)
@@ -228,6 +230,16 @@ def table_logit_terms(table: pa.Table, cfg: SyntheticConfig) -> Dict[str, np.nda
                        grid("hist_item_ids"), grid("hist_cat_ids"), valid)
 
 
+def history_lengths(cfg: SyntheticConfig, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n]`` int64 history lengths: uniform on ``[min_len, max_len]``, or log-normal
+    with mean ``mean_len`` (before clipping) and shape ``length_sigma``, rounded and
+    clipped to ``[min_len, max_len]`` (``cfg.length_dist``)."""
+    if cfg.length_dist == "uniform":
+        return rng.integers(cfg.min_len, cfg.max_len + 1, n)
+    mu = np.log(cfg.mean_len) - cfg.length_sigma**2 / 2
+    return np.clip(np.rint(rng.lognormal(mu, cfg.length_sigma, n)), cfg.min_len, cfg.max_len).astype(np.int64)
+
+
 def _impressions(
     world: World, cfg: SyntheticConfig, n: int, rng: np.random.Generator
 ) -> Dict[str, Any]:
@@ -236,7 +248,7 @@ def _impressions(
     user = rng.integers(0, cfg.num_users, n)
     ctx = rng.integers(0, cfg.num_contexts, n)
     dense = rng.normal(0.0, 1.0, (n, cfg.num_dense)).astype(np.float32)
-    length = rng.integers(cfg.min_len, T + 1, n)
+    length = history_lengths(cfg, n, rng)
     valid = np.arange(T) < length[:, None]  # [n, T], step t of a row is real if t < length
     age = np.where(valid, length[:, None] - 1 - np.arange(T), 0)  # 0 = most recent
 
