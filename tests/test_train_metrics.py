@@ -49,7 +49,8 @@ def test_training_logs_windowed_metrics_to_tensorboard(tmp_path: Path) -> None:
         ],
     )
     trainer = Trainer(cfg)
-    seen: List[Dict[str, torch.Tensor]] = []  # every step's update, to recompute the window
+    seen: List[Dict[str, torch.Tensor]] = []  # every update (k steps' rows), to recompute the window
+    k = train_metrics.steps_per_update(2)
     update = trainer.train_metrics.update
     trainer.train_metrics.update = lambda out: (seen.append({k: v.clone() for k, v in out.items()}), update(out))[1]
     trainer.fit()
@@ -60,8 +61,9 @@ def test_training_logs_windowed_metrics_to_tensorboard(tmp_path: Path) -> None:
     assert set(logged["train_metrics/throughput-throughput/window_throughput"]) == {4, 6, 8}  # after 2 warm-up steps
     assert set(logged["train/loss"]) >= {2, 4, 6, 8}
     # the window is the last log_every steps' rows (of every rank)
+    assert k == 2 and len(seen) == 8 // k and all(len(u[f"{TASK}/label"]) == 64 * k for u in seen)
     for step in (2, 4, 6, 8):
-        window = seen[step - 2 : step]
+        window = seen[(step - 2) // k : step // k]
         labels = torch.cat([s[f"{TASK}/label"] for s in window])
         probs = torch.cat([s[f"{TASK}/prediction"] for s in window])
         assert logged[f"train_metrics/auc-{TASK}/window_auc"][step] == pytest.approx(auc(labels, probs), abs=1e-6), step

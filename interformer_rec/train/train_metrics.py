@@ -1,4 +1,4 @@
-"""Training-time metrics: TorchRec's ``RecMetricModule``, updated every training step.
+"""Training-time metrics: TorchRec's ``RecMetricModule``, fed every few training steps.
 
 Windowed AUC, NE and calibration of every task over the rows of the last
 ``train.log_every`` steps (of all ranks), and throughput, computed every
@@ -8,6 +8,11 @@ TensorBoard (``train_metrics/<metric>-<task>/<window_…|lifetime_…>``) and sh
 the progress bar. These are estimates of a moving model on the rows it is trained on;
 the exact metrics of whole splits (:func:`~interformer_rec.train.metrics.compute_metrics`)
 stay for validation and test.
+
+The module is not updated every step: :class:`StepBuffer` keeps each step's predictions
+and labels on the device and feeds the module the rows of ``k`` steps at once (``k``
+divides ``train.log_every``), so its per-update work (window bookkeeping, one small op
+per metric and task) is paid once per ``k`` steps. The windows hold the same rows.
 """
 
 from __future__ import annotations
@@ -38,27 +43,64 @@ def task_infos(tasks: Sequence[str]) -> List[RecTaskInfo]:
     ]
 
 
+def steps_per_update(every: int, most: int = 10) -> int:
+    """``k``: the largest divisor of ``every`` (``train.log_every``) up to ``most``."""
+    return max(k for k in range(1, min(every, most) + 1) if every % k == 0)
+
+
 def metric_module(
     tasks: Sequence[str], batch_size: int, world_size: int, rank: int, device: torch.device, every: int
 ) -> RecMetricModule:
     """TorchRec's metric module: the :data:`WINDOWED` metrics of each task over the last
     ``every`` steps (``every * batch_size * world_size`` rows), and throughput after
-    ``every`` warm-up steps.
+    ``every`` warm-up steps; updated with :func:`steps_per_update` steps' rows at a
+    time (:class:`StepBuffer`).
 
     Args:
         tasks: label column names. batch_size: rows per rank and step.
     """
     infos = task_infos(tasks)
     window = every * batch_size * world_size
+    k = steps_per_update(every)
     config = MetricsConfig(
         rec_tasks=infos,
         rec_metrics={m: RecMetricDef(rec_tasks=infos, window_size=window) for m in WINDOWED},
-        throughput_metric=ThroughputDef(warmup_steps=every),
-        compute_interval_steps=every,
+        throughput_metric=ThroughputDef(warmup_steps=every // k),
+        compute_interval_steps=every // k,
     )
     return generate_metric_module(
-        RecMetricModule, config, batch_size, world_size, rank, state_metrics_mapping={}, device=device
+        RecMetricModule, config, batch_size * k, world_size, rank, state_metrics_mapping={}, device=device
     )
+
+
+class StepBuffer:
+    """Feeds a :func:`metric_module` the rows of ``k`` training steps at once.
+
+    Args:
+        module: the metric module. tasks: label names.
+        k: steps per update (:func:`steps_per_update` of ``train.log_every``).
+    """
+
+    def __init__(self, module: RecMetricModule, tasks: Sequence[str], k: int) -> None:
+        self.module = module
+        self.tasks = list(tasks)
+        self.k = k
+        self.logits: List[Tensor] = []
+        self.labels: List[Tensor] = []
+
+    def add(self, logits: Tensor, labels: Tensor) -> None:
+        """One step's ``logits [B, T]`` and ``labels [B, T]``; every ``k``-th call
+        updates the module."""
+        self.logits.append(logits.detach())
+        self.labels.append(labels)
+        if len(self.logits) >= self.k:
+            self.flush()
+
+    def flush(self) -> None:
+        """Update the module with the steps held (before computing it)."""
+        if self.logits:
+            self.module.update(model_out(self.tasks, torch.cat(self.logits), torch.cat(self.labels)))
+            self.logits, self.labels = [], []
 
 
 def model_out(tasks: Sequence[str], logits: Tensor, labels: Tensor) -> Dict[str, Tensor]:

@@ -128,6 +128,9 @@ class Trainer:
         self.train_metrics = train_metrics.metric_module(
             schema.labels, tc.batch_size, self.env.world_size, self.env.rank, self.env.device, tc.log_every
         )
+        self._metric_steps = train_metrics.StepBuffer(
+            self.train_metrics, schema.labels, train_metrics.steps_per_update(tc.log_every)
+        )
         self.writer = None
         if self.env.is_main:
             print(self.plan_text, flush=True)
@@ -311,7 +314,7 @@ class Trainer:
             self.global_step += 1
             self.step_in_epoch += 1
             self.schedule.after_step(self.global_step)
-            self.train_metrics.update(train_metrics.model_out(self.cfg.data.schema.labels, logits, labels))
+            self._metric_steps.add(logits, labels)
             if self.global_step % tc.log_every == 0:
                 self._log_step(loss, postfix)
             if every and self.global_step % every == 0 and self.step_in_epoch < total:
@@ -337,6 +340,7 @@ class Trainer:
         """Compute the training metrics (collective); on rank 0, write them and this
         rank's step ``loss`` to TensorBoard and the first task's windowed AUC and NE to
         the progress bar's ``postfix``."""
+        self._metric_steps.flush()
         values = train_metrics.scalars(self.train_metrics.compute())
         if not self.env.is_main:
             return
