@@ -145,8 +145,8 @@ def _worker(rank: int, world: int, port: int, jobs: List[Dict[str, Any]]) -> Non
             if kill:  # SIGKILL rank 0 once the tensors of checkpoint `kill` are written
                 save = checkpoint.dcp.save
 
-                def killing_save(state: Any, checkpoint_id: str, _save: Any = save) -> Any:
-                    out = _save(state, checkpoint_id=checkpoint_id)
+                def killing_save(state: Any, checkpoint_id: str, _save: Any = save, **kwargs: Any) -> Any:
+                    out = _save(state, checkpoint_id=checkpoint_id, **kwargs)
                     if rank == 0 and Path(checkpoint_id).name == f"{kill}.tmp":
                         os.kill(os.getpid(), signal.SIGKILL)
                     return out
