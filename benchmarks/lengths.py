@@ -14,13 +14,15 @@ Distributions (``--dists``):
 * ``lognormal``: the synthetic generator's long-tailed lengths
   (``data.synthetic.history_lengths``, mean 100, shape 1), the same draws cut at each cap.
 
-For each distribution, cap and model, a pool of ``batches × batch`` lengths is drawn
-once. ``padded to max_len`` builds every batch at ``T = max_len`` (what every batch paid
-before batches were padded to their own longest history); ``random batches`` cuts the
-pool in stream order (each batch padded to its own longest row); ``length buckets`` sorts
-the pool first (what ``data.length_buckets`` does within a shuffle window). Each
-batch's step is timed (median of ``--repeats`` after one warm-up) and the figure is the
-pool's rows over the summed step times. Writes ``results/lengths.json`` and ``.md``.
+For each distribution and cap, a pool of ``--pool-rows`` lengths is drawn once (65,536:
+the reader's default shuffle window). ``padded to max_len`` builds every batch at
+``T = max_len`` (what every batch paid before batches were padded to their own longest
+history); ``random batches`` cuts the pool in stream order (each batch padded to its own
+longest row); ``length buckets`` sorts the pool first (what ``data.length_buckets`` does
+within a shuffle window). ``--batches`` of the pool's batches, evenly spaced through it,
+are timed (each step's median of ``--repeats`` after one warm-up) and the figure is their
+rows over their summed step times: an estimate of a whole pass over the pool. Writes
+``results/lengths.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -107,11 +109,13 @@ def make_batch(schema: Schema, lengths: np.ndarray, g: torch.Generator) -> Batch
                  torch.randint(0, 2, (B, 1), generator=g).float(), torch.zeros(B, dtype=torch.long))
 
 
-def batches_of(pool: np.ndarray, B: int, mode: str, max_len: int) -> List[np.ndarray]:
-    """The pool cut into batches of ``B`` rows: in order, or sorted by length first."""
+def batches_of(pool: np.ndarray, B: int, mode: str, n: int) -> List[np.ndarray]:
+    """``n`` batches, evenly spaced, of the pool cut into batches of ``B`` rows, in
+    order or sorted by length first."""
     if mode == "length buckets":
         pool = np.sort(pool)
-    return [pool[i : i + B] for i in range(0, len(pool), B)]
+    cuts = [pool[i : i + B] for i in range(0, len(pool) - B + 1, B)]
+    return [cuts[i] for i in np.linspace(0, len(cuts) - 1, n).round().astype(int)]
 
 
 def samples_per_s(name: str, schema: Schema, dim: int, cuts: List[np.ndarray], pad_to: int, repeats: int) -> float:
@@ -145,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=["interformer", "din"])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--batches", type=int, default=8, help="batches per pool")
+    p.add_argument("--pool-rows", type=int, default=65536, help="lengths drawn per distribution and cap")
+    p.add_argument("--batches", type=int, default=16, help="batches of the pool timed")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "lengths")
@@ -155,19 +160,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         # real logs are capped by their converters at 100; only the synthetic one grows
         caps = args.max_lens if dist == "lognormal" else [100]
         for max_len in caps:
-            pool = draw(dist, args.batches * args.batch_size, max_len, np.random.default_rng(0))
+            pool = draw(dist, args.pool_rows, max_len, np.random.default_rng(0))
             schema = synthetic_schema(dataclasses.replace(SyntheticConfig(), max_len=max_len))
             for name in args.models:
                 for mode in args.modes:
                     if mode == "padded to max_len" and max_len > 100:
                         continue  # a full-length batch at every step: minutes a step on CPU
-                    cuts = batches_of(pool, args.batch_size, mode, max_len)
+                    cuts = batches_of(pool, args.batch_size, mode, args.batches)
                     rate = samples_per_s(name, schema, args.dim, cuts, max_len if mode == MODES[0] else 0, args.repeats)
                     rows.append({"dist": dist, "max_len": max_len, "model": name, "mode": mode, "samples_per_s": rate,
                                  "mean_len": float(pool.mean()), "median_len": float(np.median(pool))})
                     print(f"{dist} max_len {max_len} {name} {mode}: {rate:,.0f} samples/s", flush=True)
     meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "device": "cpu",
-            "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size, "batches": args.batches}
+            "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size, "batches": args.batches,
+            "pool_rows": args.pool_rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     Path(f"{args.out}.md").write_text(markdown(rows, meta))
@@ -178,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def markdown(rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> str:
     lines = [
         f"Training step samples/s over history-length distributions (batch {meta['batch_size']}, "
-        f"{meta['batches']} batches a pool; {meta['machine']}, {meta['device']}, {meta['torch_threads']} threads)",
+        f"{meta['batches']} batches timed of a pool of {meta['pool_rows']:,} rows; {meta['machine']}, {meta['device']}, "
+        f"{meta['torch_threads']} threads)",
         "",
         "| lengths | max_len | mean / median | model | " + " | ".join(MODES) + " | buckets / padded |",
         "|---|---:|---|---|" + "---:|" * (len(MODES) + 1),
@@ -192,6 +199,12 @@ def markdown(rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> str:
                  if MODES[0] in got and MODES[2] in got else "–")
         lines.append(f"| {dist} | {max_len} | {first['mean_len']:.1f} / {first['median_len']:.0f} | {model} | "
                      + " | ".join(cells) + f" | {ratio} |")
+    for model in dict.fromkeys(r["model"] for r in rows):
+        rate = {r["max_len"]: r["samples_per_s"] for r in rows
+                if (r["dist"], r["model"], r["mode"]) == ("lognormal", model, "length buckets")}
+        if 100 in rate and 2000 in rate:
+            lines.append(f"\n{model}, long-tailed lengths, buckets: max_len 2000 / max_len 100 = "
+                         f"{rate[2000] / rate[100]:.2f}x")
     return "\n".join(lines) + "\n"
 
 
