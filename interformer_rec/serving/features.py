@@ -361,20 +361,34 @@ def encode_request(spec: FeatureSpec, request: Any, max_candidates: int = 4096) 
                 dense[:, k] = dense_column([c[name] for c in cands], name, in_cand)
             else:
                 dense[:, k] = dense_column([user[name]], name, in_user)[0]
+        steps = {*(q.name for q in spec.sequences), *spec.floats}
+        # the user's history is cut to its max_len most recent steps *before* it is
+        # shared by the n candidates: memory and time follow max_len, not the request
+        lengths: Dict[str, np.ndarray] = {}  # uncut lengths of the parallel features
+
+        def shared(j: Jagged, name: str) -> Jagged:
+            if name in steps:
+                lengths[name] = np.repeat(j.lengths, n)
+                j = j.tail(spec.max_len)
+            return j.repeat(n)
+
         ids: Dict[str, Jagged] = {}
         for name in spec.id_features:
             if name in cand_keys:
                 ids[name] = id_column(spec, [c[name] for c in cands], name, in_cand)
             else:
-                ids[name] = id_column(spec, [user[name]], name, in_user).repeat(n)
+                ids[name] = shared(id_column(spec, [user[name]], name, in_user), name)
         floats: Dict[str, Jagged] = {}
         for name in spec.floats:
             if name in cand_keys:
                 floats[name] = float_column([c[name] for c in cands], name, in_cand)
             else:
-                floats[name] = float_column([user[name]], name, in_user).repeat(n)
-        shared_seqs = all(s not in cand_keys for s in [*(q.name for q in spec.sequences), *spec.floats])
-        return decode.assemble(spec.schema, dense, ids, in_user if shared_seqs else in_cand, floats=floats)
+                floats[name] = shared(float_column([user[name]], name, in_user), name)
+        where = in_user if steps.isdisjoint(cand_keys) else in_cand
+        if lengths:  # the parallel check on the uncut lengths, as the reader does
+            uncut = {name: lengths.get(name, (ids[name] if name in ids else floats[name]).lengths) for name in steps}
+            decode.check_parallel({k: Jagged(v, np.zeros(0, np.int64)) for k, v in uncut.items()}, where)
+        return decode.assemble(spec.schema, dense, ids, where, floats=floats)
 
 
 # --------------------------------------------------------------------------- parquet
