@@ -362,6 +362,12 @@ def test_cli_predict(export_dir, data, tmp_path, capsys):
     pq.write_table(t.drop(["item_id"]), bad)
     assert main(["predict", "--model", str(export_dir), "--data", str(bad)]) == 2
     assert "missing column(s) ['item_id']" in capsys.readouterr().err
+    # --out equal to an input is refused, the input untouched (issue 33, item 6)
+    own = tmp_path / "own.parquet"
+    pq.write_table(t, own)
+    assert main(["predict", "--model", str(export_dir), "--data", str(own), "--out", str(own)]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert pq.read_table(own).equals(t)
 
 
 def test_predict_writes_all_rows_or_nothing(tmp_path_factory, data, tmp_path, capsys):

@@ -141,6 +141,11 @@ class Predictor:
         import pyarrow.parquet as pq
 
         files = _parquet_files(paths)
+        if out is not None:
+            inputs = {f.resolve() for f in files}
+            for target in (Path(out), Path(f"{out}.tmp")):
+                if target.resolve() in inputs:
+                    raise InputError(f"--out {out}: would overwrite the input {target}; write the scores elsewhere")
         spec = self.spec
         keep = list(keep) if keep is not None else ([spec.group_key] if spec.group_key else [])
         tmp = Path(f"{out}.tmp") if out is not None else None
