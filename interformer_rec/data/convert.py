@@ -179,6 +179,19 @@ class AtomicParquetWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+def write_table_atomic(table: pa.Table, path: Union[str, Path], row_group_size: int) -> None:
+    """``pq.write_table`` through :class:`AtomicParquetWriter`: a process killed while
+    writing leaves the previous ``path`` (or none), never a truncated file."""
+    writer = AtomicParquetWriter(Path(path), table.schema)
+    try:
+        for start in range(0, table.num_rows, row_group_size):
+            writer.write(table.slice(start, row_group_size))
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
 # --------------------------------------------------------------------------- parsed blocks
 
 

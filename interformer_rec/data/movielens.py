@@ -24,6 +24,7 @@ history rating to this one); and ``timestamp`` (unix seconds, not a feature).
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -31,9 +32,9 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from interformer_rec.arrays import Jagged, ages_in_days, gather, list_array
+from interformer_rec.data.convert import write_table_atomic
 from interformer_rec.data.corating import corating_embeddings
 
 NUM_USERS = 944  # ids 1..943
@@ -190,7 +191,10 @@ def convert_movielens(
     train_rows = time_order[: cuts[0]]
     corating = out_dir / f"item_corating{corating_dim}.npy"
     user, item = r["user"][train_rows], r["item"][train_rows]
-    np.save(corating, corating_embeddings(user, item, label[train_rows], NUM_USERS, NUM_ITEMS, corating_dim))
+    tmp = corating.with_name(f".{corating.name}.{os.getpid()}.tmp")  # renamed when whole, as the splits are
+    with open(tmp, "wb") as f:
+        np.save(f, corating_embeddings(user, item, label[train_rows], NUM_USERS, NUM_ITEMS, corating_dim))
+    os.replace(tmp, corating)
     return {
         "out_dir": str(out_dir),
         "max_len": max_len,
@@ -247,7 +251,7 @@ def _columns(
 
 def _write_split(part: pa.Table, path: Path) -> Dict[str, Any]:
     """Write one split (rows in time order); its summary."""
-    pq.write_table(part, path, row_group_size=ROW_GROUP_SIZE)
+    write_table_atomic(part, path, ROW_GROUP_SIZE)
     labels = part.column("label").to_numpy()
     ts = part.column("timestamp").to_numpy()
     n = part.num_rows

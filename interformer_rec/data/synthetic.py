@@ -42,7 +42,6 @@ from typing import Any, Dict
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
-import pyarrow.parquet as pq
 
 from interformer_rec.arrays import Jagged, list_array
 from interformer_rec.config import (
@@ -52,6 +51,7 @@ from interformer_rec.config import (
     SyntheticConfig,
     TableConfig,
 )
+from interformer_rec.data.convert import write_table_atomic
 from interformer_rec.data.reader import oracle_auc
 
 LABEL = "click"
@@ -347,7 +347,7 @@ def generate(cfg: SyntheticConfig, out_dir: Path) -> Dict[str, Any]:
         imp = _impressions(world, cfg, n, rng)
         table = _table(world, cfg, imp, b0, c0, rng, np.random.default_rng([cfg.seed, 4, crc]))
         path = out_dir / f"{split}.parquet"
-        pq.write_table(table, path, row_group_size=cfg.row_group_size)
+        write_table_atomic(table, path, cfg.row_group_size)
         oracles = oracle_auc(path, schema)
         splits[split] = {
             "path": str(path),
