@@ -111,12 +111,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from interformer_rec.train.trainer import Trainer, format_summary
+    from interformer_rec.train.trainer import NonFiniteLoss, Trainer, format_summary
 
     cfg = load_config(args.config, args.set)
     try:
         trainer = Trainer(cfg)
         result = trainer.fit()
+    except NonFiniteLoss as e:
+        print(f"interformer-rec train: error: {e}", file=sys.stderr)
+        return 3
     except RuntimeError as e:
         text = str(e)
         if "timed out" in text.lower() or "timeout" in text.lower():

@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -59,6 +60,11 @@ from interformer_rec.train.ranking import RankingTrain
 from interformer_rec.train.tables import pretrained_tables
 
 logger = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite (a row drove the model to non-finite
+    values): training stops before any checkpoint of the model is written."""
 
 class Trainer:
     """Builds everything from a :class:`Config` and runs ``fit()``.
@@ -320,11 +326,13 @@ class Trainer:
             if every and self.global_step % every == 0 and self.step_in_epoch < total:
                 stats["seconds"] += time.perf_counter() - start
                 start = time.perf_counter()
+                self._check_finite(self._epoch_losses(), epoch)
                 self.save(f"step_{self.global_step:08d}", epoch_done=False, pointers=("latest",))
             if on_step is not None:
                 on_step(self)
         stats["seconds"] += time.perf_counter() - start
         losses = self._epoch_losses()
+        self._check_finite(losses, epoch)
         self.step_losses.append(losses)
         self._epoch_stats, self._local_losses = {}, []
         secs = stats["seconds"]
@@ -335,6 +343,19 @@ class Trainer:
             "steps": len(losses),
             "lr_scale": self.schedule.scale,
         }
+
+    def _check_finite(self, losses: List[float], epoch: int) -> None:
+        """Raise :class:`NonFiniteLoss` if a step loss of ``epoch`` (the mean over ranks,
+        so every rank decides alike) is not finite: nothing of it is checkpointed."""
+        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+        if bad is not None:
+            done = self._epoch_stats.get("restored_losses", [])
+            raise NonFiniteLoss(
+                f"the training loss is {losses[bad]} at step {bad} of epoch {epoch}: a row drove the model to "
+                "non-finite values (e.g. a huge dense or sequence float); no checkpoint of this epoch was written"
+                + (f" (its first {len(done)} steps were restored)" if done else "")
+                + f"; the last good checkpoint, if any, is {self.ckpt_dir / 'latest'}"
+            )
 
     def _log_step(self, loss: Tensor, postfix: Dict[str, str]) -> None:
         """Compute the training metrics (collective); on rank 0, write them and this
