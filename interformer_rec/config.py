@@ -38,6 +38,9 @@ class TableConfig:
     # interformer_rec.data.corating); the table is trained from there like any other
     init: Optional[str] = None
 
+    def __post_init__(self) -> None:
+        require(self.num_embeddings >= 1, f"schema.tables[{self.name}].num_embeddings", self.num_embeddings, "must be >= 1")
+
 
 @dataclass
 class SparseFeature:
@@ -545,6 +548,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ConfigError(f"train.early_stopping_patience={self.early_stopping_patience}: must be >= 1 (or null)")
+        for name in ("batch_size", "eval_batch_size", "epochs", "log_every"):
+            require(getattr(self, name) >= 1, f"train.{name}", getattr(self, name), "must be >= 1")
+        for name in ("max_steps_per_epoch", "checkpoint_every_steps"):
+            value = getattr(self, name)
+            require(value is None or value >= 1, f"train.{name}", value, "must be >= 1 (or null)")
+        for name in ("dense_optimizer", "embedding_optimizer"):
+            opt = getattr(self, name)
+            require(opt.lr > 0, f"train.{name}.lr", opt.lr, "must be > 0")
+            require(opt.weight_decay >= 0, f"train.{name}.weight_decay", opt.weight_decay, "must be >= 0")
 
 
 @dataclass

@@ -19,9 +19,37 @@ class ConfigError(ValueError):
     """A config (file, mapping or dataclass) that cannot be turned into a valid one."""
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_EXCERPT = 120
+
+
+def excerpt(value: Any) -> str:
+    """``repr(value)``, cut to :data:`MAX_EXCERPT` characters for error messages."""
+    text = repr(value)
+    return text if len(text) <= MAX_EXCERPT else f"{text[:MAX_EXCERPT]}... ({len(text):,} characters)"
+
+
 def require(ok: bool, key: str, value: Any, rule: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}={value!r}: {rule}")
+        raise ConfigError(f"{key}={excerpt(value)}: {rule}")
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*name``): a config needs none, and a
+    few hundred bytes of nested aliases expand to gigabytes (a "billion laughs")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"found the alias *{event.anchor}: YAML aliases are not accepted in configs", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml_text(text: str) -> Any:
+    """One YAML document, plain data only, without aliases."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 _RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
@@ -107,7 +135,7 @@ def build(tp: Any, value: Any, where: str) -> Any:
         return float(value)
     if tp in (int, float, str, bool):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {excerpt(value)}")
         return value
     raise ConfigError(f"{where}: unsupported type {tp}")
 
@@ -126,9 +154,17 @@ def read_yaml(path: Path, seen: tuple = ()) -> Dict[str, Any]:
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'base' chain loops back to itself")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        if not path.is_file():
+            raise ConfigError(f"config {path}: not a file" if path.exists() else f"config file not found: {path}")
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {path}: larger than {MAX_CONFIG_BYTES:,} bytes; not a config")
+        raw = load_yaml_text(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"config {path}: unreadable ({e.strerror or e})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -136,6 +172,8 @@ def read_yaml(path: Path, seen: tuple = ()) -> Dict[str, Any]:
     base = raw.pop("base", None)
     if base is None:
         return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base={excerpt(base)}: expected the path of another config file")
     return merge(read_yaml(path.parent / base, (*seen, path.resolve())), raw)
 
 
@@ -147,7 +185,12 @@ def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, 
             raise ConfigError(f"override {item!r}: expected dotted.key=value")
         node = raw
         parts = key.split(".")
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(val)
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        try:
+            node[parts[-1]] = load_yaml_text(val)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: {key}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
     return raw

@@ -78,6 +78,8 @@ class Trainer:
 
     def __init__(self, cfg: Config, env: Optional[DistEnv] = None, write_outputs: bool = True) -> None:
         self.cfg = cfg
+        if Path(cfg.train.out_dir).exists() and not Path(cfg.train.out_dir).is_dir():
+            raise ConfigError(f"train.out_dir={cfg.train.out_dir!r}: exists and is not a directory")
         self.env = env or init_distributed(cfg.dist, cfg.train.device)
         tc = cfg.train
         steps = check_splits(cfg, lambda split: len(self.reader(split, train=split == "train")), self.global_batch)
