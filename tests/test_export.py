@@ -363,6 +363,16 @@ def test_cli_predict(export_dir, data, tmp_path, capsys):
     assert main(["predict", "--model", str(export_dir), "--data", str(bad)]) == 2
     assert "missing column(s) ['item_id']" in capsys.readouterr().err
     # --out equal to an input is refused, the input untouched (issue 33, item 6)
+    # a value the model overflows on: exit 2 naming file and row, no scores written (issue 33, item 2)
+    import pyarrow as pa
+
+    dense = t.column("dense_0").to_numpy().copy()
+    dense[5] = 3e38
+    huge = tmp_path / "huge.parquet"
+    pq.write_table(t.set_column(t.schema.get_field_index("dense_0"), "dense_0", pa.array(dense)), huge)
+    assert main(["predict", "--model", str(export_dir), "--data", str(huge), "--out", str(tmp_path / "h.parquet")]) == 2
+    assert f"{huge}: row 5: the model's output is not finite" in capsys.readouterr().err
+    assert not (tmp_path / "h.parquet").exists()
     own = tmp_path / "own.parquet"
     pq.write_table(t, own)
     assert main(["predict", "--model", str(export_dir), "--data", str(own), "--out", str(own)]) == 2

@@ -27,7 +27,7 @@ import requests
 from export_helpers import SYNTH, exported
 from interformer_rec.data.synthetic import synthetic_schema
 from interformer_rec.export.inputs import random_encoded
-from interformer_rec.serving.features import FeatureSpec
+from interformer_rec.serving.features import FeatureSpec, InputError
 from interformer_rec.serving.predictor import Predictor
 from interformer_rec.serving.server import BackgroundServer, MicroBatcher, Overloaded, ServerConfig
 from interformer_rec.serving.server_config import add_server_flags, server_config_from_flags
@@ -82,6 +82,21 @@ def test_valid_request(server, predictor):
     # one user x candidates == the same rows given one by one
     rows = [{**body["user"], **c} for c in body["candidates"]]
     np.testing.assert_allclose(scores, predictor.predict_rows(rows)[:, 0], atol=1e-6)
+
+
+def test_an_input_the_model_overflows_on_is_a_400_never_a_nan(server, predictor):
+    """Issue 33, item 2: a finite but huge dense value drives the model to non-finite
+    logits; the server answers 400 naming the candidate, predict_rows raises, and the
+    next request is scored as usual."""
+    body = request_body(3)
+    body["candidates"][1]["dense_0"] = 3e38  # finite in float32
+    body["user"].pop("dense_0")
+    body["candidates"][0]["dense_0"] = body["candidates"][2]["dense_0"] = 0.1
+    r = post(server, body)
+    assert r.status_code == 400 and "candidates[1]" in r.text and "not finite" in r.text, r.text
+    with pytest.raises(InputError, match="not finite"):
+        predictor.predict_rows([{**body["user"], **c} for c in body["candidates"]])
+    assert post(server, request_body(3)).status_code == 200
 
 
 def test_empty_and_full_history(server):

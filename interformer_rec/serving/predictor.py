@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -36,6 +36,19 @@ from interformer_rec.serving.features import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def check_finite(probs: np.ndarray, where: Callable[[int], str]) -> np.ndarray:
+    """``probs`` (from :meth:`Predictor.predict_encoded`), or :class:`InputError` naming
+    the first row (``where(i)``) whose model output is not finite: a value the model
+    overflows on (e.g. a huge dense or sequence float) is refused, never scored NaN."""
+    bad = np.flatnonzero(np.isnan(probs).any(1))
+    if len(bad):
+        raise InputError(
+            f"{where(int(bad[0]))}: the model's output is not finite for this row ({len(bad)} row(s) in all): "
+            "an input value lies far outside what the model was trained on (a huge dense or sequence float?)"
+        )
+    return probs
 
 
 class Predictor:
@@ -86,9 +99,12 @@ class Predictor:
         return np.concatenate(out) if len(out) > 1 else out[0]
 
     def predict_encoded(self, enc: Encoded) -> np.ndarray:
-        """``[n, tasks]`` float32 probabilities."""
-        z = self.logits(enc)
-        return (1.0 / (1.0 + np.exp(-z.astype(np.float64)))).astype(np.float32)
+        """``[n, tasks]`` float32 probabilities; NaN in every task of a row whose logits
+        are not finite (an input the model overflows on: see :func:`check_finite`)."""
+        z = self.logits(enc).astype(np.float64)
+        p = 1.0 / (1.0 + np.exp(-z))
+        p[~np.isfinite(z).all(1)] = np.nan
+        return p.astype(np.float32)
 
     # ------------------------------------------------------------------ inputs
 
@@ -96,7 +112,7 @@ class Predictor:
         """``[n, tasks]`` probabilities of raw feature dicts (one per row; see
         :mod:`interformer_rec.serving.features` for the accepted values). Raises
         :class:`InputError` on malformed input."""
-        return self.predict_encoded(encode_rows(self.spec, rows))
+        return check_finite(self.predict_encoded(encode_rows(self.spec, rows)), lambda i: f"rows[{i}]")
 
     def encode_request(self, request: Any) -> Encoded:
         return encode_request(self.spec, request, self.max_candidates)
@@ -202,7 +218,8 @@ class Predictor:
             table = pf.read_row_group(g, columns=cols)
             for s in range(0, table.num_rows, batch_size):
                 part = table.slice(s, batch_size)
-                yield part, self.predict_encoded(encode_table(spec, part, str(path), row0 + s))
+                probs = self.predict_encoded(encode_table(spec, part, str(path), row0 + s))
+                yield part, check_finite(probs, lambda i, r=row0 + s: f"{path}: row {r + i}")
             row0 += table.num_rows
 
     def _writer(self, path: Path, schema: Any, keep: Sequence[str]) -> Any:

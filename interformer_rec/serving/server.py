@@ -44,7 +44,7 @@ import numpy as np
 from aiohttp import ClientConnectionResetError, web
 
 from interformer_rec.serving.features import Encoded, InputError
-from interformer_rec.serving.predictor import Predictor
+from interformer_rec.serving.predictor import Predictor, check_finite
 from interformer_rec.serving.server_config import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -257,6 +257,10 @@ async def _score(request: web.Request) -> web.Response:
         return _error(503, f"server overloaded: {e}; retry later", **{"Retry-After": "1"})
     except asyncio.TimeoutError:
         return _error(504, f"scoring took longer than {cfg.request_timeout_s:g}s")
+    try:
+        check_finite(probs, lambda i: f"candidates[{i}]")
+    except InputError as e:
+        return _error(400, str(e))
     return web.json_response(predictor.response(payload, probs))
 
 
