@@ -47,7 +47,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from throughput import model_config  # noqa: E402
+from throughput import model_config, run_train_step  # noqa: E402
 
 from interformer_rec.config import Schema, SyntheticConfig  # noqa: E402
 from interformer_rec.data.batch import Batch  # noqa: E402
@@ -132,10 +132,7 @@ def samples_per_s(name: str, schema: Schema, dim: int, cuts: List[np.ndarray], p
         times = []
         for i in range(repeats + 1):
             start = time.perf_counter()
-            loss, _ = model(batch)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            run_train_step(model, opt, batch)
             if i:
                 times.append(time.perf_counter() - start)
         total += statistics.median(times)

@@ -136,14 +136,15 @@ def training_step(
     model = RankingTrain(build_model(schema, model_config(name, dim, sets))).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as the trainer's dense optimizer
     batch = make_batch(schema, B, T, device)
+    return model, batch, opt, lambda: run_train_step(model, opt, batch)
 
-    def train_step() -> None:
-        loss, _ = model(batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
 
-    return model, batch, opt, train_step
+def run_train_step(model: RankingTrain, opt: torch.optim.Optimizer, batch: Batch) -> None:
+    """One training step: forward, backward, optimizer step."""
+    loss, _ = model(batch)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def bench_model(

@@ -18,6 +18,8 @@ from interformer_rec.modules.sequence import PFFN, MaskNet, MultiHeadSelfAttenti
 from interformer_rec.ops.positions import apply_rotary, recency_positions, rotary_angles
 from interformer_rec.ops.sequences import gather_recent
 
+from test_baselines import _row
+
 B, D, H = 4, 8, 2
 C, P, K = 2, 2, 3  # CLS, PMA seeds, recent
 
@@ -373,22 +375,9 @@ def test_model_pads_each_batch_to_its_longest_history_and_jagged_masknet_equals_
         by_row[seed] = (inputs, out)
     # row 1 of the first batch (2 steps, T = 6) alone in a batch of T = 2
     dense, sparse, sequence = by_row[0][0]
-    sp, sq = sparse.to_dict(), sequence.to_dict()
-    alone = (
-        dense[1:2],
-        KeyedJaggedTensor.from_jt_dict({k: _row(v, 1) for k, v in sp.items()}),
-        KeyedJaggedTensor.from_jt_dict({k: _row(v, 1) for k, v in sq.items()}),
-    )
+    alone = (dense[1:2], _row(sparse, 1), _row(sequence, 1))
     assert model.embed(*alone)[1].size(1) == 2
     torch.testing.assert_close(model(*alone), by_row[0][1][1:2], atol=1e-6, rtol=0)
-
-
-def _row(jt, b):
-    from torchrec.sparse.jagged_tensor import JaggedTensor
-
-    lengths = jt.lengths()
-    o = jt.offsets()
-    return JaggedTensor(values=jt.values()[o[b] : o[b + 1]], lengths=lengths[b : b + 1])
 
 
 def test_model_local_attention_changes_only_rows_longer_than_the_window():

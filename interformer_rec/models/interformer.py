@@ -35,6 +35,7 @@ from interformer_rec.modules.embeddings import (
     padded_length,
     pooled_tokens,
     step_values,
+    target_tokens,
     unpooled_tokens,
 )
 from interformer_rec.modules.interaction import InteractionArch, build_interaction
@@ -362,9 +363,7 @@ class InterFormer(nn.Module):
         jts = self.ec(sequence)
         values, lengths = step_values(jts, self.sequence_names)
         T = padded_length(lengths, self.max_len)
-        targets = None
-        if self.target_names:
-            targets = torch.cat([jts[n].to_padded_dense(desired_length=1) for n in self.target_names], dim=1)
+        targets = target_tokens(jts, self.target_names) if self.target_names else None
         steps = pad_steps(values, lengths, T) if self.match_pairs or self.similarity is not None else None
         x = self._x(dense, sparse, targets, steps)
         if self.floats is not None:

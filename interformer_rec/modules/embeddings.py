@@ -197,6 +197,20 @@ def pad_steps(values: Tensor, lengths: Tensor, T: int) -> Tensor:
     return torch.ops.fbgemm.jagged_to_padded_dense(values, [offsets], [T], 0.0)
 
 
+def target_tokens(jts: Dict[str, JaggedTensor], target_names: List[str]) -> Tensor:
+    """The target features' embeddings as tokens.
+
+    Args:
+        jts: EC output by feature name (one id per row for a target feature).
+        target_names: target features (non-empty).
+
+    Returns:
+        ``[B, n_target, d]`` (a zero token where a row has no id:
+        ``to_padded_dense`` with length 1).
+    """
+    return torch.cat([jts[n].to_padded_dense(desired_length=1) for n in target_names], dim=1)
+
+
 def unpooled_tokens(
     jts: Dict[str, JaggedTensor],
     target_names: List[str],
@@ -221,10 +235,7 @@ def unpooled_tokens(
         Batch contract and is cut to its first ``max_len`` steps) and ``lengths [B]``
         (int64, clamped to ``T``).
     """
-    targets = None
-    if target_names:
-        # to_padded_dense with length 1 is robust to a missing id (zero token)
-        targets = torch.cat([jts[n].to_padded_dense(desired_length=1) for n in target_names], dim=1)
+    targets = target_tokens(jts, target_names) if target_names else None
     lengths = jts[sequence_names[0]].lengths().to(torch.int64)
     T = padded_length(lengths, max_len) if batch_len else max_len
     # each sequence padded on its own offsets (one cat of the jagged values would make

@@ -386,8 +386,10 @@ def encode_request(spec: FeatureSpec, request: Any, max_candidates: int = 4096) 
                 floats[name] = shared(float_column([user[name]], name, in_user), name)
         where = in_user if steps.isdisjoint(cand_keys) else in_cand
         if lengths:  # the parallel check on the uncut lengths, as the reader does
-            uncut = {name: lengths.get(name, (ids[name] if name in ids else floats[name]).lengths) for name in steps}
-            decode.check_parallel({k: Jagged(v, np.zeros(0, np.int64)) for k, v in uncut.items()}, where)
+            given = {**ids, **floats}
+            uncut = {name: Jagged(lengths[name] if name in lengths else given[name].lengths, np.zeros(0, np.int64))
+                     for name in steps}
+            decode.check_parallel(uncut, where)
         return decode.assemble(spec.schema, dense, ids, where, floats=floats)
 
 
