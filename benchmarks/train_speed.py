@@ -15,12 +15,14 @@ after each, so epoch 1 is "the epoch after a checkpoint") and reports each epoch
 samples/s from its ``metrics.json``. ``model only`` is the model's forward, backward and
 optimizer steps (unsharded, no reader, no pipeline, no metrics) on the same batches the
 ``buckets on`` run reads, held in memory: the share ``end to end / model only`` is the
-trainer's overhead. Writes ``results/train_speed.json`` and ``.md``.
+trainer's overhead, split by :func:`step_breakdown` into the sharded model's own cost,
+the pipeline's and the rest (reader, metrics, logging). Writes ``<out>.json`` and ``.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -52,35 +54,63 @@ def run_train(cli_root: Path, config: Path, out_dir: Path, sets: List[str]) -> D
     return json.loads((out_dir / "metrics.json").read_text())
 
 
-def model_only(config: Path, sets: List[str], steps: Optional[int], repeats: int) -> float:
-    """Samples/s of the model's own training step on the first ``steps`` (default: all)
-    training batches of epoch 0 of ``config`` (read once, held in memory): forward,
-    backward, Adam; the median of ``repeats`` passes."""
+def step_breakdown(config: Path, sets: List[str], steps: Optional[int], repeats: int) -> Dict[str, float]:
+    """Samples/s of three ever fuller training steps on the first ``steps`` (default: all)
+    training batches of epoch 0 of ``config``, read once and held in memory (no reader):
+
+    * ``model only``: the unsharded model's forward, backward and fused Adam;
+    * ``sharded model``: the trainer's DMP (sharded tables, fused embedding optimizer,
+      the combined optimizer) called step by step;
+    * ``pipeline``: the same DMP driven by the trainer's ``TrainPipelineSparseDist``.
+
+    The first two are timed alternately, ``repeats`` passes each (the pipeline rewrites
+    the DMP's forward, so it runs after them); medians."""
     import torch
 
     from interformer_rec.config import load_config
-    from interformer_rec.data.reader import ParquetBatchReader
     from interformer_rec.models import build_model
     from interformer_rec.train.ranking import RankingTrain
+    from interformer_rec.train.trainer import Trainer
 
-    cfg = load_config(config, sets)
-    tc, d = cfg.train, cfg.data
-    reader = ParquetBatchReader(d.train, d.schema, tc.batch_size, shuffle=d.shuffle_row_groups, seed=tc.seed,
-                                drop_last=True, length_buckets=d.length_buckets)
-    batches = list(itertools.islice(reader, steps))
-    torch.manual_seed(tc.seed)
-    model = RankingTrain(build_model(d.schema, cfg.model), tc.embedding_regularizer, "fp32", "cpu")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as throughput.py
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from throughput import run_train_step
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(config, [*sets, f"train.out_dir={tmp}", "train.progress=false"])
+        trainer = Trainer(cfg, write_outputs=False)
+    batches = list(itertools.islice(iter(trainer.reader("train", train=True)), steps))
+    rows = sum(b.batch_size for b in batches)
+    torch.manual_seed(cfg.train.seed)
+    model = RankingTrain(build_model(cfg.data.schema, cfg.model), cfg.train.embedding_regularizer, "fp32", "cpu")
+    adam = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as throughput.py
+    dmp, opt = trainer.dmp, trainer.optimizer
+
+    def plain() -> None:
         for b in batches:
-            loss = model(b)[0]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        rates.append(sum(b.batch_size for b in batches) / (time.perf_counter() - start))
-    return statistics.median(rates)
+            run_train_step(model, adam, b)
+
+    def sharded() -> None:
+        for b in batches:
+            run_train_step(dmp, opt, b)  # type: ignore[arg-type]
+
+    def pipeline() -> None:
+        it = iter(batches)
+        with contextlib.suppress(StopIteration):
+            while True:
+                trainer.pipeline.progress(it)
+
+    def rate(f: Any) -> float:
+        start = time.perf_counter()
+        f()
+        return rows / (time.perf_counter() - start)
+
+    rates: Dict[str, List[float]] = {"model only": [], "sharded model": [], "pipeline": []}
+    for _ in range(repeats):
+        rates["model only"].append(rate(plain))
+        rates["sharded model"].append(rate(sharded))
+    for _ in range(repeats):
+        rates["pipeline"].append(rate(pipeline))
+    return {k: statistics.median(v) for k, v in rates.items()}
 
 
 def main() -> None:
@@ -115,12 +145,12 @@ def main() -> None:
     finally:
         if worktree is not None:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, capture_output=True)
-    print("model only: timing ...", flush=True)
-    alone = model_only(args.config, [*base, "data.length_buckets=true"], args.steps or None, repeats=3)
+    print("model only, sharded model, pipeline: timing ...", flush=True)
+    steps = step_breakdown(args.config, [*base, "data.length_buckets=true"], args.steps or None, repeats=3)
     result = {
         "config": str(args.config), "steps_per_epoch": args.steps, "epochs": args.epochs, "sets": args.set,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "device": "cpu",
-        "torch_threads": __import__("torch").get_num_threads(), "variants": rows, "model_only_samples_per_s": alone,
+        "torch_threads": __import__("torch").get_num_threads(), "variants": rows, "in_memory_samples_per_s": steps,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(result, indent=2))
@@ -129,11 +159,13 @@ def main() -> None:
 
 
 def to_markdown(r: Dict[str, Any]) -> str:
+    alone = r["in_memory_samples_per_s"]["model only"]
     first = r["variants"][0]["epoch_samples_per_s"]
     ref = statistics.median(first[1:] or first)
     lines = [
-        f"End-to-end `interformer-rec train` on `{r['config']}` ({r['steps_per_epoch'] or 'whole'} epochs of steps, "
-        f"{r['epochs']} epochs, a checkpoint after each; {r['machine']}, {r['device']})",
+        f"End-to-end `interformer-rec train` on `{r['config']}` ({r['epochs']} "
+        + (f"epochs of {r['steps_per_epoch']} steps" if r["steps_per_epoch"] else "whole epochs")
+        + f", a checkpoint after each; {r['machine']}, {r['device']})",
         "",
         "| variant | " + " | ".join(f"epoch {i} samples/s" for i in range(r["epochs"]))
         + " | after a save / before | vs first variant (epochs ≥ 1) | share of model only | valid AUC |",
@@ -145,10 +177,12 @@ def to_markdown(r: Dict[str, Any]) -> str:
         lines.append(
             f"| {v['variant']} | " + " | ".join(f"{x:,.0f}" for x in rates)
             + f" | {rates[1] / rates[0] if len(rates) > 1 else float('nan'):.2f} | {later / ref:.2f}x"
-            + f" | {later / r['model_only_samples_per_s']:.0%} | {v['valid_auc']:.4f} |"
+            + f" | {later / alone:.0%} | {v['valid_auc']:.4f} |"
         )
-    lines += ["", f"Model only (forward, backward, Adam on the same batches, bucketed): "
-              f"{r['model_only_samples_per_s']:,.0f} samples/s."]
+    lines += ["", "The training step on the same batches (`buckets on`), held in memory (no reader), median of 3:", "",
+              "| step | samples/s | share of model only |", "|---|---:|---:|"]
+    for name, x in r["in_memory_samples_per_s"].items():
+        lines.append(f"| {name} | {x:,.0f} | {x / alone:.0%} |")
     return "\n".join(lines) + "\n"
 
 

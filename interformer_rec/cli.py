@@ -111,6 +111,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from interformer_rec.train.checkpoint import CheckpointWriteError
     from interformer_rec.train.trainer import NonFiniteLoss, Trainer, format_summary
 
     cfg = load_config(args.config, args.set)
@@ -120,6 +121,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLoss as e:
         print(f"interformer-rec train: error: {e}", file=sys.stderr)
         return 3
+    except CheckpointWriteError as e:
+        print(f"interformer-rec train: error: {e}", file=sys.stderr)
+        return 1
     except RuntimeError as e:
         text = str(e)
         if "timed out" in text.lower() or "timeout" in text.lower():

@@ -69,11 +69,23 @@ def test_cpu_refuses_what_it_cannot_shard_before_planning(table: str, sharding: 
 def test_unconstrained_sequence_tables_stay_off_data_parallel_on_cpu() -> None:
     from interformer_rec.train.dist import check_sharding_config
 
-    c = check_sharding_config(_tiny_model(), DistConfig(), "cpu")
+    c = check_sharding_config(_tiny_model(), DistConfig(), "cpu", world_size=2)
     for table in ("item", "category"):
         assert "data_parallel" not in c[table].sharding_types
     assert "user" not in c  # pooled tables: the planner's full choice
-    assert "item" not in check_sharding_config(_tiny_model(), DistConfig(), "cuda")  # no limit on CUDA
+    assert "item" not in check_sharding_config(_tiny_model(), DistConfig(), "cuda", world_size=2)  # no limit on CUDA
+
+
+def test_one_rank_keeps_unconstrained_tables_off_data_parallel() -> None:
+    from interformer_rec.train.dist import check_sharding_config
+
+    for device in ("cpu", "cuda"):
+        c = check_sharding_config(_tiny_model(), DistConfig(), device, world_size=1)
+        assert all("data_parallel" not in ct.sharding_types for ct in c.values())
+        assert "table_wise" in c["user"].sharding_types
+    # an explicit override is the user's choice
+    cfg = DistConfig(tables={"user": TableSharding(sharding_types=["data_parallel"])})
+    assert check_sharding_config(_tiny_model(), cfg, "cpu", world_size=1)["user"].sharding_types == ["data_parallel"]
 
 
 def test_table_init_is_independent_of_sharding() -> None:

@@ -371,7 +371,8 @@ def test_cli_predict(export_dir, data, tmp_path, capsys):
     huge = tmp_path / "huge.parquet"
     pq.write_table(t.set_column(t.schema.get_field_index("dense_0"), "dense_0", pa.array(dense)), huge)
     assert main(["predict", "--model", str(export_dir), "--data", str(huge), "--out", str(tmp_path / "h.parquet")]) == 2
-    assert f"{huge}: row 5: the model's output is not finite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{huge}: row 5: the model's output is not finite" in err and "dense_0 = 3e+38" in err
     assert not (tmp_path / "h.parquet").exists()
     own = tmp_path / "own.parquet"
     pq.write_table(t, own)
@@ -429,8 +430,13 @@ def _edit_manifest(d: Path, edit) -> None:
         (lambda d: _edit_manifest(d, lambda m: m["package"].pop("sha256")), "records no package.sha256"),
         (lambda d: _edit_manifest(d, lambda m: m.update(files={"../x": "0"})), "not a file of an export"),
         (lambda d: (d / "manifest.json").write_text("{"), "not valid JSON"),
+        (lambda d: _edit_manifest(d, lambda m: m["parity"].update(passed=False)), "failed its parity check"),
+        (lambda d: _edit_manifest(d, lambda m: m.pop("parity")), "records no parity check"),
+        (lambda d: _edit_manifest(d, lambda m: m.pop("files")), "records no files"),
+        (lambda d: _edit_manifest(d, lambda m: m["files"].pop("schema.json")), "records no sha256 of schema.json"),
     ],
-    ids=["package", "schema", "kjt-program", "requires", "no-sha", "files", "json"],
+    ids=["package", "schema", "kjt-program", "requires", "no-sha", "files", "json", "parity-failed", "no-parity",
+         "no-files", "no-schema-sha"],
 )
 def test_predictor_refuses_a_changed_model_dir(tmp_path_factory, tmp_path, change, message):
     from interformer_rec.serving.predictor import ModelDirError, Predictor
@@ -443,6 +449,107 @@ def test_predictor_refuses_a_changed_model_dir(tmp_path_factory, tmp_path, chang
 
         with pytest.raises(ModelDirError, match=message):
             load_kjt_program(d / "program_kjt.pt2")
+
+
+def test_a_manifest_from_before_the_parity_verdict_is_judged_by_its_figures(tmp_path_factory, tmp_path):
+    from interformer_rec.serving.predictor import ModelDirError, Predictor
+
+    d = _tampered(tmp_path_factory, tmp_path, lambda d: _edit_manifest(d, lambda m: m["parity"].pop("passed")))
+    Predictor(d)
+    _edit_manifest(d, lambda m: m["parity"].update(max_abs_diff_logit=1.0))
+    with pytest.raises(ModelDirError, match="failed its parity check"):
+        Predictor(d)
+
+
+def _fingerprint(d: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def test_a_failed_parity_export_leaves_the_previous_export(tmp_path_factory, tmp_path, monkeypatch, data, capsys):
+    """Issue 33, items 3 and 4: an export whose package fails parity installs nothing;
+    the earlier export in --out stays byte for byte and serves; the failed package goes
+    to <out>.failed with a manifest that loaders refuse."""
+    import interformer_rec.export.export as exp
+    from interformer_rec.cli import main
+    from interformer_rec.serving.predictor import ModelDirError, Predictor
+
+    d = _tampered(tmp_path_factory, tmp_path, lambda d: None)
+    before = _fingerprint(d)
+    monkeypatch.setattr(exp, "_package_parity", lambda *a, **k: {"heldout_batch": {"max_abs_diff_logit": 0.5}})
+    run = checkpoint(tmp_path_factory, "dlrm_dcn")
+    assert main(["export", "--checkpoint", str(run), "--out", str(d), "--parity-rows", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "differ by 0.5 > 1e-05" in err and f"nothing was installed at {d}" in err, err
+    assert _fingerprint(d) == before
+    Predictor(d).predict_encoded(encode_table(Predictor(d).spec, pq.read_table(data / "test.parquet").slice(0, 8)))
+    failed = tmp_path / "model.failed"
+    assert json.loads((failed / "manifest.json").read_text())["parity"]["passed"] is False
+    with pytest.raises(ModelDirError, match="failed its parity check"):
+        Predictor(failed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.failed"]  # no temporary left
+
+
+def test_a_killed_export_leaves_the_previous_export(tmp_path_factory, tmp_path):
+    """Issue 33, item 4: SIGKILL while re-exporting (the package being compiled in its
+    temporary directory) leaves the earlier export in --out as it was; the next export
+    to the same --out removes the dead one's temporary directory."""
+    import os
+    import signal
+    import time
+
+    from interformer_rec.export.export import _remove_stale_work_dirs
+    from interformer_rec.serving.predictor import Predictor
+
+    d = _tampered(tmp_path_factory, tmp_path, lambda d: None)
+    before = _fingerprint(d)
+    run = checkpoint(tmp_path_factory, "dlrm_dcn")
+    proc = subprocess.Popen([sys.executable, "-m", "interformer_rec.cli", "export", "--checkpoint", str(run),
+                             "--out", str(d), "--parity-rows", "64"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not list(tmp_path.glob(".model.tmp-*")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(1.0)  # into the export and compile
+        assert proc.poll() is None, "the export ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _fingerprint(d) == before
+    Predictor(d)
+    (work,) = tmp_path.glob(".model.tmp-*")
+    _remove_stale_work_dirs(d)
+    assert not work.exists()
+
+
+def test_export_refuses_an_out_dir_with_other_files(tmp_path_factory, tmp_path):
+    from interformer_rec.export.export import ExportError, check_export_dir
+
+    check_export_dir(tmp_path / "new")
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match=r"holds \['keep.txt'\], which are not export files"):
+        check_export_dir(tmp_path)
+    with pytest.raises(ExportError, match="exists and is not a directory"):
+        check_export_dir(tmp_path / "keep.txt")
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "rename-aside"])
+def test_install_dir_replaces_a_whole_directory(tmp_path, monkeypatch, exchange):
+    import interformer_rec.export.export as exp
+
+    if not exchange:
+        monkeypatch.setattr(exp, "_rename_exchange", lambda a, b: False)
+    new, dst = tmp_path / "new", tmp_path / "dst"
+    new.mkdir()
+    (new / "model.pt2").write_text("new")
+    exp.install_dir(new, dst)  # no dst yet: a rename
+    assert (dst / "model.pt2").read_text() == "new" and not new.exists()
+    new.mkdir()
+    (new / "schema.json").write_text("newer")
+    exp.install_dir(new, dst)
+    assert [p.name for p in dst.iterdir()] == ["schema.json"] and not new.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst"]
 
 
 def test_predictor_warns_when_the_package_was_built_with_another_torch(tmp_path_factory, tmp_path, caplog):
@@ -497,3 +604,21 @@ def test_fp16_quality_eager(tmp_path_factory):
     assert reports["fp16"]["mean_abs_diff_prob"] <= reports["int8"]["mean_abs_diff_prob"]
     x = random_encoded(spec, 3, np.random.default_rng(0)).to_tensors()
     assert ref(*x).shape == (3, 1)
+
+
+def test_predict_names_the_file_of_a_corrupt_row_group(export_dir, data, tmp_path, capsys):
+    """Issue 33, item 10: a row group that does not decode is exit 2 naming the file and
+    the row group (as train and inspect do), not a traceback; no scores are written."""
+    from interformer_rec.cli import main
+
+    path = tmp_path / "corrupt.parquet"
+    pq.write_table(pq.read_table(data / "valid.parquet"), path, row_group_size=64)
+    chunk = pq.ParquetFile(path).metadata.row_group(2).column(0)
+    raw = bytearray(path.read_bytes())
+    raw[chunk.data_page_offset:chunk.data_page_offset + 40] = b"\xff" * 40  # its first page header
+    path.write_bytes(bytes(raw))
+    out = tmp_path / "scores.parquet"
+    assert main(["predict", "--model", str(export_dir), "--data", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: row group 2 is unreadable" in err and "Traceback" not in err, err
+    assert not out.exists() and not Path(f"{out}.tmp").exists()

@@ -131,3 +131,53 @@ def test_cli(data: Path, tmp_path: Path, capsys) -> None:
     assert json.loads(capsys.readouterr().out)["columns"]["user"]["null_rate"] == pytest.approx(0.1)
     assert main(["inspect", str(data), "--config", str(cfg), "--strict"]) == 1
     assert main(["inspect", str(tmp_path / "nope.parquet")]) == 2
+
+
+# --------------------------------------------------------------------------- --strict = the reader's rules
+
+
+def _float_data(tmp_path: Path, **overrides) -> Path:
+    from test_sequence_floats import write
+
+    return write(tmp_path, **overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides,policy,message",
+    [
+        ({"dwell": pa.array([["1"], ["2", "3"], [], ["4", "5", "6", "7"], ["8"]])}, "reject", "column 'dwell': expected"),
+        ({"dwell": pa.array([[1.5], [2.0, None], [], [4.0, 5.0, 6.0, 7.0], [8.0]])}, "reject", "row 1: null value inside a list"),
+        ({"dwell": pa.array([[1.5], [2.0, 3.0], [], [4.0, 1e300, 6.0, 7.0], [8.0]])}, "reject", "row 3: value inf is not finite"),
+        ({"d0": pa.array(["a", "b", "c", "d", "e"])}, "reject", "column 'd0': expected integer or floating point"),
+        ({"y": pa.array([0, 0.5, 0, 1, 1])}, "reject", "column 'y', row 1: label 0.5 is not 0 or 1"),
+        ({"y": pa.array(["0", "1", "0", "1", "1"])}, "reject", "column 'y': expected integer, floating point or boolean"),
+        ({"user": pa.array([1, 2, 2**64 - 1, 4, 5], pa.uint64())}, "hash", "row 2: id 18446744073709551615 does not fit in int64"),
+        ({"user": pa.array([1, 2, 3, 4, 10])}, "reject", "row 4: id 10 outside [0, 10) of table 'user'"),
+    ],
+    ids=["floats-as-strings", "null-float", "float-1e300", "dense-strings", "label-0.5", "labels-as-strings",
+         "uint64-id", "id-outside-table"],
+)
+def test_strict_fails_every_file_the_reader_rejects(tmp_path: Path, overrides, policy: str, message: str) -> None:
+    """Issue 33, item 7: inspect decodes with the reader's own code, so whatever the
+    reader rejects is a problem carrying the reader's message."""
+    import dataclasses
+
+    from test_sequence_floats import float_schema
+
+    from interformer_rec.arrays import DataError
+    from interformer_rec.data.reader import ParquetBatchReader
+
+    schema = dataclasses.replace(float_schema(), id_policy=policy)
+    path = _float_data(tmp_path, **overrides)
+    with pytest.raises(DataError) as reader_error:
+        list(ParquetBatchReader(path, schema, 100))
+    assert message in str(reader_error.value)
+    problems = inspect_data(path, schema)["problems"]
+    assert any("the reader rejects" in p and str(reader_error.value) in p for p in problems), problems
+
+
+def test_strict_passes_what_the_reader_accepts(tmp_path: Path) -> None:
+    from test_sequence_floats import float_schema
+
+    path = _float_data(tmp_path)
+    assert not [p for p in inspect_data(path, float_schema())["problems"] if "reader rejects" in p]

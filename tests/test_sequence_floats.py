@@ -330,3 +330,20 @@ def test_inspect_counts_floats_that_do_not_match_the_history(tmp_path: Path) -> 
     r = inspect_data(path, float_schema())
     assert r["schema_checks"]["unequal_parallel_sequences"]["hist_item/dwell/price"] == 1
     assert "hist_item/dwell/price: 1 rows with unequal parallel" in "\n".join(r["problems"])
+
+
+def test_a_non_finite_score_names_the_largest_numeric_input(tmp_path: Path) -> None:
+    """Issue 33, item 2: the error for a row the model overflows on names the numeric
+    input (dense column or sequence float at a history step) most likely to blame."""
+    from interformer_rec.serving.predictor import check_finite, largest_input
+
+    spec = FeatureSpec(float_schema(max_len=10))
+    enc = encode_table(spec, pq.read_table(write(tmp_path, dwell=pa.array(
+        [[1.5], [2.0, 3.0], [], [4.0, 1e9, 6.0, 7.0], [8.0]], pa.list_(pa.float32())))))
+    assert largest_input(spec, enc, 3) == "dwell = 1e+09 (history step 1)"
+    assert largest_input(spec, enc, 2) == "d0 = 0.3"  # an empty history: only the dense value
+    probs = np.full((5, 1), 0.5, np.float32)
+    probs[3] = np.nan
+    with pytest.raises(InputError, match=r"rows\[3\]: .* its largest numeric input, dwell = 1e\+09 \(history step 1\)"):
+        check_finite(probs, lambda i: f"rows[{i}]", spec, enc)
+    assert check_finite(probs[:3], lambda i: f"rows[{i}]", spec, enc) is not None

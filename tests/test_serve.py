@@ -19,6 +19,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import pytest
@@ -94,6 +95,7 @@ def test_an_input_the_model_overflows_on_is_a_400_never_a_nan(server, predictor)
     body["candidates"][0]["dense_0"] = body["candidates"][2]["dense_0"] = 0.1
     r = post(server, body)
     assert r.status_code == 400 and "candidates[1]" in r.text and "not finite" in r.text, r.text
+    assert "dense_0 = 3e+38" in r.text, r.text  # the feature that drove it there
     with pytest.raises(InputError, match="not finite"):
         predictor.predict_rows([{**body["user"], **c} for c in body["candidates"]])
     assert post(server, request_body(3)).status_code == 200
@@ -146,7 +148,9 @@ def _nest(depth: int) -> list:
         (lambda b: _with(b, "user", "hist_item_ids", [1, 2.5]), 400, "user.hist_item_ids[1]: expected an integer id"),
         (lambda b: _with(b, "user", "hist_item_ids", [1]), 400, "user: parallel sequences have unequal lengths"),
         (lambda b: {**b, "candidates": b["candidates"] * 20}, 413, "at most 64 per request"),
-        (lambda b: json.dumps({**b, "pad": "x" * (100 << 10)}).encode(), 413, "Maximum request body size"),
+        (lambda b: json.dumps({**b, "pad": "x" * (100 << 10)}).encode(), 413, "at most 65536"),
+        (lambda b: json.dumps(b)[:-1].encode() + b', "candidates": []}', 400, "key 'candidates' appears more than once"),
+        (lambda b: b'{"user": {"user_id": 1, "user_id": 2}}', 400, "key 'user_id' appears more than once"),
         (lambda b: b"[" * 20000 + b"]" * 20000, 400, "nested deeper than 32 levels"),  # RecursionError in json
         (lambda b: {**b, "user": {**b["user"], "dense_0": _nest(40)}}, 400, "nested deeper than 32 levels"),
         (lambda b: {**b, "request_id": 7}, 400, "request_id: expected a string of at most 128 characters, got number"),
@@ -232,11 +236,46 @@ def test_scoring_past_the_request_timeout_is_504(model_dir):
         r = post(server, request_body())
         elapsed = time.perf_counter() - start
         assert r.status_code == 504, r.text
-        assert r.json() == {"error": "scoring took longer than 0.3s", "status": 504}
+        assert r.json() == {"error": "encoding and scoring took longer than 0.3s", "status": 504}
         assert elapsed < 1.5  # answered at the timeout, not after the 2 s call
         assert done.wait(TIMEOUT)
         r = post(server, request_body())
         assert r.status_code == 200, r.text
+
+
+def test_encoding_counts_toward_the_request_timeout_and_does_not_block_the_server(model_dir):
+    """Issue 33: a request whose encoding is slow gets its 504 at request_timeout_s, and
+    /healthz is answered meanwhile (encoding runs off the event loop)."""
+    predictor = Predictor(model_dir)
+    real = predictor.encode_request
+    done = threading.Event()
+
+    def slow(payload):
+        if payload.get("request_id") == "slow":
+            time.sleep(2.0)
+            done.set()
+        return real(payload)
+
+    predictor.encode_request = slow  # type: ignore[method-assign]
+    with BackgroundServer(predictor, ServerConfig(port=0, request_timeout_s=0.5)) as server:
+        health: List[float] = []
+
+        def probe():
+            time.sleep(0.1)
+            start = time.perf_counter()
+            assert requests.get(server.url + "/healthz", timeout=TIMEOUT).status_code == 200
+            health.append(time.perf_counter() - start)
+
+        t = threading.Thread(target=probe)
+        t.start()
+        start = time.perf_counter()
+        r = post(server, {**request_body(), "request_id": "slow"})
+        elapsed = time.perf_counter() - start
+        t.join()
+        assert r.status_code == 504 and "encoding and scoring took longer than 0.5s" in r.text, r.text
+        assert elapsed < 1.5 and health and health[0] < 0.5, (elapsed, health)
+        assert done.wait(TIMEOUT)
+        assert post(server, request_body()).status_code == 200
 
 
 def test_serve_flags_parse_to_the_config_defaults():
@@ -364,6 +403,38 @@ def test_slow_headers_are_cut_off(strict_server):
         closed = _read_all(sock) == b""
     assert closed and time.perf_counter() - start < 6
     sock.close()
+
+
+def test_a_body_that_does_not_match_its_content_encoding_is_400(server):
+    """Issue 33, item 10: a plain body sent as gzip or deflate is a 400, not a 500; a
+    real gzip body is read (and its decompressed size is held to the body limit)."""
+    import gzip
+
+    body = json.dumps(request_body(3)).encode()
+    for encoding in ("gzip", "deflate"):
+        r = post(server, body, headers={"Content-Encoding": encoding, "Content-Type": "application/json"})
+        assert r.status_code == 400 and "could not be read as sent" in r.json()["error"], r.text
+    r = post(server, gzip.compress(body), headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    bomb = gzip.compress(b" " * (1 << 20) + body)  # 1 MiB of spaces: over the 64 KiB limit once inflated
+    r = post(server, bomb, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    assert r.status_code == 413, r.text
+
+
+def test_a_content_length_over_the_limit_is_413_at_once(strict_server):
+    """Issue 33, item 10: a head announcing more than max_body_bytes is answered 413
+    before any body arrives, not after body_timeout_s (1 s here)."""
+    sock = _connect(strict_server)
+    start = time.perf_counter()
+    sock.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 100000000\r\n\r\n{")
+    reply = b""
+    while b'"status": 413}' not in reply and time.perf_counter() - start < 5:
+        reply += sock.recv(65536)
+    elapsed = time.perf_counter() - start
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 413") and b"at most" in reply, reply[:300]
+    assert elapsed < 0.9
 
 
 def test_slow_body_is_408(strict_server):

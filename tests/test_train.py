@@ -262,3 +262,53 @@ def test_rowwise_adagrad_trains_with_per_row_state_and_dense_weight_decay_shrink
     decayed.fit()
     # 4 SGD steps with decay 1.0 and lr 0.1 scale every weight by 0.9 per step (0.66 in all)
     assert _dense_norm(decayed) < 0.8 * _dense_norm(plain), (start, _dense_norm(decayed), _dense_norm(plain))
+
+
+def test_one_rank_trains_without_ddp_or_all_reduce(small_data, tmp_path):
+    """On one rank there is nothing to average: no DDP wraps the dense arches or a
+    data-parallel table, and a training step runs no all-reduce (TorchRec's input
+    all-to-all still runs; its sharded modules always distribute their input)."""
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.profiler import ProfilerActivity, profile
+
+    t = Trainer(_config(small_data, tmp_path / "run", "train.max_steps_per_epoch=3", "train.epochs=1"))
+    assert not any(isinstance(m, DistributedDataParallel) for m in t.dmp.modules())
+    assert "data_parallel" not in t.plan_text
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t.train_epoch(0)
+    ops = {e.key for e in prof.key_averages()}
+    assert any("all_to_all" in op or "alltoall" in op for op in ops)  # the profile sees collectives
+    assert not [op for op in ops if "allreduce" in op or "all_reduce" in op]
+
+
+def test_a_full_disk_during_a_checkpoint_names_the_path_and_keeps_the_last_one(small_data, tmp_path, monkeypatch, capsys):
+    """Issue 33, item 10: a checkpoint write that fails for want of space (here DCP's
+    own message, as on a full disk, with little free space) ends train with a message
+    naming the checkpoint and the free space; the previous checkpoint stays complete
+    and `latest` still names it."""
+    import shutil
+    from collections import namedtuple
+
+    import torch.distributed.checkpoint as dcp
+
+    real_save, calls = dcp.save, []
+
+    def save(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # the second epoch's checkpoint
+            real_save(*a, **k)  # its files are written ...
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 704 vs 598")
+        return real_save(*a, **k)
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(dcp, "save", save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 << 30, (10 << 30) - (5 << 20), 5 << 20))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(CONFIG), *_sets(small_data, out, *CLI_OVERRIDES)]) == 1
+    err = capsys.readouterr().err
+    assert f"writing checkpoint {out / 'checkpoints' / 'epoch_0001'} failed" in err, err
+    assert "the disk is full (5 MiB free on its file system)" in err and "unexpected pos 704 vs 598" in err
+    assert "Traceback" not in err
+    latest = checkpoint.resolve(out / "checkpoints", "latest")
+    assert latest.name == "epoch_0000" and checkpoint.is_complete(latest)
+    assert not (out / "checkpoints" / "epoch_0001.tmp").exists()  # the space is given back

@@ -9,7 +9,11 @@ and the distinct elements. With a schema (``--config``) it also reports the labe
 rate of each label, ids outside their table (under ``id_policy: reject`` the reader
 would stop there), sequences longer than ``max_len`` (their oldest steps are
 dropped), parallel sequences of unequal lengths, and missing schema columns, and
-lists what it finds under "problems".
+lists what it finds under "problems". It also decodes every row group with the reader's
+own code (``data.decode.decode_table``, the one implementation of the bad-input policy
+that ``train`` and ``predict`` apply), so every file they would reject is a problem,
+with the reader's message (file, column, row): ``inspect --strict`` passes only data
+they accept.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import pyarrow.compute as pc
 
 from interformer_rec.arrays import DataError, resolve_paths, splitmix64
 from interformer_rec.config import Schema
-from interformer_rec.data.decode import Paths, open_parquet
+from interformer_rec.data.decode import InFile, Paths, decode_table, open_parquet
 
 LENGTH_BINS = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]  # histogram bin lower edges
 
@@ -159,15 +163,23 @@ def inspect_data(paths: Paths, schema: Optional[Schema] = None) -> Dict[str, Any
     for path in files:
         pf = open_parquet(path)
         names = pf.schema_arrow.names
+        rejected: List[str] = []  # the reader's error of each row group it rejects
         if schema is not None:
             need = set(schema.all_columns()) | ({schema.group_key} if schema.group_key else set())
             for c in sorted(need - set(names)):
                 problems.append(f"{path}: schema column {c!r} is missing")
+            # labels present: train's rules (labels and group key too), else predict's
+            training = set(schema.labels) <= set(names)
         for g in range(pf.metadata.num_row_groups):
             try:
                 table = pf.read_row_group(g)
             except (pa.ArrowException, OSError) as e:
                 raise DataError(f"{path}: row group {g} is unreadable ({e})") from None
+            if schema is not None:
+                try:
+                    decode_table(table, schema, InFile(str(path), rows), training)
+                except DataError as e:
+                    rejected.append(str(e))
             rows += table.num_rows
             groups += 1
             for name in table.column_names:
@@ -178,6 +190,11 @@ def inspect_data(paths: Paths, schema: Optional[Schema] = None) -> Dict[str, Any
                 st.add(col)
             if schema is not None:
                 _schema_checks(table, schema, checks)
+        if rejected:
+            problems.append(
+                f"the reader rejects {len(rejected)} of {pf.metadata.num_row_groups} row group(s) of {path}; "
+                f"the first: {rejected[0]}"
+            )
     report: Dict[str, Any] = {
         "files": [str(f) for f in files],
         "rows": rows,

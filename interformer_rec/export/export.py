@@ -32,9 +32,13 @@ The export directory::
 from __future__ import annotations
 
 import copy
+import ctypes
 import importlib.metadata
 import json
+import os
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -49,6 +53,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from interformer_rec.config import Config, config_from_dict
 from interformer_rec.export.inputs import example_inputs, read_encoded
 from interformer_rec.export.manifest import (
+    EXPORT_FILES,
     KJT_PROGRAM,
     MANIFEST,
     PACKAGE,
@@ -320,6 +325,13 @@ def export(
     """Export the model of ``checkpoint`` into ``out_dir`` (``model.pt2``,
     ``schema.json``, ``manifest.json``) and check parity.
 
+    Everything is written to a temporary directory beside ``out_dir`` and installed as
+    ``out_dir`` only once parity has passed (:func:`install_dir`): a failed or killed
+    export leaves the previous export in ``out_dir`` as it was. A package that fails
+    parity goes to ``<out_dir>.failed`` (its manifest records the figures and
+    ``parity.passed: false``, which loaders refuse). ``out_dir`` must be new, empty, or
+    an earlier export holding only export files (nothing else is ever deleted).
+
     Args:
         quantize: ``None`` (float32 tables), ``"int8"`` or ``"fp16"`` (TorchRec-quantized
             embedding tables; their quality loss against the float model is measured).
@@ -329,7 +341,7 @@ def export(
             compared, one at a time and as one batch.
         parity_tol: max abs logit difference allowed between the package and the eager
             model it was exported from; more raises :class:`ExportError` (after writing
-            the manifest, which records the figures).
+            the package and its manifest to ``<out_dir>.failed``).
         max_batch: the largest batch the package accepts.
         kjt_program: also write ``program_kjt.pt2``, the ``torch.export``-ed model with
             KJT inputs (see :func:`export_kjt_program`; float tables only).
@@ -340,8 +352,110 @@ def export(
     if kjt_program and quantize:
         raise ExportError("the KJT-input program is written for float tables only (drop --quantize or --kjt-program)")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    failed = out.with_name(out.name + ".failed")
+    check_export_dir(out)
+    check_export_dir(failed)
     model, cfg, meta, ckpt = load_model(checkpoint, pointer)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_work_dirs(out)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    work.chmod(0o777 & ~umask)  # as a plain mkdir would (mkdtemp's is private)
+    try:
+        manifest = _export_into(work, model, cfg, meta, ckpt, quantize, data, parity_rows, parity_tol, max_batch, kjt_program)
+        parity = manifest["parity"]
+        if not parity["passed"]:
+            install_dir(work, failed)
+            raise ExportError(
+                f"exported and eager logits differ by {parity['max_abs_diff_logit']:.3g} > {parity_tol:g}: "
+                f"nothing was installed at {out} (an earlier export there is untouched); the failed package and "
+                f"its figures are in {failed} (see {failed / MANIFEST})"
+            )
+        install_dir(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def check_export_dir(out: Path) -> None:
+    """Refuse an ``out`` that an export may not replace: a file, or a directory holding
+    anything but the files of an earlier export (:data:`EXPORT_FILES`)."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: exists and is not a directory")
+    if out.is_dir():
+        other = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
+        if other:
+            raise ExportError(
+                f"--out {out}: holds {other[:5]}, which are not export files; an export replaces the whole "
+                "directory, so write it to a new or empty directory"
+            )
+
+
+def _remove_stale_work_dirs(out: Path) -> None:
+    """Delete the temporary directories that killed exports to ``out`` left beside it
+    (``.<name>.tmp-<pid>-*`` of a process that no longer runs)."""
+    for d in out.parent.glob(f".{out.name}.tmp-*-*"):
+        pid = d.name[len(f".{out.name}.tmp-"):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    platform or file system does not offer it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def install_dir(src: Path, dst: Path) -> None:
+    """Make the complete directory ``src`` become ``dst`` (same file system); an existing
+    ``dst`` is swapped out atomically where the platform allows (else renamed aside for
+    the instant of the second rename) and then deleted. A reader of ``dst`` sees the old
+    or the new directory, never a mix."""
+    if not dst.exists():
+        os.rename(src, dst)
+        return
+    if _rename_exchange(src, dst):
+        shutil.rmtree(src)  # now the old directory
+        return
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    os.rename(dst, old)
+    os.rename(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _export_into(
+    out: Path,
+    model: nn.Module,
+    cfg: Config,
+    meta: Dict[str, Any],
+    ckpt: Path,
+    quantize: Optional[str],
+    data: Optional[Sequence[Path | str]],
+    parity_rows: int,
+    parity_tol: float,
+    max_batch: int,
+    kjt_program: bool,
+) -> Dict[str, Any]:
+    """Write the package, schema and manifest of :func:`export` into the (new, empty)
+    directory ``out``; returns the manifest, whose ``parity.passed`` says whether the
+    package matched the eager model within ``parity_tol``."""
     spec = FeatureSpec(cfg.data.schema)
     paths = _heldout_paths(cfg, data)
     heldout, labels = read_encoded(spec, paths, parity_rows) if paths else (None, None)
@@ -374,13 +488,12 @@ def export(
             "heldout": [str(p) for p in paths],
             "tolerance_logit": parity_tol,
             "max_abs_diff_logit": worst,
+            "passed": bool(worst <= parity_tol),
             "cases": cases,
         },
         "config": cfg.to_dict(),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    if not worst <= parity_tol:
-        raise ExportError(f"exported and eager logits differ by {worst:.3g} > {parity_tol:g}; see {out / MANIFEST}")
     return manifest
 
 

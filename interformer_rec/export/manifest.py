@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 PACKAGE, SCHEMA, MANIFEST, KJT_PROGRAM = "model.pt2", "schema.json", "manifest.json", "program_kjt.pt2"
+EXPORT_FILES = frozenset({PACKAGE, SCHEMA, MANIFEST, KJT_PROGRAM})
 # Libraries a package may ask to import before it loads (they register custom ops).
 ALLOWED_REQUIRES = frozenset({"fbgemm_gpu"})
 
@@ -33,8 +34,10 @@ def sha256_of(path: Path) -> str:
 
 def read_manifest(model_dir: Path) -> Dict[str, Any]:
     """``manifest.json`` of an export directory, checked before anything is loaded: the
-    package and the schema match the sha256 the manifest records for them, and the
-    package requires only libraries of :data:`ALLOWED_REQUIRES`."""
+    export passed its parity check (``parity.passed``; manifests written before it was
+    recorded: the figures they hold), the package and the schema match the sha256 the
+    manifest records for them, and the package requires only libraries of
+    :data:`ALLOWED_REQUIRES`."""
     path = model_dir / MANIFEST
     try:
         manifest = json.loads(path.read_text())
@@ -48,11 +51,33 @@ def read_manifest(model_dir: Path) -> Dict[str, Any]:
         raise ModelDirError(
             f"{path}: package.requires {requires!r} names a library outside {sorted(ALLOWED_REQUIRES)}"
         )
-    expected = {PACKAGE: package["sha256"], **(manifest.get("files") or {})}
+    _check_parity(manifest.get("parity"), path)
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ModelDirError(f"{path}: records no files (not an `interformer-rec export` manifest?)")
+    expected = {PACKAGE: package["sha256"], **files}
     for name, digest in expected.items():
         if name not in (PACKAGE, SCHEMA, KJT_PROGRAM):
             raise ModelDirError(f"{path}: files names {name!r}, not a file of an export directory")
+    if not isinstance(files.get(SCHEMA), str):
+        raise ModelDirError(f"{path}: records no sha256 of {SCHEMA}, so it could not be checked")
+    for name, digest in expected.items():
         f = model_dir / name
         if f.exists() and sha256_of(f) != digest:
             raise ModelDirError(f"{f}: its sha256 differs from the one {MANIFEST} records (changed or corrupted)")
     return manifest
+
+
+def _check_parity(parity: Any, path: Path) -> None:
+    """Refuse a manifest whose export failed (or never recorded) its parity check."""
+    if not isinstance(parity, dict):
+        raise ModelDirError(f"{path}: records no parity check")
+    passed = parity.get("passed")
+    worst, tol = parity.get("max_abs_diff_logit"), parity.get("tolerance_logit")
+    if passed is None and isinstance(worst, (int, float)) and isinstance(tol, (int, float)):
+        passed = worst <= tol  # a manifest from before `passed` was recorded
+    if passed is not True:
+        raise ModelDirError(
+            f"{path}: this export failed its parity check (the package's logits differ from the eager model's "
+            f"by {worst} > {tol}); it must not be served: re-export"
+        )

@@ -38,15 +38,36 @@ from interformer_rec.serving.features import (
 logger = logging.getLogger(__name__)
 
 
-def check_finite(probs: np.ndarray, where: Callable[[int], str]) -> np.ndarray:
+def largest_input(spec: FeatureSpec, enc: Encoded, i: int) -> Optional[str]:
+    """The numeric input of row ``i`` of ``enc`` with the largest magnitude, as
+    ``"<column> = <value>"`` (a dense column, or a sequence float at one of the row's
+    history steps); ``None`` if the schema has no numeric inputs."""
+    found: List[Tuple[float, str]] = []
+    for k, name in enumerate(spec.schema.dense):
+        found.append((abs(float(enc.dense[i, k])), f"{name} = {float(enc.dense[i, k]):g}"))
+    for f, j in zip(spec.schema.sequence_floats, enc.floats):
+        steps = j.values[j.offsets[i]:j.offsets[i + 1]]
+        if len(steps):
+            t = int(np.argmax(np.abs(steps)))
+            found.append((abs(float(steps[t])), f"{f.name} = {float(steps[t]):g} (history step {t})"))
+    return max(found)[1] if found else None
+
+
+def check_finite(probs: np.ndarray, where: Callable[[int], str], spec: Optional[FeatureSpec] = None,
+                 enc: Optional[Encoded] = None) -> np.ndarray:
     """``probs`` (from :meth:`Predictor.predict_encoded`), or :class:`InputError` naming
     the first row (``where(i)``) whose model output is not finite: a value the model
-    overflows on (e.g. a huge dense or sequence float) is refused, never scored NaN."""
+    overflows on (e.g. a huge dense or sequence float) is refused, never scored NaN.
+    Given the rows' ``spec`` and ``enc``, the error names that row's largest numeric
+    input (:func:`largest_input`), the likely cause."""
     bad = np.flatnonzero(np.isnan(probs).any(1))
     if len(bad):
+        i = int(bad[0])
+        suspect = largest_input(spec, enc, i) if spec is not None and enc is not None else None
         raise InputError(
-            f"{where(int(bad[0]))}: the model's output is not finite for this row ({len(bad)} row(s) in all): "
-            "an input value lies far outside what the model was trained on (a huge dense or sequence float?)"
+            f"{where(i)}: the model's output is not finite for this row ({len(bad)} row(s) in all): "
+            + (f"its largest numeric input, {suspect}, lies far outside what the model was trained on"
+               if suspect else "an input value lies far outside what the model was trained on")
         )
     return probs
 
@@ -112,7 +133,8 @@ class Predictor:
         """``[n, tasks]`` probabilities of raw feature dicts (one per row; see
         :mod:`interformer_rec.serving.features` for the accepted values). Raises
         :class:`InputError` on malformed input."""
-        return check_finite(self.predict_encoded(encode_rows(self.spec, rows)), lambda i: f"rows[{i}]")
+        enc = encode_rows(self.spec, rows)
+        return check_finite(self.predict_encoded(enc), lambda i: f"rows[{i}]", self.spec, enc)
 
     def encode_request(self, request: Any) -> Encoded:
         return encode_request(self.spec, request, self.max_candidates)
@@ -210,16 +232,21 @@ class Predictor:
         """``(rows, [n, tasks] probabilities)`` of ``pf`` (a ``pq.ParquetFile`` of
         ``path``) in slices of at most ``batch_size`` rows, row group by row group;
         ``rows`` is a ``pa.Table`` of the features, ``keep`` and the labels present."""
+        import pyarrow as pa
+
         spec = self.spec
         names = pf.schema_arrow.names
         cols = list(dict.fromkeys(spec.feature_names + list(keep) + [c for c in spec.labels if c in names]))
         row0 = 0
         for g in range(pf.num_row_groups):
-            table = pf.read_row_group(g, columns=cols)
+            try:
+                table = pf.read_row_group(g, columns=cols)
+            except (pa.ArrowException, OSError) as e:
+                raise InputError(f"{path}: row group {g} is unreadable ({e})") from None
             for s in range(0, table.num_rows, batch_size):
                 part = table.slice(s, batch_size)
-                probs = self.predict_encoded(encode_table(spec, part, str(path), row0 + s))
-                yield part, check_finite(probs, lambda i, r=row0 + s: f"{path}: row {r + i}")
+                enc = encode_table(spec, part, str(path), row0 + s)
+                yield part, check_finite(self.predict_encoded(enc), lambda i, r=row0 + s: f"{path}: row {r + i}", spec, enc)
             row0 += table.num_rows
 
     def _writer(self, path: Path, schema: Any, keep: Sequence[str]) -> Any:

@@ -19,7 +19,8 @@ beyond ``max_connections`` open connections a new one gets a 503 and is closed a
 A client that disconnects mid-request is one INFO log line. Responses hold no local
 paths.
 
-Concurrency: requests are validated and encoded on the event loop, then queued (at most
+Concurrency: requests are validated on the event loop and encoded in a worker thread
+(``request_timeout_s`` covers encoding and scoring together), then queued (at most
 ``max_pending``; beyond that a 503 answers at once) for one model thread. The batcher
 merges queued requests into one package call of at most ``max_batch_rows`` rows, waiting
 at most ``max_wait_ms`` for a batch to fill (micro-batching). SIGINT/SIGTERM stop
@@ -38,10 +39,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 from aiohttp import ClientConnectionResetError, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from interformer_rec.serving.features import Encoded, InputError
 from interformer_rec.serving.predictor import Predictor, check_finite
@@ -182,6 +184,17 @@ async def _json_errors(request: web.Request, handler: Callable) -> web.StreamRes
         return _error(500, "internal server error")
 
 
+def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """A JSON object with each key once: a repeated key is refused (``ValueError``),
+    never resolved silently by the last value."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"key {dup[:100]!r} appears more than once in one object")
+    return out
+
+
 def json_depth(value: Any, limit: int) -> int:
     """Nesting depth of decoded JSON ``value`` (a scalar is 0, ``[]`` is 1), counted
     level by level over the containers only (no recursion), at most to ``limit + 1``."""
@@ -231,13 +244,20 @@ async def _score(request: web.Request) -> web.Response:
     if app[STATE]["draining"]:
         return _error(503, "server is shutting down")
     predictor, cfg = app[PREDICTOR], app[CONFIG]
-    try:  # over client_max_size: HTTPRequestEntityTooLarge (413)
+    if request.content_length is not None and request.content_length > cfg.max_body_bytes:
+        too_large = _error(413, f"request body of {request.content_length} bytes: at most {cfg.max_body_bytes}")
+        too_large.force_close()  # its body is never read: the connection cannot be reused
+        return too_large
+    try:  # over client_max_size while reading (chunked, or decompressed): HTTPRequestEntityTooLarge (413)
         body = await asyncio.wait_for(request.read(), cfg.body_timeout_s)
     except asyncio.TimeoutError:
         return _error(408, f"request body not received within {cfg.body_timeout_s:g}s")
+    except RequestPayloadError as e:
+        encoding = request.headers.get("Content-Encoding", "identity")
+        return _error(400, f"request body could not be read as sent (Content-Encoding: {encoding}): {e.__cause__ or e}")
     too_deep = f"request body: JSON nested deeper than {cfg.max_json_depth} levels"
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, object_pairs_hook=_unique_keys)
     except (ValueError, UnicodeDecodeError) as e:
         return _error(400, f"request body is not valid JSON ({e})")
     except RecursionError:
@@ -246,19 +266,23 @@ async def _score(request: web.Request) -> web.Response:
         n = len(payload["candidates"])
         if n > predictor.max_candidates:
             return _error(413, f"candidates: {n} candidates, at most {predictor.max_candidates} per request")
-    try:
-        enc = predictor.encode_request(payload)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + cfg.request_timeout_s  # encoding and scoring together
+    try:  # off the event loop: /healthz and other requests are answered meanwhile
+        enc = await asyncio.wait_for(loop.run_in_executor(None, predictor.encode_request, payload), cfg.request_timeout_s)
     except InputError as e:
         # a valid request is at most 3 levels deep, so only a rejected one is measured
         return _error(400, too_deep if json_depth(payload, cfg.max_json_depth) > cfg.max_json_depth else str(e))
+    except asyncio.TimeoutError:
+        return _error(504, f"encoding and scoring took longer than {cfg.request_timeout_s:g}s")
     try:
-        probs = await asyncio.wait_for(app[BATCHER].submit(enc), cfg.request_timeout_s)
+        probs = await asyncio.wait_for(app[BATCHER].submit(enc), max(deadline - loop.time(), 0.0))
     except Overloaded as e:
         return _error(503, f"server overloaded: {e}; retry later", **{"Retry-After": "1"})
     except asyncio.TimeoutError:
-        return _error(504, f"scoring took longer than {cfg.request_timeout_s:g}s")
+        return _error(504, f"encoding and scoring took longer than {cfg.request_timeout_s:g}s")
     try:
-        check_finite(probs, lambda i: f"candidates[{i}]")
+        check_finite(probs, lambda i: f"candidates[{i}]", predictor.spec, enc)
     except InputError as e:
         return _error(400, str(e))
     return web.json_response(predictor.response(payload, probs))

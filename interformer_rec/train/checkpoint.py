@@ -27,6 +27,7 @@ admits only tensors), and :class:`SafeLoadPlanner` loads non-tensor entries with
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import json
 import logging
@@ -57,6 +58,38 @@ POINTERS = ("best", "latest")
 class CheckpointError(DataError):
     """A checkpoint file that is malformed or holds something other than checkpoint
     data (e.g. a ``.metadata`` pickle that would call a function)."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (e.g. the disk is full); the message names the
+    checkpoint and the free space. Earlier complete checkpoints and pointers are intact."""
+
+
+LOW_SPACE = 64 << 20  # below this many free bytes a failed write is called a full disk
+
+
+def _write_failure(root: Path, name: str, error: BaseException) -> CheckpointWriteError:
+    """The :class:`CheckpointWriteError` for ``error`` while writing ``root/name``."""
+    chain, e = [], error  # the error and its causes: DCP wraps a writer's OSError
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    try:
+        free: Optional[int] = shutil.disk_usage(root).free
+    except OSError:
+        free = None
+    full = any(isinstance(x, OSError) and x.errno == errno.ENOSPC for x in chain) or (
+        free is not None and free < LOW_SPACE
+    )
+    reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    return CheckpointWriteError(
+        f"writing checkpoint {root / name} failed: "
+        + ("the disk is full (" if full else "")
+        + (f"{free / 2**20:.0f} MiB free on its file system" if free is not None else "free space unknown")
+        + (")" if full else "")
+        + f"; {type(error).__name__}: {reason}. Nothing was marked complete: the earlier checkpoints and the "
+        "best/latest pointers are intact" + ("; free some space or set train.out_dir elsewhere, then resume" if full else "")
+    )
 
 
 # Everything a DCP ``.metadata`` pickle of torch 2.x refers to: its dataclasses, the
@@ -258,12 +291,21 @@ def save_checkpoint(
     state: Dict[str, Any] = {"model": model.state_dict()}
     if optimizer is not None:
         state["optim"] = optimizer.state_dict()
-    dcp.save(state, checkpoint_id=str(tmp), no_dist=_single_process())
+    try:
+        dcp.save(state, checkpoint_id=str(tmp), no_dist=_single_process())
+    except Exception as e:  # noqa: BLE001 - re-raised with the path and the free space
+        if _is_main():
+            shutil.rmtree(tmp, ignore_errors=True)  # give the space back
+        raise _write_failure(root, name, e) from e
     _barrier()
     if _is_main():
-        for fname, text in (files or {}).items():
-            _write_durably(tmp / fname, text)
-        _write_durably(tmp / META, json.dumps(meta, indent=2, sort_keys=True))  # commit marker
+        try:
+            for fname, text in (files or {}).items():
+                _write_durably(tmp / fname, text)
+            _write_durably(tmp / META, json.dumps(meta, indent=2, sort_keys=True))  # commit marker
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _write_failure(root, name, e) from e
         if final.exists():  # re-saving a name: never leave a pointer at a missing dir for long
             stale = root / f"{name}.stale"
             shutil.rmtree(stale, ignore_errors=True)

@@ -50,11 +50,11 @@ from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.model_parallel import DataParallelWrapper, DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.sharding_plan import get_default_sharders
-from torchrec.distributed.types import ModuleSharder, ShardingPlan, ShardingType
+from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan, ShardingType
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -266,13 +266,17 @@ def check_sharding_config(
     cfg: DistConfig,
     device_type: str,
     sharders: Optional[List[ModuleSharder[nn.Module]]] = None,
+    world_size: int = 1,
 ) -> Dict[str, ParameterConstraints]:
     """Turn ``cfg.tables`` into planner constraints, refusing what cannot work on
     ``device_type`` with a :class:`ConfigError` that says why. Pure: it runs the same on
     every rank, so every rank fails alike instead of some waiting for a plan.
 
-    An EmbeddingCollection table without an override is limited to the types that work
-    on ``device_type`` (on CPU: not data_parallel).
+    A table without an override is limited to the types that work on ``device_type`` (on
+    CPU an EmbeddingCollection is not data_parallel); with ``world_size`` 1 no table
+    without an override is data_parallel: on one rank a table-wise table holds the same
+    rows with the fused kernel and optimizer, and a data-parallel one would need DDP's
+    all-reduce after every backward (see :class:`SingleRank`).
     """
     sharders = sharders or make_sharders(cfg, device_type)
     tables = embedding_tables(model)
@@ -315,7 +319,9 @@ def check_sharding_config(
             st for st in _sharder_types(sharders, kind, device_type)
             if (kind, st, device_type) not in UNSUPPORTED
         ]
-        if kind == EC and device_type == "cpu":
+        if world_size == 1:
+            allowed = [st for st in allowed if st != ShardingType.DATA_PARALLEL.value]
+        if world_size == 1 or (kind == EC and device_type == "cpu"):
             c = constraints.get(name, ParameterConstraints())
             c.sharding_types = allowed
             constraints[name] = c
@@ -348,7 +354,7 @@ def plan_sharding(
     every rank raises instead of waiting); per-table overrides from ``cfg.tables``
     become planner constraints, checked first by :func:`check_sharding_config`."""
     sharders = make_sharders(cfg, env.device.type)
-    constraints = check_sharding_config(model, cfg, env.device.type, sharders)
+    constraints = check_sharding_config(model, cfg, env.device.type, sharders, env.world_size)
     planner = EmbeddingShardingPlanner(
         topology=make_topology(env), batch_size=batch_size, constraints=constraints
     )
@@ -387,6 +393,16 @@ def plan_summary(plan: ShardingPlan) -> Dict[str, Dict[str, object]]:
 # --------------------------------------------------------------------------- sharding
 
 
+class SingleRank(DataParallelWrapper):
+    """DMP's data-parallel wrapper for a world of one rank: the dense arches are left
+    unwrapped, so no DDP reducer hooks every gradient and no all-reduce runs through the
+    process group after each backward (with one rank it averages nothing). Parameter
+    and state-dict names are the same as under DDP (DMP strips its prefix)."""
+
+    def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
+        return None
+
+
 def shard(
     model: nn.Module,
     dist_cfg: DistConfig,
@@ -398,7 +414,8 @@ def shard(
     init_seed: Optional[int] = None,
     pretrained: Optional[Dict[str, torch.Tensor]] = None,
 ) -> Tuple[DistributedModelParallel, CombinedOptimizer, ShardingPlan]:
-    """Shard ``model``'s embedding tables with DMP (dense arches replicated by DDP) and
+    """Shard ``model``'s embedding tables with DMP (dense arches replicated by DDP when
+    there are several ranks, see :class:`SingleRank`) and
     build the combined optimizer: fused embedding optimizer, the same optimizer for
     data-parallel tables (:func:`replicated_table_optimizer`), dense optimizer. With ``init_seed`` the tables
     are re-initialised by :func:`init_embedding_tables` (plan-independent values, or
@@ -406,7 +423,11 @@ def shard(
     apply_embedding_optimizer(model, embedding_opt, env.device)
     plan = plan or plan_sharding(model, dist_cfg, env, batch_size)
     dmp = DistributedModelParallel(
-        model, device=env.device, plan=plan, sharders=make_sharders(dist_cfg, env.device.type)
+        model,
+        device=env.device,
+        plan=plan,
+        sharders=make_sharders(dist_cfg, env.device.type),
+        data_parallel_wrapper=SingleRank() if env.world_size == 1 else None,
     )
     if init_seed is not None:
         init_embedding_tables(dmp, init_seed, pretrained)
