@@ -14,6 +14,11 @@ their defaults), equals the one it would run with now
     python benchmarks/quality.py --datasets amazon_grocery movielens synthetic --seeds 0 1 2 \
         --grid train.dense_optimizer.lr=0.001,0.003 train.embedding_regularizer=0,0.01
     interformer-rec bench quality --datasets movielens --seeds 0 1 2 --jobs 2
+    python benchmarks/quality.py --datasets configs/your_log.yaml --models interformer din dlrm_dcn
+
+A data set is a name (``configs/<name>.yaml`` and the baselines' ``configs/<name>_<model>.yaml``)
+or the path of any config (``.yaml``): every model then trains on that config's data,
+schema and trainer, chosen by ``model.name``.
 
 Writes ``results/quality.json``, ``results/quality.md`` and ``results/quality.png``.
 Data must exist first (``interformer-rec generate`` / ``convert movielens``).
@@ -54,14 +59,31 @@ MODELS = [
 METRICS = ("auc", "gauc", "logloss", "ne")
 
 
+def is_config_path(dataset: str) -> bool:
+    """A data set given by its config file (any data: the user's own) rather than by a
+    name with ``configs/<name>.yaml`` and ``configs/<name>_<model>.yaml``."""
+    return dataset.endswith((".yaml", ".yml"))
+
+
+def dataset_key(dataset: str) -> str:
+    """The name a data set's runs and results are filed under: its config's stem."""
+    return Path(dataset).stem if is_config_path(dataset) else dataset
+
+
 def config_for(dataset: str, model: str) -> Tuple[Path, List[str]]:
     """The config file and overrides that select ``model`` on ``dataset``: ``NAME``,
     ``interformer:INTERACTION``, either followed by ``@key=value`` overrides (a variant,
-    e.g. ``interformer:dhen@model.interformer.num_layers=2``)."""
+    e.g. ``interformer:dhen@model.interformer.num_layers=2``). ``dataset`` is a name
+    (``configs/<name>.yaml``, baselines ``configs/<name>_<model>.yaml``) or a config file
+    of any data set, whose data, schema and trainer every model then shares (the model
+    chosen by ``model.name``)."""
     model, *variant = model.split("@")
     name, _, interaction = model.partition(":")
+    chosen = [f"model.interformer.interaction={interaction}"] if name == "interformer" and interaction else []
+    if is_config_path(dataset):
+        return Path(dataset).resolve(), [f"model.name={name}", *chosen, *variant]
     if name == "interformer":
-        return ROOT / "configs" / f"{dataset}.yaml", [f"model.interformer.interaction={interaction}", *variant]
+        return ROOT / "configs" / f"{dataset}.yaml", [*chosen, *variant]
     return ROOT / "configs" / f"{dataset}_{name}.yaml", variant
 
 
@@ -76,7 +98,7 @@ def run_one(
     """Train one model in a subprocess; return its metrics.json (plus the overrides).
     With ``train=False`` only a finished run is read (``None`` if there is none)."""
     config, extra = config_for(dataset, model)
-    run_dir = out / "runs" / dataset / model.replace(":", "_").replace("@", "+") / f"seed{seed}" / "_".join(
+    run_dir = out / "runs" / dataset_key(dataset) / model.replace(":", "_").replace("@", "+") / f"seed{seed}" / "_".join(
         o.split("=")[-1] for o in overrides
     ).replace("/", "-")
     metrics = run_dir / "metrics.json"
@@ -279,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for m in args.models:
             rs = [r for t, r in zip(tasks, runs) if t[0] == d and t[1] == m and r is not None]
             if rs:
-                results.setdefault(d, {})[m] = summarize(rs)
+                results.setdefault(dataset_key(d), {})[m] = summarize(rs)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"seeds": args.seeds, "grid": args.grid, "wall_seconds": time.perf_counter() - start, "cpu_count": os.cpu_count()}
     report = args.out / args.name

@@ -43,7 +43,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 CONVERT_FORMATS = ["movielens", "criteo", "taobao", "taobao_fuxictr", "amazon", "amazon_reviews",
-                   "amazon_grocery"]
+                   "amazon_grocery", "s3rec"]
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -95,6 +95,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
             test_frac=0.1 if args.test_frac is None else args.test_frac,
             policy=policy, row_group_size=args.row_group_size,
         )
+    elif args.format == "s3rec":
+        from interformer_rec.data.s3rec import convert_s3rec
+
+        if len(raw) != 1:
+            raise ConfigError("convert s3rec: --raw takes one directory (<name>.txt, <name>_item2attributes.json)")
+        summary = convert_s3rec(raw[0], out, max_len=max_len, seed=args.seed, policy=policy,
+                                row_group_size=args.row_group_size)
     else:  # argparse restricts choices
         raise AssertionError(args.format)
     print(json.dumps(summary, indent=2))
@@ -168,6 +175,9 @@ def _add_convert(sub: Any) -> None:
         "train/test with sampled negatives. amazon_grocery: --raw the directory with "
         "train.csv and item_meta.csv -> DIN protocol (one sampled negative per review) "
         "split 80/10/10 by global time (--valid-frac/--test-frac, default 0.1 each). "
+        "s3rec (S3-Rec's release form: Amazon Beauty, Sports, Toys): --raw the directory with "
+        "<name>.txt and <name>_item2attributes.json -> leave-last-out per user, one sampled "
+        "negative per event. "
         "Malformed lines are skipped and listed in OUT/bad_rows.txt; above --max-bad-rows / "
         "--max-bad-fraction the job fails and writes nothing.",
     )
@@ -175,12 +185,12 @@ def _add_convert(sub: Any) -> None:
     c.add_argument("--raw", required=True, nargs="+", help="raw file(s) (movielens, amazon_grocery: the directory)")
     c.add_argument("--out", required=True, help="output directory")
     c.add_argument("--max-len", type=int, default=None,
-                   help="history length kept per row (movielens, amazon_reviews: default 50; "
+                   help="history length kept per row (movielens, amazon_reviews, s3rec: default 50; "
                    "amazon_grocery: default 100)")
     c.add_argument("--corating-dim", type=int, default=16,
                    help="movielens: width of the co-rating item embeddings written (= model.embedding_dim)")
     c.add_argument("--meta", help="amazon_reviews: the item metadata file")
-    c.add_argument("--seed", type=int, default=0, help="amazon_reviews, amazon_grocery: negative sampling seed")
+    c.add_argument("--seed", type=int, default=0, help="amazon_reviews, amazon_grocery, s3rec: negative sampling seed")
     c.add_argument("--max-bad-rows", type=int, default=None,
                    help="fail when more malformed lines than this (default: no count cap)")
     c.add_argument("--max-bad-fraction", type=float, default=0.001,

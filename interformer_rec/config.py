@@ -251,6 +251,13 @@ class InterFormerConfig(Checked):
     # target-history similarity tokens in X (see models.interformer.SimilarityTokens);
     # not in the paper
     similarity_tokens: bool = False
+    # DIN's target attention over the raw history as one more token in X (see
+    # models.interformer.TargetAttentionToken); not in the paper (false: the paper's
+    # model). Hidden sizes of its activation unit (DIN's): target_attention_mlp
+    target_attention: bool = True
+    target_attention_mlp: List[int] = field(default_factory=lambda: [80, 40])
+    # the target-attention token also read by the over-arch directly (beside the summaries)
+    target_attention_direct: bool = True
     interaction: Interaction = "dhen"
     # DHEN (§3.2): each layer is LayerNorm(Ensemble(DOT(X), DCN(X)) + ShortCut(X));
     # Ensemble "concat" (concatenation, then a linear map back to the token width) or "sum"
@@ -293,7 +300,7 @@ class InterFormerConfig(Checked):
             "infnet_proxies", "infnet_blocks", "num_experts",
         ),
         "non_negative": ("num_pma", "num_recent", "ffn_hidden", "attention_window"),
-        "layers": ("interaction_mlp", "projection_branch1", "projection_branch2", "over_arch"),
+        "layers": ("interaction_mlp", "projection_branch1", "projection_branch2", "over_arch", "target_attention_mlp"),
         "rate": ("dropout", "attention_dropout"),
     }
 

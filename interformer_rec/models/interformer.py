@@ -11,7 +11,12 @@
                      X^{l+1} = InteractionArch(X^l, S_sum)
                      S^{l+1} = SequenceArch(S^l, X_sum)
     X_sum, S_sum = CrossArch(X^{L+1}, S^{L+1})
-    logits = OverArch([flatten(X_sum) ; flatten(S_sum)])    [B, tasks]
+    logits = OverArch([flatten(X_sum) ; flatten(S_sum) ; a])    [B, tasks]
+
+Beyond the paper (``model.interformer.target_attention``, on by default): the last token
+of X¹ is ``a``, DIN's target attention over the raw history steps
+(:class:`TargetAttentionToken`), which the over-arch also reads directly
+(``target_attention_direct``); with ``target_attention: false`` the model is the paper's.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from torch import Tensor, nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from interformer_rec.config import ConfigError, InterFormerConfig, ModelConfig, Schema
+from interformer_rec.models.baselines import target_slots
+from interformer_rec.models.din import DINAttentionPooling
 from interformer_rec.modules.continuous import require_floats, sequence_floats
 from interformer_rec.modules.cross import CrossArch, NonSequenceSummary
 from interformer_rec.modules.embeddings import (
@@ -90,6 +97,44 @@ class SimilarityTokens(nn.Module):
         return (w.unsqueeze(-1) * values).sum(1)
 
 
+class TargetAttentionToken(nn.Module):
+    """DIN's target attention as one non-sequence token (not in the paper): the target
+    "step" (for each of the ``k`` sequences, the embedding of the target feature sharing
+    its table, zeros where none, as :class:`~interformer_rec.models.din.DIN` builds it)
+    queries the raw history steps through DIN's local activation unit (``MLP([e ; v ;
+    e − v ; e ⊙ v])``, weights not normalised, 0 at padded steps); the interest ``Σ_t a_t
+    v_t`` is mapped to ``d``. The target meets the history in the embeddings' own space,
+    before MaskNet, so matching an item need not be learned across two maps.
+
+    Args:
+        slots: per sequence, the index of its target feature in ``targets`` (or ``None``).
+        dim: ``d``.
+        hidden: the activation unit's hidden sizes.
+    """
+
+    def __init__(self, slots: List[Optional[int]], dim: int, hidden: List[int]) -> None:
+        super().__init__()
+        self.slots = slots
+        self.dim = dim
+        self.pooling = DINAttentionPooling(len(slots) * dim, hidden)
+        self.out = nn.Linear(len(slots) * dim, dim)
+
+    def forward(self, targets: Tensor, steps: Tensor, lengths: Tensor) -> Tensor:
+        """
+        Args:
+            targets: ``[B, n_target, d]``.
+            steps: ``[B, T, k·d]`` raw history steps (values at padded steps ignored).
+            lengths: ``[B]`` real steps per row.
+
+        Returns:
+            ``[B, 1, d]``.
+        """
+        zeros = targets.new_zeros(targets.shape[0], self.dim)
+        target = torch.cat([targets[:, i] if i is not None else zeros for i in self.slots], dim=-1)
+        valid = torch.arange(steps.shape[1], device=steps.device).unsqueeze(0) < lengths.unsqueeze(1)
+        return self.out(self.pooling(target, steps, valid)).unsqueeze(1)
+
+
 class InterFormerLayer(nn.Module):
     """One InterFormer layer: Cross Arch first, then the Interaction and Sequence Arches,
     which depend only on this layer's summaries (and could run in parallel).
@@ -137,7 +182,9 @@ class InterFormerArch(nn.Module):
         layers: the ``L`` layers.
         final_cross_arch: summaries ``X_sum [B, c, d]``, ``S_sum [B, c + p + K, d]`` of
             the last layer's output.
-        over_arch: ``[B, (2c + p + K)·d] -> [B, tasks]`` logits.
+        over_arch: ``[B, (2c + p + K + r)·d] -> [B, tasks]`` logits.
+        num_direct: ``r``, the last ``r`` tokens of ``X¹`` that the over-arch also reads
+            directly (the target-attention token, :class:`TargetAttentionToken`).
     """
 
     def __init__(
@@ -147,9 +194,11 @@ class InterFormerArch(nn.Module):
         layers: Sequence[InterFormerLayer],
         final_cross_arch: CrossArch,
         over_arch: nn.Module,
+        num_direct: int = 0,
     ) -> None:
         super().__init__()
         self.num_cls = cls_summary.num_summary
+        self.num_direct = num_direct
         self.masknet = masknet
         self.cls_summary = cls_summary
         self.layers = nn.ModuleList(layers)
@@ -195,14 +244,15 @@ class InterFormerArch(nn.Module):
         valid = F.pad(step_valid, (self.num_cls, 0), value=True)
         positions = recency_positions(lengths, self.num_cls, T)
         s = torch.cat([self.cls_summary(x), steps], dim=1)  # S¹ [B, c + T, d]
+        direct = x[:, x.shape[1] - self.num_direct :].flatten(1)  # [B, r·d]
         for layer in self.layers:
             x, s = layer(x, s, valid, lengths, positions)
         x_sum, s_sum = self.final_cross_arch(x, s, valid, lengths)
-        return self.over_arch(torch.cat([x_sum.flatten(1), s_sum.flatten(1)], dim=1))
+        return self.over_arch(torch.cat([x_sum.flatten(1), s_sum.flatten(1), direct], dim=1))
 
 
 def build_arch(
-    cfg: InterFormerConfig, num_tokens: int, step_dim: int, num_tasks: int, dim: int
+    cfg: InterFormerConfig, num_tokens: int, step_dim: int, num_tasks: int, dim: int, num_direct: int = 0
 ) -> InterFormerArch:
     """:class:`InterFormerArch` sized by ``cfg`` (the one place the modules' sizes are read
     from the config).
@@ -214,6 +264,7 @@ def build_arch(
             more with sequence floats concatenated).
         num_tasks: logits per example.
         dim: ``d``.
+        num_direct: the last tokens of ``X¹`` the over-arch also reads directly.
     """
     c, p, k = cfg.num_cls, cfg.num_pma, cfg.num_recent
 
@@ -258,8 +309,10 @@ def build_arch(
     cls_summary = NonSequenceSummary(num_tokens, c, dim)
     layers = [layer() for _ in range(cfg.num_layers)]
     final_cross_arch = cross_arch()
-    over_arch = build_task_heads(cfg.task_heads, (2 * c + p + k) * dim, cfg.over_arch, num_tasks, cfg.num_experts)
-    return InterFormerArch(masknet, cls_summary, layers, final_cross_arch, over_arch)
+    over_arch = build_task_heads(
+        cfg.task_heads, (2 * c + p + k + num_direct) * dim, cfg.over_arch, num_tasks, cfg.num_experts
+    )
+    return InterFormerArch(masknet, cls_summary, layers, final_cross_arch, over_arch, num_direct)
 
 
 class InterFormer(nn.Module):
@@ -277,7 +330,7 @@ class InterFormer(nn.Module):
         ebc: ``EmbeddingBagCollection`` of the pooled features (``None`` if there are none).
         ec: ``EmbeddingCollection`` of the target features and the sequences.
         num_tokens: ``n`` = dense (one per field, or one projected token) + pooled +
-            target features (+ match and similarity tokens).
+            target features (+ match, similarity and target-attention tokens).
     """
 
     def __init__(self, schema: Schema, cfg: ModelConfig, embedding_device: Optional[torch.device] = None) -> None:
@@ -294,10 +347,15 @@ class InterFormer(nn.Module):
         # one match / similarity token per (target feature, sequence) pair that share a table
         self.match_pairs = shared if ic.match_tokens else []
         self.similarity = SimilarityTokens(shared, len(schema.sequence), d) if ic.similarity_tokens and shared else None
+        slots = [None if n is None else self.target_names.index(n) for n in target_slots(schema)]
+        self.target_attention = (
+            TargetAttentionToken(slots, d, ic.target_attention_mlp)
+            if ic.target_attention and any(i is not None for i in slots) else None
+        )
         num_dense = (1 if schema.dense else 0) if ic.dense_tokens == "projected" else len(schema.dense)
         self.num_tokens = (
             num_dense + len(self.pooled_names) + len(self.target_names) + len(self.match_pairs)
-            + (len(shared) if self.similarity is not None else 0)
+            + (len(shared) if self.similarity is not None else 0) + (1 if self.target_attention is not None else 0)
         )
         if self.num_tokens == 0:
             raise ConfigError("model.name='interformer' needs at least one dense, pooled or target feature")
@@ -308,12 +366,15 @@ class InterFormer(nn.Module):
         self.dense_tokens = dense_cls(len(schema.dense), d) if schema.dense else None
         self.floats = sequence_floats(schema, len(self.sequence_names) * d, d)
         step_dim = len(self.sequence_names) * d if self.floats is None else self.floats.out_dim
-        self.arch = build_arch(ic, self.num_tokens, step_dim, len(schema.labels), d)
+        direct = 1 if self.target_attention is not None and ic.target_attention_direct else 0
+        self.arch = build_arch(ic, self.num_tokens, step_dim, len(schema.labels), d, direct)
 
-    def _x(self, dense: Tensor, sparse: KeyedJaggedTensor, targets: Optional[Tensor], steps: Optional[Tensor]) -> Tensor:
-        """``X¹ [B, n, d]``: dense, pooled, target, match and similarity tokens in that
-        order (``steps [B, T, k·d]``, the raw padded steps, only with match or
-        similarity tokens)."""
+    def _x(
+        self, dense: Tensor, sparse: KeyedJaggedTensor, targets: Optional[Tensor], steps: Optional[Tensor], lengths: Tensor
+    ) -> Tensor:
+        """``X¹ [B, n, d]``: dense, pooled, target, match, similarity and target-attention
+        tokens in that order (``steps [B, T, k·d]``, the raw padded steps, and ``lengths
+        [B]``, only read by the last three)."""
         tokens = []
         if self.dense_tokens is not None:
             tokens.append(self.dense_tokens(dense))
@@ -325,7 +386,13 @@ class InterFormer(nn.Module):
                 tokens.append(match_tokens(targets, steps, len(self.sequence_names), self.match_pairs))
             if self.similarity is not None:
                 tokens.append(self.similarity(targets, steps))
+            if self.target_attention is not None:
+                tokens.append(self.target_attention(targets, steps, lengths))
         return torch.cat(tokens, dim=1)
+
+    @property
+    def _needs_raw_steps(self) -> bool:
+        return bool(self.match_pairs) or self.similarity is not None or self.target_attention is not None
 
     def embed(
         self, dense: Tensor, sparse: KeyedJaggedTensor, sequence: KeyedJaggedTensor, floats: Optional[Tensor] = None
@@ -340,13 +407,13 @@ class InterFormer(nn.Module):
             floats: ``[V_f, n_float]`` sequence floats (``None`` without any).
 
         Returns:
-            ``X¹ [B, n, d]`` (dense, pooled, target, match, similarity tokens in that
-            order),
+            ``X¹ [B, n, d]`` (dense, pooled, target, match, similarity, target-attention
+            tokens in that order),
             ``steps [B, T, k·d]`` (zeros at padded steps; with sequence floats merged,
             :class:`~interformer_rec.modules.continuous.SequenceFloats`), ``lengths [B]``.
         """
         targets, steps, lengths = unpooled_tokens(self.ec(sequence), self.target_names, self.sequence_names, self.max_len)
-        x = self._x(dense, sparse, targets, steps)
+        x = self._x(dense, sparse, targets, steps, lengths)
         if self.floats is not None:
             steps = self.floats(steps, require_floats(floats), lengths)
         return x, steps, lengths
@@ -364,8 +431,8 @@ class InterFormer(nn.Module):
         values, lengths = step_values(jts, self.sequence_names)
         T = padded_length(lengths, self.max_len)
         targets = target_tokens(jts, self.target_names) if self.target_names else None
-        steps = pad_steps(values, lengths, T) if self.match_pairs or self.similarity is not None else None
-        x = self._x(dense, sparse, targets, steps)
+        steps = pad_steps(values, lengths, T) if self._needs_raw_steps else None
+        x = self._x(dense, sparse, targets, steps, lengths)
         if self.floats is not None:
             values = self.floats.forward_jagged(values, require_floats(floats))
         return x, values, lengths, T
