@@ -91,7 +91,7 @@ def test_compiled_dense_arches_train_as_eager(data, tmp_path):
     cfg = _config(data, tmp_path)
     model = build_model(cfg.data.schema, cfg.model)
     keys = list(model.state_dict())
-    assert compile_dense(model) == ["dense_tokens", "arch"]  # not ebc / ec: DMP shards those
+    assert compile_dense(model) == ["target_attention", "dense_tokens", "arch"]  # not ebc / ec: DMP shards those
     assert list(model.state_dict()) == keys
 
     losses = {}

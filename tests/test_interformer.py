@@ -170,23 +170,30 @@ def _target_in_history(n, g):
     return (dense, sparse, seq), torch.stack([y, y], dim=1)
 
 
-def test_learns_target_in_history():
+def _accuracy_after(steps: int, target_attention: bool) -> float:
+    """Held-out accuracy of a 1-layer InterFormer (dot interaction) after ``steps`` Adam
+    steps (lr 3e-3, batch 64) on :func:`_target_in_history` rows."""
     torch.manual_seed(0)
     cfg = _cfg("dot")
     cfg.interformer.num_layers = 1
+    cfg.interformer.target_attention = target_attention
     model = InterFormer(_schema(pooled=False), cfg)
     g = torch.Generator().manual_seed(1)
     val_inputs, val_y = _target_in_history(512, g)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(350):
+    for _ in range(steps):
         inputs, y = _target_in_history(64, g)
         loss = F.binary_cross_entropy_with_logits(model(*inputs), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        acc = ((model.eval()(*val_inputs) > 0).float() == val_y).float().mean().item()
-    assert acc > 0.85  # chance / majority class: ~0.56
+        return ((model.eval()(*val_inputs) > 0).float() == val_y).float().mean().item()
+
+
+def test_learns_target_in_history():
+    """The paper's model (no target attention) learns it too, given the steps."""
+    assert _accuracy_after(350, target_attention=False) > 0.85  # chance / majority class: ~0.56
 
 
 def test_match_tokens_sum_target_times_history_per_shared_table():
@@ -284,27 +291,9 @@ def test_target_attention_token_is_dins_interest_of_the_target_step():
 def test_target_attention_learns_target_in_history_where_the_papers_model_has_not_yet():
     """The planted task of benchmarks/sample_efficiency.py at T = 8: after 250 Adam steps
     the default (target-aware) InterFormer separates the rows, the paper's model (no
-    target attention) not yet. Measured (seed 0, one thread): accuracy 0.944 vs 0.774;
+    target attention) not yet. Measured (seed 0): accuracy 0.979 vs 0.774;
     the paper's model gets there ~50 steps later at this T, hundreds later at T = 50
     (docs/experiments/target_attention.md)."""
-    def train(target_attention: bool) -> float:
-        torch.manual_seed(0)
-        cfg = _cfg("dot")
-        cfg.interformer.num_layers = 1
-        cfg.interformer.target_attention = target_attention
-        model = InterFormer(_schema(pooled=False), cfg)
-        g = torch.Generator().manual_seed(1)
-        val_inputs, val_y = _target_in_history(512, g)
-        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-        for _ in range(250):
-            inputs, y = _target_in_history(64, g)
-            loss = F.binary_cross_entropy_with_logits(model(*inputs), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            return ((model.eval()(*val_inputs) > 0).float() == val_y).float().mean().item()
-
-    with_attention, paper = train(True), train(False)
+    with_attention, paper = _accuracy_after(250, True), _accuracy_after(250, False)
     print("target attention", with_attention, "paper", paper)
     assert with_attention > 0.9 and paper < 0.85, (with_attention, paper)

@@ -244,11 +244,12 @@ class InterFormerArch(nn.Module):
         valid = F.pad(step_valid, (self.num_cls, 0), value=True)
         positions = recency_positions(lengths, self.num_cls, T)
         s = torch.cat([self.cls_summary(x), steps], dim=1)  # S¹ [B, c + T, d]
-        direct = x[:, x.shape[1] - self.num_direct :].flatten(1)  # [B, r·d]
+        # the last r tokens of X¹, each [B, d] (unbind, not a flattened slice: no batch-1 guard under export)
+        direct = list(x[:, x.shape[1] - self.num_direct :].unbind(1)) if self.num_direct else []
         for layer in self.layers:
             x, s = layer(x, s, valid, lengths, positions)
         x_sum, s_sum = self.final_cross_arch(x, s, valid, lengths)
-        return self.over_arch(torch.cat([x_sum.flatten(1), s_sum.flatten(1), direct], dim=1))
+        return self.over_arch(torch.cat([x_sum.flatten(1), s_sum.flatten(1), *direct], dim=1))
 
 
 def build_arch(
