@@ -244,8 +244,9 @@ def test_embedding_regularizer_moves_only_looked_up_rows_by_its_gradient(tiny_da
     common = (
         "train.epochs=1", "train.max_steps_per_epoch=1", f"train.embedding_optimizer={{name: sgd, lr: {lr}}}",
         "train.dense_optimizer={name: sgd, lr: 0.01}", "model.interformer.dropout=0.0",
-        # one rank plans no data-parallel table unasked: ask for one, so both kernels are covered
-        "dist.tables={segment: {sharding_types: [data_parallel]}}",
+        # both kinds of kernel, pinned (one rank plans no data-parallel table unasked, and
+        # table-wise and table-column-wise tie there)
+        "dist.tables={segment: {sharding_types: [data_parallel]}, user: {sharding_types: [table_wise]}}",
     )
     after = {}
     for name, reg in (("plain", 0.0), ("reg", lam)):
