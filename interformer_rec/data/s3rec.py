@@ -86,38 +86,51 @@ def find_name(raw_dir: Path) -> str:
 
 
 def read_log(path: Path, bad: BadRows, block_bytes: int = 1 << 20) -> Tuple[np.ndarray, Jagged, int]:
-    """``(users [U], items per user (Jagged over U), lines read)`` of the good lines."""
-    users: List[np.ndarray] = []
-    lengths: List[np.ndarray] = []
-    values: List[np.ndarray] = []
-    seen: Dict[int, int] = {}  # user -> line
-    lines = 0
+    """``(users [U], items per user (Jagged over U), lines read)`` of the good lines
+    (checked per block with numpy; only bad lines are visited one by one)."""
+    lines: List[np.ndarray] = []
+    lists: List[Jagged] = []
+    reasons: Dict[int, str] = {}
     for block in read_blocks(path, block_bytes):
-        lines += len(block)
         ids, malformed, _ = parse_int_lists(block.buf, block.starts, block.ends, b" ")
-        for i in range(len(block)):
-            line = int(block.line0 + i)
-            row = ids.values[ids.offsets[i] : ids.offsets[i + 1]]
-            if block.too_long[i]:
-                reason = "line too long"
-            elif malformed[i]:
-                reason = f"not space-separated decimal integers: {block.text(i, 60)!r}"
-            elif len(row) < 2:
-                reason = "fewer than two ids (a user and at least one item)"
-            elif row.min() < 1:
-                reason = f"id {int(row.min())} below 1"
-            elif int(row[0]) in seen:
-                reason = f"user {int(row[0])} already on line {seen[int(row[0])]}"
-            else:
-                seen[int(row[0])] = line
-                users.append(row[:1])
-                lengths.append(np.array([len(row) - 1], np.int64))
-                values.append(row[1:])
-                continue
-            bad.add(path, line, reason)
-    if not users:
+        starts, stops = ids.offsets[:-1], ids.offsets[1:]
+        nonempty = ids.lengths > 0
+        low = np.ones(len(starts), np.int64)  # each line's smallest id
+        if nonempty.any():
+            low[nonempty] = np.minimum.reduceat(ids.values, starts[nonempty])
+        for i in np.flatnonzero(block.too_long | malformed | (ids.lengths < 2) | (low < 1)):
+            reasons[int(block.line0 + i)] = (
+                "line too long" if block.too_long[i]
+                else f"not space-separated decimal integers: {block.text(i, 60)!r}" if malformed[i]
+                else "fewer than two ids (a user and at least one item)" if ids.lengths[i] < 2
+                else f"id {int(ids.values[starts[i]:stops[i]].min())} below 1"
+            )
+        lines.append(block.lines)
+        lists.append(ids)
+    if not lists:
         raise ConversionError(f"{path}: no valid lines")
-    return np.concatenate(users), Jagged(np.concatenate(lengths), np.concatenate(values)), lines
+    line = np.concatenate(lines)
+    ids = Jagged(np.concatenate([j.lengths for j in lists]), np.concatenate([j.values for j in lists]))
+    good = np.ones(len(line), bool)
+    good[np.searchsorted(line, np.fromiter(reasons, np.int64, len(reasons)))] = False
+    user = np.zeros(len(line), np.int64)  # each line's first id
+    user[ids.lengths > 0] = ids.values[ids.offsets[:-1][ids.lengths > 0]]
+    # a user id on a second line: the first stays
+    idx = np.flatnonzero(good)
+    _, first = np.unique(user[idx], return_index=True)
+    repeated = np.setdiff1d(np.arange(len(idx)), first)
+    first_line = {int(u): int(line[idx[f]]) for u, f in zip(user[idx][first], first)}
+    for r in idx[repeated]:
+        reasons[int(line[r])] = f"user {int(user[r])} already on line {first_line[int(user[r])]}"
+    good[idx[repeated]] = False
+    for ln in sorted(reasons):
+        bad.add(path, ln, reasons[ln])
+    keep = np.flatnonzero(good)
+    if not len(keep):
+        raise ConversionError(f"{path}: no valid lines")
+    rows = ids.take(keep)
+    items = Jagged(rows.lengths - 1, np.delete(rows.values, rows.offsets[:-1]))
+    return user[keep], items, len(line)
 
 
 def read_attributes(path: Path) -> Dict[int, List[int]]:

@@ -187,11 +187,11 @@ async def _json_errors(request: web.Request, handler: Callable) -> web.StreamRes
 def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
     """A JSON object with each key once: a repeated key is refused (``ValueError``),
     never resolved silently by the last value."""
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise ValueError(f"key {dup[:100]!r} appears more than once in one object")
+    out: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key[:100]!r} appears more than once in one object")
+        out[key] = value
     return out
 
 
