@@ -79,9 +79,9 @@ def make_config(data: Path, name: str, out_dir: Path) -> Config:
             embedding_dim=8,
             dlrm=DLRMConfig(dense_arch=[16], over_arch=[16], dcn_num_layers=2, dcn_low_rank=4),
             interformer=InterFormerConfig(
-                num_layers=1, num_heads=2, interaction="dhen", interaction_mlp=[16], dcn_num_layers=1,
+                num_layers=2, num_heads=2, interaction="dhen", interaction_mlp=[16], dcn_num_layers=1,
                 dcn_low_rank=4, projection_branch1=[16], projection_branch2=[16], masknet_hidden=16,
-                ffn_hidden=16, over_arch=[16], similarity_tokens=True,  # exported too
+                ffn_hidden=16, over_arch=[16], similarity_tokens=True, readout_tokens=True,  # exported too
                 attention_window=LOCAL_WINDOW,
             ),
         ),

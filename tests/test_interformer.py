@@ -105,6 +105,21 @@ def test_backward_reaches_every_parameter():
     assert any(n.startswith("ebc.") for n in names) and any(n.startswith("ec.") for n in names)
 
 
+def test_readout_tokens_feed_the_last_layers_tokens_to_the_over_arch():
+    torch.manual_seed(0)
+    cfg = _cfg()
+    cfg.interformer.readout_tokens = True
+    model = InterFormer(_schema(), cfg)
+    seen = {}
+    model.arch.layers[-1].interaction_arch.register_forward_hook(lambda m, i, o: seen.update(x=o))
+    model.arch.over_arch.register_forward_pre_hook(lambda m, i: seen.update(inp=i[0]))
+    out = model(*_batch(torch.tensor([0, 1, 3, T, 5])))
+    n = model.num_tokens
+    assert seen["inp"].shape[1] == (2 * 4 + 2 + 2 + 1 + n) * D  # X_sum, S_sum, a, X^{L+1}
+    torch.testing.assert_close(seen["inp"][:, -n * D :], seen["x"].flatten(1))
+    assert out.shape == (5, 2) and torch.isfinite(out).all()
+
+
 @pytest.mark.parametrize("length", [0, T])
 def test_empty_and_full_sequences(length):
     torch.manual_seed(0)

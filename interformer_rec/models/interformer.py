@@ -11,12 +11,13 @@
                      X^{l+1} = InteractionArch(X^l, S_sum)
                      S^{l+1} = SequenceArch(S^l, X_sum)
     X_sum, S_sum = CrossArch(X^{L+1}, S^{L+1})
-    logits = OverArch([flatten(X_sum) ; flatten(S_sum) ; a])    [B, tasks]
+    logits = OverArch([flatten(X_sum) ; flatten(S_sum) ; a (; flatten(X^{L+1}))])  [B, tasks]
 
 Beyond the paper (``model.interformer.target_attention``, on by default): the last token
 of X¹ is ``a``, DIN's target attention over the raw history steps
 (:class:`TargetAttentionToken`), which the over-arch also reads directly
 (``target_attention_direct``); with ``target_attention: false`` the model is the paper's.
+With ``readout_tokens`` the over-arch also reads the last layer's tokens ``X^{L+1}``.
 """
 
 from __future__ import annotations
@@ -182,9 +183,10 @@ class InterFormerArch(nn.Module):
         layers: the ``L`` layers.
         final_cross_arch: summaries ``X_sum [B, c, d]``, ``S_sum [B, c + p + K, d]`` of
             the last layer's output.
-        over_arch: ``[B, (2c + p + K + r)·d] -> [B, tasks]`` logits.
+        over_arch: ``[B, (2c + p + K + r (+ n))·d] -> [B, tasks]`` logits.
         num_direct: ``r``, the last ``r`` tokens of ``X¹`` that the over-arch also reads
             directly (the target-attention token, :class:`TargetAttentionToken`).
+        readout_tokens: the over-arch also reads ``X^{L+1}`` (``n·d`` more inputs).
     """
 
     def __init__(
@@ -195,10 +197,12 @@ class InterFormerArch(nn.Module):
         final_cross_arch: CrossArch,
         over_arch: nn.Module,
         num_direct: int = 0,
+        readout_tokens: bool = False,
     ) -> None:
         super().__init__()
         self.num_cls = cls_summary.num_summary
         self.num_direct = num_direct
+        self.readout_tokens = readout_tokens
         self.masknet = masknet
         self.cls_summary = cls_summary
         self.layers = nn.ModuleList(layers)
@@ -249,7 +253,8 @@ class InterFormerArch(nn.Module):
         for layer in self.layers:
             x, s = layer(x, s, valid, lengths, positions)
         x_sum, s_sum = self.final_cross_arch(x, s, valid, lengths)
-        return self.over_arch(torch.cat([x_sum.flatten(1), s_sum.flatten(1), *direct], dim=1))
+        tokens = [x.flatten(1)] if self.readout_tokens else []
+        return self.over_arch(torch.cat([x_sum.flatten(1), s_sum.flatten(1), *direct, *tokens], dim=1))
 
 
 def build_arch(
@@ -310,10 +315,11 @@ def build_arch(
     cls_summary = NonSequenceSummary(num_tokens, c, dim)
     layers = [layer() for _ in range(cfg.num_layers)]
     final_cross_arch = cross_arch()
+    readout = num_tokens if cfg.readout_tokens else 0
     over_arch = build_task_heads(
-        cfg.task_heads, (2 * c + p + k + num_direct) * dim, cfg.over_arch, num_tasks, cfg.num_experts
+        cfg.task_heads, (2 * c + p + k + num_direct + readout) * dim, cfg.over_arch, num_tasks, cfg.num_experts
     )
-    return InterFormerArch(masknet, cls_summary, layers, final_cross_arch, over_arch, num_direct)
+    return InterFormerArch(masknet, cls_summary, layers, final_cross_arch, over_arch, num_direct, cfg.readout_tokens)
 
 
 class InterFormer(nn.Module):
