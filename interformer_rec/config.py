@@ -213,7 +213,7 @@ class SyntheticConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
     """Where the Parquet data lives (a file or a directory of ``*.parquet`` files for
     each split) and what its columns mean."""
 
@@ -226,6 +226,16 @@ class DataConfig:
     # batches of similar history length within each shuffle window (data.reader), for
     # every split the trainer reads: each batch is padded to its own longest history
     length_buckets: bool = True
+    # DataLoader worker processes that read and decode batches off the training thread
+    # (0: in the training process); batches each worker keeps ready
+    num_workers: int = 0
+    prefetch_factor: int = 2
+
+    _key: ClassVar[str] = "data"
+    _checks: ClassVar[Dict[str, Tuple[str, ...]]] = {
+        "non_negative": ("num_workers",),
+        "positive": ("prefetch_factor",),
+    }
 
 
 # --------------------------------------------------------------------------- models

@@ -163,6 +163,32 @@ def _worker(rank: int, world: int, port: int, jobs: List[Dict[str, Any]]) -> Non
         dist.destroy_process_group()
 
 
+def reader_ranks(rank: int, world: int, port: int, path: str, out: str, num_workers: int) -> None:
+    """Iterate a reader of ``path`` (batch 8, no shuffle) on ``world`` gloo ranks with the
+    trainer's data group; write ``{"step", "error"}`` of the first DataError to
+    ``out.<rank>``."""
+    import torch.distributed as dist
+
+    from interformer_rec.arrays import DataError
+    from interformer_rec.config import DistConfig
+    from interformer_rec.data.reader import ParquetBatchReader
+    from interformer_rec.train.dist import init_distributed
+    from test_streaming import SCHEMA
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank))
+    env = init_distributed(DistConfig(), "cpu")
+    reader = ParquetBatchReader(path, SCHEMA, 8, rank=rank, world_size=world, group=env.data_group)
+    step, error = 0, None
+    try:
+        for _ in reader.loader(num_workers):
+            step += 1
+    except DataError as e:
+        error = str(e)
+    Path(f"{out}.{rank}").write_text(json.dumps({"step": step, "error": error}))
+    dist.destroy_process_group()
+
+
 def run_ranks(fn: Any, args: tuple, nprocs: int, expect_kill: bool = False) -> float:
     """Run ``fn(rank, *args)`` on ``nprocs`` processes with a deadline; returns the wall
     time. With ``expect_kill`` a SIGKILLed rank ends the run without an error."""

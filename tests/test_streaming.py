@@ -3,6 +3,7 @@ with workers; bounded memory of conversion and reading."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -20,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from interformer_rec.config import Schema, SequenceFeature, SparseFeature, TableConfig
-from interformer_rec.data.reader import ParquetBatchReader
+from interformer_rec.data.reader import DataError, ParquetBatchReader
 
 SCHEMA = Schema(
     labels=["y"],
@@ -152,6 +153,65 @@ def test_resume_with_start_batch_sees_the_rest_exactly_once(data: Path, num_work
         assert sorted(map(tuple, first + rest)) == sorted(map(tuple, full))
         if num_workers == 0:
             assert rest == full[k:], "without workers the resumed run continues the stream"
+
+
+# --------------------------------------------------------------------------- per-rank decoding
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_each_rank_decodes_only_the_rows_of_its_slices(data: Path, world: int, monkeypatch) -> None:
+    """Decoding (checks, id policy, jagged arrays) runs once per row a rank trains on:
+    the rows decoded per rank fall as 1 / world_size (shuffled, length buckets on)."""
+    from interformer_rec.data import reader as reader_mod
+
+    real = reader_mod.decode_table
+
+    def counting(table, schema, where, training=True):
+        counting.rows += table.num_rows
+        return real(table, schema, where, training)
+
+    counting.rows = 0
+    monkeypatch.setattr(reader_mod, "decode_table", counting)
+    per_rank = []
+    for rank in range(world):
+        counting.rows = 0
+        r = ParquetBatchReader(data, SCHEMA, 40 // world, rank=rank, world_size=world, shuffle=True, seed=2,
+                               shuffle_window=200, length_buckets=True, drop_last=True)
+        yielded = sum(len(b.labels) for b in r)
+        assert counting.rows == yielded, "every decoded row is one this rank trains on"
+        per_rank.append(counting.rows)
+    assert sum(per_rank) == 1003 // 40 * 40 and max(per_rank) - min(per_rank) == 0
+
+
+def _write_with_bad_label(path: Path, bad_row: int) -> None:
+    write_rows(path, 0, 200, row_group_size=97)
+    table = pq.read_table(path)
+    y = table.column("y").to_numpy().copy()
+    y[bad_row] = 2
+    pq.write_table(table.set_column(0, "y", pa.array(y, pa.int8())), path, row_group_size=97)
+
+
+def test_a_rank_alone_does_not_decode_another_ranks_bad_row(tmp_path: Path) -> None:
+    # 2 ranks, batch 8, no shuffle: rows 56..63 (global batch 3) are rank 1's
+    _write_with_bad_label(tmp_path / "a.parquet", 60)
+    kw = dict(batch_size=8, world_size=2, length_buckets=False)
+    assert len(list(ParquetBatchReader(tmp_path / "a.parquet", SCHEMA, rank=0, **kw))) == 13
+    with pytest.raises(DataError, match=r"a.parquet, column 'y', row 60: "):
+        list(ParquetBatchReader(tmp_path / "a.parquet", SCHEMA, rank=1, **kw))
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_bad_row_on_rank_1_stops_rank_0_at_the_same_step(tmp_path: Path, num_workers: int) -> None:
+    """With the trainer's data group the ranks agree after each batch: rank 0, which
+    never decodes row 60, raises rank 1's error, naming the row, at the same step."""
+    from dist_helpers import _free_port, reader_ranks, run_ranks
+
+    _write_with_bad_label(tmp_path / "a.parquet", 60)
+    run_ranks(reader_ranks, (2, _free_port(), str(tmp_path / "a.parquet"), str(tmp_path / "out"), num_workers), 2)
+    got = [json.loads((tmp_path / f"out.{rank}").read_text()) for rank in (0, 1)]
+    assert got[0] == got[1], got
+    assert got[0]["error"].startswith(f"{tmp_path / 'a.parquet'}, column 'y', row 60: ")
+    assert got[0]["step"] == 0  # rank 1 decodes row group 0 (rows 0..96) for its first batch
 
 
 # --------------------------------------------------------------------------- memory

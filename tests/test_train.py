@@ -312,3 +312,27 @@ def test_a_full_disk_during_a_checkpoint_names_the_path_and_keeps_the_last_one(s
     latest = checkpoint.resolve(out / "checkpoints", "latest")
     assert latest.name == "epoch_0000" and checkpoint.is_complete(latest)
     assert not (out / "checkpoints" / "epoch_0001.tmp").exists()  # the space is given back
+
+
+def test_loader_workers_train_exactly_like_the_training_process(small_data, tmp_path, monkeypatch):
+    """data.num_workers: batches decoded in DataLoader workers and fed through
+    TrainPipelineSparseDist train step for step like the in-process reader (one worker
+    keeps the stream's order) and validate alike."""
+    from interformer_rec.data import reader as reader_mod
+
+    loaders = []
+
+    class Spy(reader_mod.DataLoader):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            loaders.append((self.num_workers, self.prefetch_factor))
+
+    monkeypatch.setattr(reader_mod, "DataLoader", Spy)
+    run = ("train.epochs=1", "train.max_steps_per_epoch=12", "data.test=null", "model.interformer.dropout=0.0",
+           "data.prefetch_factor=3")
+    results = [
+        Trainer(_config(small_data, tmp_path / str(n), *run, f"data.num_workers={n}")).fit() for n in (0, 1)
+    ]
+    assert results[1]["step_losses"] == results[0]["step_losses"]
+    assert results[1]["history"][0]["valid_auc"] == results[0]["history"][0]["valid_auc"]
+    assert loaders == [(1, 3), (1, 3)]  # the training epoch and the validation, in workers

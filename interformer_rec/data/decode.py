@@ -70,17 +70,19 @@ class Where(Protocol):
 @dataclass(frozen=True)
 class InFile:
     """Rows ``row0..`` of a file or table ``source``: ``"<source>, column 'c', row r: msg"``
-    with ``r`` counted from the file's first row."""
+    with ``r`` counted from the file's first row. With ``rows``, the rows being decoded
+    are a selection: decoded row ``i`` is the file's row ``row0 + rows[i]``."""
 
     source: str
     row0: int = 0
+    rows: Optional[np.ndarray] = field(default=None, compare=False)
 
     def error(self, msg: str, column: Optional[str] = None, row: Optional[int] = None) -> DataError:
         where = [str(self.source)]
         if column is not None:
             where.append(f"column {column!r}")
         if row is not None:
-            where.append(f"row {self.row0 + row}")
+            where.append(f"row {self.row0 + (row if self.rows is None else int(self.rows[row]))}")
         return DataError(f"{', '.join(where)}: {msg}")
 
 

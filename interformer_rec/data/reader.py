@@ -13,9 +13,15 @@ row (0-based within the file, whatever the row group). A file that is not readab
 Parquet, a missing column or a column of the wrong Arrow type is an error when the
 reader is built, before any step runs.
 
-Every rank decodes and checks every row group that the epoch's global batches use (the
-whole global batch, not only its own slice), so a bad row stops all ranks alike, at the
-same step.
+Each rank checks and decodes only its own rows: it reads the Parquet row groups of the
+windows its slices touch (a shuffled window's rows are spread over all its row groups, so
+every rank reads them) and decodes the rows of its slices, so the per-row work of a
+rank (checks, id policy, jagged arrays, tensors) falls as ``1 / world_size``. A bad row
+is found by the rank that owns it; with ``group`` (the trainer passes a gloo group when
+it runs several ranks) all ranks agree after every batch (one all-reduce of an error
+flag; on an error, the messages gathered), so every rank raises the same
+:class:`DataError`, the lowest failing rank's, naming file, column and row, at the same
+step. Rows that no batch uses (a dropped last partial batch) are not checked.
 
 Distribution
 ------------
@@ -43,7 +49,8 @@ window's first and last global-batch boundaries are regrouped; the batch a windo
 with its neighbour stays mixed. The regrouping depends on the global batch, the seed and
 the epoch, not on the rank or the workers: every guarantee above holds with it.
 
-DataLoader workers: ``reader.loader(num_workers=N)`` (or, slower,
+DataLoader workers: ``reader.loader(num_workers=N)`` (``data.num_workers`` in the
+trainer; or, slower and without the ranks' agreement on errors,
 ``DataLoader(reader, batch_size=None, num_workers=N)``) splits the epoch's global
 batches into ``N`` contiguous ranges of nearly equal length (the first ``T % N`` workers
 get one more), worker ``w`` yields its range, and the DataLoader
@@ -70,8 +77,10 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -186,6 +195,31 @@ def to_batch(rows: Rows, schema: Schema) -> Batch:
     return Packed.of(rows).to_batch(schema)
 
 
+class BadRows(NamedTuple):
+    """What a rank's stream yields in place of a batch whose rows broke the bad-input
+    policy (the stream ends after it): the :class:`DataError`'s message."""
+
+    message: str
+
+
+def agree(bad: Optional[BadRows], group: Optional[dist.ProcessGroup]) -> None:
+    """Raise the same :class:`DataError` on every rank if any rank's batch was bad.
+
+    Collective over ``group`` (every rank calls it once per batch, in the same order):
+    an all-reduce of an error flag and, on an error, the messages gathered; the lowest
+    failing rank's message is raised. Without ``group``, this rank's own error only."""
+    if group is None:
+        if bad is not None:
+            raise DataError(bad.message)
+        return
+    flag = torch.tensor([int(bad is not None)], dtype=torch.int32)
+    dist.all_reduce(flag, group=group)
+    if flag.item():
+        messages: List[Optional[str]] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(messages, None if bad is None else bad.message, group=group)
+        raise DataError(next(m for m in messages if m is not None))
+
+
 # --------------------------------------------------------------------------- reader
 
 
@@ -209,6 +243,22 @@ class _Window:
     rng_state: Any = None  # the epoch generator's state before this window's permutation
 
 
+@dataclass(frozen=True)
+class _Decoded:
+    """This rank's rows of a window: ``rows`` are the window's rows ``need`` (ascending,
+    indices into the window's row groups concatenated) and ``order[p]`` is the window
+    row at stream position ``start + p``."""
+
+    start: int
+    order: np.ndarray
+    need: np.ndarray
+    rows: Rows
+
+    def take(self, a: int, z: int) -> Rows:
+        """The rows at stream positions ``[a, z)`` (within the window, all in ``need``)."""
+        return self.rows.take(np.searchsorted(self.need, self.order[a - self.start : z - self.start]))
+
+
 class ParquetBatchReader(IterableDataset):
     """Iterable of :class:`Batch` over Parquet files; see the module docstring for the
     bad-input policy and how rows are shared between ranks.
@@ -228,6 +278,8 @@ class ParquetBatchReader(IterableDataset):
         length_buckets: group the rows of each window into global batches of similar
             history length (see the module docstring), so that a batch padded to its
             longest history holds few padded steps.
+        group: the process group on which the ranks agree about bad rows (a CPU
+            group, e.g. gloo); ``None``: a rank raises only the errors of its own rows.
 
     Use it directly or through ``DataLoader(reader, batch_size=None, num_workers=N)``
     (the workers share the epoch's batches, see the module docstring).
@@ -247,6 +299,7 @@ class ParquetBatchReader(IterableDataset):
         shuffle_window: int = 65536,
         start_batch: int = 0,
         length_buckets: bool = False,
+        group: Optional[dist.ProcessGroup] = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -265,6 +318,7 @@ class ParquetBatchReader(IterableDataset):
         self.world_size = world_size
         self.shuffle_window = shuffle_window
         self.length_buckets = length_buckets and bool(schema.sequence)
+        self.group = group
         self.epoch = 0
         self.files = resolve_paths(paths)
         self.columns = columns_of(schema)
@@ -278,6 +332,11 @@ class ParquetBatchReader(IterableDataset):
                 row0 += n
         self.num_rows = sum(g.num_rows for g in self.row_groups)
 
+    def __getstate__(self) -> Dict[str, Any]:
+        # what a DataLoader worker started by spawn / forkserver receives: workers run no
+        # collective, and a process group cannot be pickled
+        return {**self.__dict__, "group": None}
+
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffling order of ``epoch`` (same on every rank)."""
         self.epoch = epoch
@@ -286,15 +345,14 @@ class ParquetBatchReader(IterableDataset):
         """Batches this rank gets in an epoch (over all DataLoader workers together)."""
         return max(self._num_global_batches() - self.start_batch, 0)
 
-    def _read(self, files: Dict[int, pq.ParquetFile], g: _RowGroup) -> Rows:
+    def _read(self, files: Dict[int, pq.ParquetFile], g: _RowGroup) -> pa.Table:
         path = self.files[g.file]
         if g.file not in files:
             files[g.file] = open_parquet(path)
         try:
-            table = files[g.file].read_row_group(g.index, columns=self.columns)
+            return files[g.file].read_row_group(g.index, columns=self.columns)
         except (pa.ArrowException, OSError) as e:
             raise InFile(str(path)).error(f"row group {g.index} is unreadable ({e})") from None
-        return decode_table(table, self.schema, InFile(str(path), g.row0))
 
     def _plan(self) -> List[_Window]:
         """The epoch's windows, from the metadata alone (nothing is read)."""
@@ -317,17 +375,35 @@ class ParquetBatchReader(IterableDataset):
                 group, rows = [], 0
         return windows
 
-    def _read_window(self, files: Dict[int, pq.ParquetFile], w: _Window) -> Rows:
-        rows = Rows.concat([self._read(files, self.row_groups[i]) for i in w.groups])
-        order = np.arange(len(rows))
+    def _decode_window(self, files: Dict[int, pq.ParquetFile], w: _Window, lo: int, hi: int) -> _Decoded:
+        """Read window ``w``'s row groups and decode the rows of this rank's slices of
+        global batches ``[lo, hi)`` in it."""
+        tables = [self._read(files, self.row_groups[i]) for i in w.groups]
+        order = np.arange(w.num_rows)
         if self.shuffle:
             rng = np.random.default_rng()
             rng.bit_generator.state = w.rng_state
-            order = rng.permutation(len(rows))
-        if self.length_buckets:
-            lengths = rows.unpooled[len(self.schema.target_features)].lengths
-            order = self._bucket(order, lengths[order], w)
-        return rows if not (self.shuffle or self.length_buckets) else rows.take(order)
+            order = rng.permutation(w.num_rows)
+        if self.length_buckets:  # from the Arrow offsets: the lengths decoding will give
+            first = self.schema.sequence[0]
+            lengths = np.concatenate([
+                pc.list_value_length(t.column(first.name)).fill_null(0).to_numpy(zero_copy_only=False)
+                for t in tables
+            ]).astype(np.int64)
+            order = self._bucket(order, np.minimum(lengths, first.max_len)[order], w)
+        step = self.batch_size * self.world_size
+        end = w.start + w.num_rows
+        spans = [self._span(k) for k in range(max(w.start // step, lo), min((end - 1) // step + 1, hi))]
+        positions = [np.arange(max(a, w.start), min(z, end)) - w.start for a, z in spans]
+        need = np.unique(order[np.concatenate(positions)]) if positions else np.zeros(0, np.int64)
+        parts, offset = [], 0
+        for i, table in zip(w.groups, tables):
+            g = self.row_groups[i]
+            sel = need[(need >= offset) & (need < offset + table.num_rows)] - offset
+            if len(sel):
+                parts.append(decode_table(table.take(sel), self.schema, InFile(str(self.files[g.file]), g.row0, sel)))
+            offset += table.num_rows
+        return _Decoded(w.start, order, need, Rows.concat(parts))
 
     def _bucket(self, order: np.ndarray, lengths: np.ndarray, w: _Window) -> np.ndarray:
         """``order`` (a window's rows in stream order) regrouped so that each global
@@ -383,7 +459,11 @@ class ParquetBatchReader(IterableDataset):
         return min(lo + skip, hi), hi
 
     def __iter__(self) -> Iterator[Batch]:
+        # in a DataLoader worker no collective can run: errors are raised there
+        group = self.group if get_worker_info() is None else None
         for rows in self._rows():
+            agree(rows if isinstance(rows, BadRows) else None, group)
+            assert isinstance(rows, Rows)
             yield to_batch(rows, self.schema)
 
     def loader(self, num_workers: int = 0, **kwargs: Any) -> "WorkerLoader":
@@ -394,7 +474,9 @@ class ParquetBatchReader(IterableDataset):
         itself. Same batches, same order, same ``len`` as that DataLoader."""
         return WorkerLoader(self, num_workers, kwargs)
 
-    def _rows(self) -> Iterator[Rows]:
+    def _rows(self) -> Iterator[Union[Rows, BadRows]]:
+        """This rank's (and DataLoader worker's) batches as decoded rows; a
+        :class:`BadRows` in place of the first batch whose window held a bad row."""
         info = get_worker_info()
         lo, hi = self.worker_range(*((0, 1) if info is None else (info.id, info.num_workers)))
         if lo >= hi:
@@ -402,7 +484,7 @@ class ParquetBatchReader(IterableDataset):
         windows = self._plan()
         starts = np.array([w.start for w in windows], np.int64)
         files: Dict[int, pq.ParquetFile] = {}
-        cache: Dict[int, Rows] = {}  # decoded windows the next span may still need
+        cache: Dict[int, _Decoded] = {}  # decoded windows the next span may still need
         step = self.batch_size * self.world_size
 
         def overlapping(a: int, z: int) -> Iterator[int]:
@@ -413,17 +495,18 @@ class ParquetBatchReader(IterableDataset):
                 i += 1
 
         for k in range(lo, hi):
-            # decode every window of the whole global batch, not only this rank's slice,
-            # so that a bad row stops every rank at the same step
-            g0, g1 = k * step, min((k + 1) * step, self.num_rows)
-            for i in overlapping(g0, g1):
-                if i not in cache:
-                    cache[i] = self._read_window(files, windows[i])
             a, z = self._span(k)
             parts = []
             for i in overlapping(a, z):
                 w = windows[i]
-                parts.append(cache[i].slice(max(a, w.start) - w.start, min(z, w.start + w.num_rows) - w.start))
+                if i not in cache:
+                    try:
+                        cache[i] = self._decode_window(files, w, lo, hi)
+                    except DataError as e:
+                        yield BadRows(str(e))
+                        return
+                parts.append(cache[i].take(max(a, w.start), min(z, w.start + w.num_rows)))
+            g1 = min((k + 1) * step, self.num_rows)
             for j in [j for j in cache if windows[j].start + windows[j].num_rows <= g1]:
                 del cache[j]
             yield Rows.concat(parts)
@@ -434,9 +517,9 @@ class _PackedStream(IterableDataset):
         super().__init__()
         self.reader = reader
 
-    def __iter__(self) -> Iterator[Packed]:
+    def __iter__(self) -> Iterator[Union[Packed, BadRows]]:
         for rows in self.reader._rows():
-            yield Packed.of(rows)
+            yield rows if isinstance(rows, BadRows) else Packed.of(rows)
 
 
 def _identity(x: Any) -> Any:
@@ -461,4 +544,6 @@ class WorkerLoader:
         dl = DataLoader(_PackedStream(self.reader), batch_size=None, num_workers=self.num_workers,
                         collate_fn=_identity, **self.kwargs)
         for packed in dl:
+            agree(packed if isinstance(packed, BadRows) else None, self.reader.group)
+            assert isinstance(packed, Packed)
             yield packed.to_batch(self.reader.schema)

@@ -74,6 +74,9 @@ class DistEnv:
     local_world_size: int
     device: torch.device
     backend: str
+    # with several ranks, a gloo group of all of them for the data readers' agreement on
+    # bad rows (kept apart from the default group, which TorchRec's collectives use)
+    data_group: Optional[dist.ProcessGroup] = None
 
     @property
     def is_main(self) -> bool:
@@ -123,7 +126,20 @@ def init_distributed(cfg: DistConfig, device: str = "auto") -> DistEnv:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     else:
         dist.init_process_group(backend, timeout=timeout)
-    return DistEnv(rank, world, local_rank, local_world, compute, backend)
+    return DistEnv(rank, world, local_rank, local_world, compute, backend, _data_group(world, timeout))
+
+
+_DATA_GROUP: List[Tuple[object, dist.ProcessGroup]] = []  # (the default group it belongs to, the group)
+
+
+def _data_group(world: int, timeout: datetime.timedelta) -> Optional[dist.ProcessGroup]:
+    """A gloo group of every rank (collective: all ranks call it), made once per default
+    group; ``None`` on one rank."""
+    if world == 1:
+        return None
+    if not (_DATA_GROUP and _DATA_GROUP[0][0] is dist.group.WORLD):
+        _DATA_GROUP[:] = [(dist.group.WORLD, dist.new_group(backend="gloo", timeout=timeout))]
+    return _DATA_GROUP[0][1]
 
 
 # --------------------------------------------------------------------------- optimizers

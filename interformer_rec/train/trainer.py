@@ -156,6 +156,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
 
+    def batches(self, reader: ParquetBatchReader) -> Iterator[Batch]:
+        """``reader``'s batches, decoded by ``data.num_workers`` DataLoader workers."""
+        d = self.cfg.data
+        if not d.num_workers:
+            return iter(reader)
+        return iter(reader.loader(d.num_workers, prefetch_factor=d.prefetch_factor, persistent_workers=False))
+
     def reader(self, split: str, train: bool, start_batch: int = 0) -> ParquetBatchReader:
         d = self.cfg.data
         path = getattr(d, split)
@@ -171,6 +178,7 @@ class Trainer:
             world_size=self.env.world_size,
             start_batch=start_batch,
             length_buckets=d.length_buckets,
+            group=self.env.data_group,
         )
 
     def _progress(
@@ -307,7 +315,7 @@ class Trainer:
         reader = self.reader("train", train=True, start_batch=min(self.step_in_epoch, total))
         reader.set_epoch(epoch)
         steps = max(total - self.step_in_epoch, 0)
-        it: Iterator[Batch] = itertools.islice(iter(reader), steps)
+        it: Iterator[Batch] = itertools.islice(self.batches(reader), steps)
         stats = self._epoch_stats
         stats.setdefault("rows", 0)
         stats.setdefault("seconds", 0.0)
@@ -383,7 +391,7 @@ class Trainer:
         self.dmp.eval()
         reader = self.reader(split, train=False)
         logits, labels, groups = [], [], []
-        for _, lg, lb, gr in self._progress(iter(reader), len(reader), split):
+        for _, lg, lb, gr in self._progress(self.batches(reader), len(reader), split):
             logits.append(lg)
             labels.append(lb)
             groups.append(gr)
