@@ -7,8 +7,7 @@ and the predictor import neither torchrec nor the training stack: about 300 MB o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import List, Sequence, Union
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -116,21 +115,3 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
-
-
-def resolve_paths(paths: Union[str, Path, Sequence[Union[str, Path]]]) -> List[Path]:
-    """Files of ``paths``: a Parquet file, a directory (its ``*.parquet``, sorted) or a
-    list of either, in the order given."""
-    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    files: List[Path] = []
-    for item in map(Path, items):
-        if item.is_dir():
-            found = sorted(item.glob("*.parquet"))
-            if not found:
-                raise DataError(f"{item}: directory holds no *.parquet files")
-            files += found
-        elif item.exists():
-            files.append(item)
-        else:
-            raise DataError(f"{item}: no such file or directory")
-    return files

@@ -218,9 +218,13 @@ class DataConfig(Checked):
     each split) and what its columns mean."""
 
     schema: Schema
+    # each split: a file, a folder (recursive; hive partitions), a glob or a URI
+    # (s3://, gs://, hdfs://, ...; see data.sources)
     train: str
     valid: str
     test: Optional[str] = None
+    # per split, the hive partitions read: [[column, op, value], ...], all must hold
+    filters: Dict[str, List[List[Any]]] = field(default_factory=dict)
     synthetic: Optional[SyntheticConfig] = None
     shuffle_row_groups: bool = True
     # batches of similar history length within each shuffle window (data.reader), for
@@ -236,6 +240,14 @@ class DataConfig(Checked):
         "non_negative": ("num_workers",),
         "positive": ("prefetch_factor",),
     }
+
+    def validate(self) -> None:
+        super().validate()
+        for split, conditions in self.filters.items():
+            require(split in ("train", "valid", "test"), f"data.filters.{split}", conditions, "splits are train, valid, test")
+            for c in conditions:
+                require(len(c) == 3 and isinstance(c[0], str), f"data.filters.{split}", conditions,
+                        "each condition is [column, op, value]")
 
 
 # --------------------------------------------------------------------------- models

@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 
 from interformer_rec.arrays import DataError, Jagged, _row_of, splitmix64
 from interformer_rec.config import Schema
+from interformer_rec.data.sources import open_input
 
 if TYPE_CHECKING:
     import torch
@@ -216,9 +217,10 @@ class Rows:
 
 
 def open_parquet(path: Union[str, Path]) -> pq.ParquetFile:
-    """``path`` opened as Parquet; an unreadable file is a :class:`DataError`."""
+    """``path`` (a local path or a URI, :mod:`~interformer_rec.data.sources`) opened as
+    Parquet; an unreadable file is a :class:`DataError`."""
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(open_input(path))
     except (pa.ArrowException, OSError) as e:
         raise InFile(str(path)).error(f"not a readable Parquet file ({e})") from None
 

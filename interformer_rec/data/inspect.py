@@ -27,7 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from interformer_rec.arrays import DataError, resolve_paths, splitmix64
+from interformer_rec.arrays import DataError, splitmix64
+from interformer_rec.data.sources import resolve_paths
 from interformer_rec.config import Schema
 from interformer_rec.data.decode import InFile, Paths, decode_table, open_parquet
 

@@ -84,7 +84,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from interformer_rec.arrays import DataError, resolve_paths, splitmix64  # noqa: F401 - re-exported
+from interformer_rec.arrays import DataError, splitmix64  # noqa: F401 - re-exported
+from interformer_rec.data.sources import Filters, resolve_paths
 from interformer_rec.config import Schema
 from interformer_rec.data.batch import Batch
 from interformer_rec.data.decode import InFile, Paths, Rows, check_columns, decode_table, open_parquet
@@ -101,12 +102,12 @@ def validate_file(path: Union[str, Path], schema: Schema) -> pq.ParquetFile:
     return pf
 
 
-def count_rows(paths: Paths) -> int:
+def count_rows(paths: Paths, filters: Optional[Filters] = None) -> int:
     """Number of rows of ``paths``, from the Parquet metadata only."""
-    return sum(open_parquet(p).metadata.num_rows for p in resolve_paths(paths))
+    return sum(open_parquet(p).metadata.num_rows for p in resolve_paths(paths, filters))
 
 
-def oracle_auc(paths: Paths, schema: Schema) -> Dict[str, float]:
+def oracle_auc(paths: Paths, schema: Schema, filters: Optional[Filters] = None) -> Dict[str, float]:
     """AUC of each oracle column (the true probability: ``schema.oracle`` for the first
     label, ``schema.task_oracles`` for others) against its label: the ceiling no model
     can beat on this data. ``{label: AUC}``, the first label first."""
@@ -117,7 +118,7 @@ def oracle_auc(paths: Paths, schema: Schema) -> Dict[str, float]:
     pairs = {schema.labels[0]: schema.oracle, **schema.task_oracles}
     columns = [*pairs, *pairs.values()]
     parts: Dict[str, list] = {c: [] for c in columns}
-    for path in resolve_paths(paths):
+    for path in resolve_paths(paths, filters):
         pf = open_parquet(path)
         for name in columns:
             if name not in pf.schema_arrow.names:
@@ -264,7 +265,8 @@ class ParquetBatchReader(IterableDataset):
     bad-input policy and how rows are shared between ranks.
 
     Args:
-        paths: a Parquet file, a directory of ``*.parquet`` (sorted), or a list of them.
+        paths: a Parquet file, a folder, a glob or a URI, or a list of them
+            (:mod:`~interformer_rec.data.sources`).
         schema: the columns' roles.
         batch_size: rows per batch on this rank.
         shuffle: permute row groups and rows within windows, from ``(seed, epoch)``.
@@ -280,6 +282,8 @@ class ParquetBatchReader(IterableDataset):
             longest history holds few padded steps.
         group: the process group on which the ranks agree about bad rows (a CPU
             group, e.g. gloo); ``None``: a rank raises only the errors of its own rows.
+        filters: the hive partitions of folders to read (``[[column, op, value], ...]``,
+            :mod:`~interformer_rec.data.sources`).
 
     Use it directly or through ``DataLoader(reader, batch_size=None, num_workers=N)``
     (the workers share the epoch's batches, see the module docstring).
@@ -300,6 +304,7 @@ class ParquetBatchReader(IterableDataset):
         start_batch: int = 0,
         length_buckets: bool = False,
         group: Optional[dist.ProcessGroup] = None,
+        filters: Optional[Filters] = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -320,7 +325,7 @@ class ParquetBatchReader(IterableDataset):
         self.length_buckets = length_buckets and bool(schema.sequence)
         self.group = group
         self.epoch = 0
-        self.files = resolve_paths(paths)
+        self.files = resolve_paths(paths, filters)
         self.columns = columns_of(schema)
         self.row_groups: List[_RowGroup] = []
         for i, path in enumerate(self.files):

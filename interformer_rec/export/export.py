@@ -285,15 +285,16 @@ def _versions() -> Dict[str, str]:
     return out
 
 
-def _heldout_paths(cfg: Config, data: Optional[Sequence[Path | str]]) -> List[Path]:
+def _heldout_paths(cfg: Config, data: Optional[Sequence[Path | str]]) -> List[str]:
     """Parquet files of ``data``, else of the config's test split, else its valid split."""
-    from interformer_rec.data.reader import resolve_paths
+    from interformer_rec.data.sources import exists, resolve_paths
 
     if data:
-        return resolve_paths([Path(p) for p in data])
-    for split in (cfg.data.test, cfg.data.valid):
-        if split and Path(split).exists():
-            return resolve_paths(split)
+        return resolve_paths([str(p) for p in data])
+    for split in ("test", "valid"):
+        path = getattr(cfg.data, split)
+        if path and exists(path):
+            return resolve_paths(path, cfg.data.filters.get(split))
     return []
 
 

@@ -4,12 +4,12 @@ plain tensors, :data:`Inputs`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from torch import Tensor
 
+from interformer_rec.data.sources import open_input
 from interformer_rec.export.manifest import ExportError
 from interformer_rec.serving.features import Encoded, FeatureSpec, Jagged, encode_table
 
@@ -83,7 +83,7 @@ def example_inputs(spec: FeatureSpec, n: int = 8, seed: int = 0) -> Inputs:
     raise ExportError("could not draw example inputs with distinct sizes")
 
 
-def read_encoded(spec: FeatureSpec, paths: Sequence[Path], max_rows: int) -> Tuple[Encoded, Optional[np.ndarray]]:
+def read_encoded(spec: FeatureSpec, paths: Sequence[str], max_rows: int) -> Tuple[Encoded, Optional[np.ndarray]]:
     """Up to ``max_rows`` rows of Parquet ``paths`` (row group by row group) and their
     labels (``[n, tasks]``, ``None`` if a label column is missing)."""
     import pyarrow.parquet as pq
@@ -93,7 +93,7 @@ def read_encoded(spec: FeatureSpec, paths: Sequence[Path], max_rows: int) -> Tup
     have_labels = True
     rows = 0
     for path in paths:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(open_input(path))
         row0 = 0
         for g in range(pf.num_row_groups):
             if rows >= max_rows:

@@ -23,7 +23,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 import torch
 
-from interformer_rec.arrays import DataError, resolve_paths
+from interformer_rec.arrays import DataError
+from interformer_rec.data.sources import is_uri, open_input, resolve_paths
 from interformer_rec.export.manifest import MANIFEST, PACKAGE, SCHEMA, ModelDirError, read_manifest
 from interformer_rec.ops.metrics import auc, logloss
 from interformer_rec.serving.features import (
@@ -180,7 +181,7 @@ class Predictor:
 
         files = _parquet_files(paths)
         if out is not None:
-            inputs = {f.resolve() for f in files}
+            inputs = {Path(f).resolve() for f in files if not is_uri(f)}
             for target in (Path(out), Path(f"{out}.tmp")):
                 if target.resolve() in inputs:
                     raise InputError(f"--out {out}: would overwrite the input {target}; write the scores elsewhere")
@@ -274,14 +275,14 @@ class Predictor:
             for i, t in enumerate(self.tasks)
         }
 
-    def _open(self, path: Path, keep: Sequence[str]) -> Any:
+    def _open(self, path: str, keep: Sequence[str]) -> Any:
         """``pq.ParquetFile`` of ``path``, which must hold the features and ``keep``."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowException, OSError) as e:
+            pf = pq.ParquetFile(open_input(path))
+        except (pa.ArrowException, OSError, DataError) as e:
             raise InputError(f"{path}: not a readable Parquet file ({e})") from None
         missing = [c for c in self.spec.feature_names + list(keep) if c not in pf.schema_arrow.names]
         if missing:
@@ -289,7 +290,7 @@ class Predictor:
         return pf
 
 
-def _parquet_files(paths: Sequence[Path | str] | Path | str) -> List[Path]:
+def _parquet_files(paths: Sequence[Path | str] | Path | str) -> List[str]:
     try:
         return resolve_paths(paths)
     except DataError as e:

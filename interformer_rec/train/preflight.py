@@ -42,7 +42,7 @@ def check_splits(cfg: Config, num_batches: Callable[[str], int], global_batch: i
         from interformer_rec.data.reader import count_rows
 
         raise DataError(
-            f"data.train={cfg.data.train}: {count_rows(cfg.data.train)} rows, fewer than one global batch "
+            f"data.train={cfg.data.train}: {count_rows(cfg.data.train, cfg.data.filters.get('train'))} rows, fewer than one global batch "
             f"of {global_batch} (train.batch_size x ranks): nothing to train on"
         )
     return steps

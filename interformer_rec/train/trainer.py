@@ -179,6 +179,7 @@ class Trainer:
             start_batch=start_batch,
             length_buckets=d.length_buckets,
             group=self.env.data_group,
+            filters=d.filters.get(split),
         )
 
     def _progress(
@@ -473,7 +474,7 @@ class Trainer:
         schema = self.cfg.data.schema
         if schema.oracle:
             split = "test" if self.cfg.data.test else "valid"
-            oracles = oracle_auc(getattr(self.cfg.data, split), schema)
+            oracles = oracle_auc(getattr(self.cfg.data, split), schema, self.cfg.data.filters.get(split))
             result["oracle_auc"] = oracles[schema.labels[0]]
             if len(oracles) > 1:
                 result.update({f"oracle_auc/{task}": v for task, v in oracles.items()})
