@@ -335,7 +335,7 @@ def test_package_and_predictor_load_without_torchrec(tmp_path_factory, tmp_path)
             from interformer_rec.serving.predictor import Predictor
             got = Predictor(d).predict_rows(spec["rows"])[:, 0].tolist()
             assert max(abs(a - b) for a, b in zip(got, want)) < 1e-6, (got, want)
-        light = ("interformer_rec.data", "interformer_rec.data.decode")  # the shared, torch-free decode path
+        light = ("interformer_rec.data", "interformer_rec.data.decode", "interformer_rec.data.sources")  # torch-free
         heavy = [m for m in sys.modules if m.split(".")[0] in ("torchrec", "fbgemm_gpu")
                  or m.startswith(("interformer_rec.models", "interformer_rec.train", "interformer_rec.data"))
                  and m not in light]
