@@ -8,10 +8,12 @@ component runs here and on any torchx scheduler::
     torchx run --scheduler local_cwd launchers/components.py:train \\
         --nproc_per_node 2 --config configs/synthetic.yaml -- train.epochs=1
 
-    # a Kubernetes cluster (Volcano; CUDA, nccl): 8 hosts x 8 GPUs, an image with this package
-    torchx run --scheduler kubernetes -cfg queue=default,namespace=recsys \\
+    # a Kubernetes cluster (Volcano; CUDA, nccl): 8 hosts x 8 GPUs, the image of
+    # launchers/Dockerfile, checkpoints on a shared volume (a PersistentVolumeClaim)
+    torchx run --workspace "" --scheduler kubernetes -cfg queue=default,namespace=recsys \\
         launchers/components.py:train --nnodes 8 --nproc_per_node 8 --gpu 8 --cpu 64 \\
         --memMB 480000 --image registry.example.com/interformer-rec:latest \\
+        --mounts type=volume,src=ckpt-pvc,dst=/mnt/ckpt \\
         --max_retries 3 --config configs/synthetic.yaml -- train.out_dir=/mnt/ckpt/run1
 
     # Slurm: the same flags, with --scheduler slurm -cfg partition=gpu,time=12:00:00
@@ -29,7 +31,9 @@ from typing import Dict, List, Optional
 import torchx.specs as specs
 from torchx.components import dist
 
-DEFAULT_IMAGE = "ghcr.io/pytorch/torchx:0.7.0"  # local_cwd ignores it; set yours on a cluster
+# the image launchers/Dockerfile builds (docker build -f launchers/Dockerfile -t interformer-rec:latest .);
+# on a cluster, pass the registry path you pushed it to; local_cwd ignores it
+DEFAULT_IMAGE = "interformer-rec:latest"
 
 
 def _sets(overrides: tuple) -> List[str]:
