@@ -4,30 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, List, Optional
 
 from interformer_rec.config import ConfigError, load_config
-
-
-# Libraries that warn and log a lot on CPU (sharding plans, fbgemm kernels, FX tracing).
-# (torch sets the level of some of its child loggers itself: they are named too.)
-THIRD_PARTY = ("torch", "torch.fx", "torch.distributed", "torchrec", "fbgemm_gpu", "torchx", "tensordict", "torchmetrics")
-
-
-def _quiet() -> None:
-    """Keep the console readable: Python warnings (raised by the libraries, often at the
-    project's call sites) are dropped and third-party loggers show errors only; the
-    project's own messages are log lines (``interformer_rec.*``, INFO and above) and
-    still reach the user."""
-    warnings.filterwarnings("ignore")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("interformer_rec").setLevel(logging.INFO)
-    for name in THIRD_PARTY:
-        logging.getLogger(name).setLevel(logging.ERROR)
+from interformer_rec.console import quiet
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -265,7 +247,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         from interformer_rec.train.evaluate import main as evaluate
 
         return evaluate(argv[1:])
-    _quiet()
+    quiet()
     args = build_parser().parse_args(argv)
     from interformer_rec.arrays import DataError  # torch-free: predict/serve stay light
 

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from interformer_rec.cli import _quiet, main
+from interformer_rec.cli import main
+from interformer_rec.console import quiet
 
 
 def test_quiet_keeps_project_log_lines_and_drops_third_party(caplog: pytest.LogCaptureFixture) -> None:
     with warnings.catch_warnings(record=True) as seen:
-        _quiet()
+        quiet()
         warnings.warn("ShardedTensor is deprecated", FutureWarning)
     assert seen == []
 

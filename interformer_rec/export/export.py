@@ -52,7 +52,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from interformer_rec.config import Config, config_from_dict
 from interformer_rec.export.inputs import example_inputs, read_encoded
-from interformer_rec.export.manifest import (
+from interformer_rec.serving.manifest import (
     EXPORT_FILES,
     KJT_PROGRAM,
     MANIFEST,

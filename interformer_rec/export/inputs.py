@@ -10,7 +10,7 @@ import numpy as np
 from torch import Tensor
 
 from interformer_rec.data.sources import open_input
-from interformer_rec.export.manifest import ExportError
+from interformer_rec.serving.manifest import ExportError
 from interformer_rec.serving.features import Encoded, FeatureSpec, Jagged, encode_table
 
 # dense [B, n_dense], sparse_values [V_s], sparse_lengths [n_pooled, B],

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from interformer_rec.export.inputs import random_encoded, with_sequences
-from interformer_rec.export.manifest import ExportError
+from interformer_rec.serving.manifest import ExportError
 from interformer_rec.serving.features import Encoded, FeatureSpec
 
 

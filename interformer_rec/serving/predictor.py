@@ -25,7 +25,7 @@ import torch
 
 from interformer_rec.arrays import DataError
 from interformer_rec.data.sources import is_uri, open_input, resolve_paths
-from interformer_rec.export.manifest import MANIFEST, PACKAGE, SCHEMA, ModelDirError, read_manifest
+from interformer_rec.serving.manifest import MANIFEST, PACKAGE, SCHEMA, ModelDirError, read_manifest
 from interformer_rec.ops.metrics import auc, logloss
 from interformer_rec.serving.features import (
     Encoded,

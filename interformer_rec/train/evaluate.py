@@ -21,9 +21,9 @@ from interformer_rec.config import ConfigError, load_config
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from interformer_rec.cli import _quiet
+    from interformer_rec.console import quiet
 
-    _quiet()
+    quiet()
     p = argparse.ArgumentParser(prog="python -m interformer_rec.train.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True)
     p.add_argument("--checkpoint", help="checkpoint dir, or a checkpoints dir / run dir (its `best`)")

@@ -1,6 +1,8 @@
-"""The files of an export directory and its ``manifest.json``, checked before anything
-in the directory is loaded, and the errors of exporting and loading. Torch-free: the
-exporter writes these, the predictor reads them.
+"""The contract between export and serving: the files of an export directory and its
+``manifest.json``, checked before anything in the directory is loaded, and the errors of
+exporting and loading. With :mod:`~interformer_rec.serving.features` (the feature spec
+and the request encoding) it is all that the exporter and the predictor share; the
+serving package imports nothing from the export package. Torch-free.
 """
 
 from __future__ import annotations
