@@ -30,6 +30,7 @@ SAME_WORKER = {
 HEAVIEST_FIRST = [
     "tests/test_export.py",  # ~250 s: 3 packages compiled, test_serve.py's included
     "tests/test_multitask.py",  # ~110 s: a two-task model trained, exported (AOTI) and served
+    "tests/test_readme_api.py",  # ~90 s: the README's Python block: train, export (AOTI), score
     "tests/test_your_log.py",  # ~65 s: the README's path, its export included
     "tests/test_sequence_floats.py",  # ~60 s: five torch.exports
     "tests/test_gpu_check.py",  # ~60 s
