@@ -114,7 +114,7 @@ def _vm(key):
 CONVERT = VM + """
 import json, sys, time
 from pathlib import Path
-import interformer_rec.data.{module} as m
+import interformer_rec.data.converters.{module} as m
 base = _vm("VmRSS")
 t = time.perf_counter()
 s = m.{fn}(Path(sys.argv[1]), Path(sys.argv[2]){extra})

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from planted import metrics_of, model_logits, write_report
 
 from interformer_rec.config import load_config
-from interformer_rec.data.movielens import NUM_ITEMS, NUM_USERS
+from interformer_rec.data.converters.movielens import NUM_ITEMS, NUM_USERS
 from interformer_rec.export.export import load_model
 
 ROOT = Path(__file__).resolve().parents[1]

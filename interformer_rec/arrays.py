@@ -15,7 +15,7 @@ import pyarrow as pa
 
 class DataError(ValueError):
     """Input data that breaks the schema or the bad-input policy of the reader
-    (``data/decode.py``) or of a converter (``data/convert.py``)."""
+    (``data/decode.py``) or of a converter (``data/converters/convert.py``)."""
 
 
 class ConversionError(DataError):

@@ -29,7 +29,7 @@ CONVERT_FORMATS = ["movielens", "criteo", "taobao", "taobao_fuxictr", "amazon", 
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from interformer_rec.data.convert import BadRowPolicy
+    from interformer_rec.data.converters.convert import BadRowPolicy
 
     raw = [Path(p) for p in args.raw]
     out = Path(args.out)
@@ -38,36 +38,36 @@ def cmd_convert(args: argparse.Namespace) -> int:
               valid_frac=args.valid_frac or 0.0, test_frac=args.test_frac or 0.0)
     max_len = 50 if args.max_len is None else args.max_len  # movielens, amazon_reviews
     if args.format == "movielens":
-        from interformer_rec.data.movielens import convert_movielens
+        from interformer_rec.data.converters.movielens import convert_movielens
 
         if len(raw) != 1:
             raise ConfigError("convert movielens: --raw takes one directory")
         summary = convert_movielens(raw[0], out, max_len=max_len, corating_dim=args.corating_dim)
     elif args.format == "criteo":
-        from interformer_rec.data.criteo import convert_criteo
+        from interformer_rec.data.converters.criteo import convert_criteo
 
         summary = convert_criteo(raw, out, min_fields=args.min_fields, **kw)
     elif args.format == "taobao":
-        from interformer_rec.data.taobao import convert_taobao_dmr
+        from interformer_rec.data.converters.taobao import convert_taobao_dmr
 
         summary = convert_taobao_dmr(raw, out, **kw)
     elif args.format == "taobao_fuxictr":
-        from interformer_rec.data.taobao import convert_taobao_fuxictr
+        from interformer_rec.data.converters.taobao import convert_taobao_fuxictr
 
         summary = convert_taobao_fuxictr(raw, out, **kw)
     elif args.format == "amazon":
-        from interformer_rec.data.amazon import convert_amazon_din
+        from interformer_rec.data.converters.amazon import convert_amazon_din
 
         summary = convert_amazon_din(raw, out, **kw)
     elif args.format == "amazon_reviews":
-        from interformer_rec.data.amazon import build_amazon_din
+        from interformer_rec.data.converters.amazon import build_amazon_din
 
         if len(raw) != 1 or not args.meta:
             raise ConfigError("convert amazon_reviews: --raw REVIEWS.json --meta META.json")
         summary = build_amazon_din(raw[0], Path(args.meta), out, max_len=max_len,
                                    seed=args.seed, policy=policy, row_group_size=args.row_group_size)
     elif args.format == "amazon_grocery":
-        from interformer_rec.data.grocery import convert_amazon_grocery
+        from interformer_rec.data.converters.grocery import convert_amazon_grocery
 
         if len(raw) != 1:
             raise ConfigError("convert amazon_grocery: --raw takes one directory (train.csv, item_meta.csv)")
@@ -78,7 +78,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             policy=policy, row_group_size=args.row_group_size,
         )
     elif args.format == "s3rec":
-        from interformer_rec.data.s3rec import convert_s3rec
+        from interformer_rec.data.converters.s3rec import convert_s3rec
 
         if len(raw) != 1:
             raise ConfigError("convert s3rec: --raw takes one directory (<name>.txt, <name>_item2attributes.json)")

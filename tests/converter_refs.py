@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from interformer_rec.data.amazon import DIN_NUM_CATS, DIN_NUM_ITEMS
-from interformer_rec.data.convert import BadRowPolicy
-from interformer_rec.data.criteo import convert_criteo
-from interformer_rec.data.taobao import DMR_SIZES
+from interformer_rec.data.converters.amazon import DIN_NUM_CATS, DIN_NUM_ITEMS
+from interformer_rec.data.converters.convert import BadRowPolicy
+from interformer_rec.data.converters.criteo import convert_criteo
+from interformer_rec.data.converters.taobao import DMR_SIZES
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT.parent / "shared" / "data" / "samples"

@@ -36,19 +36,19 @@ from converter_refs import (
 )
 
 from interformer_rec.config import load_config
-from interformer_rec.data import convert as convert_mod
-from interformer_rec.data.amazon import (
+from interformer_rec.data.converters import convert as convert_mod
+from interformer_rec.data.converters.amazon import (
     build_amazon_din,
     convert_amazon_din,
 )
-from interformer_rec.data.convert import BadRowPolicy, ConversionError
-from interformer_rec.data.criteo import convert_criteo
+from interformer_rec.data.converters.convert import BadRowPolicy, ConversionError
+from interformer_rec.data.converters.criteo import convert_criteo
 from interformer_rec.data.reader import ParquetBatchReader
-from interformer_rec.data.taobao import (
+from interformer_rec.data.converters.taobao import (
     convert_taobao_dmr,
     convert_taobao_fuxictr,
 )
-from interformer_rec.data.text import read_blocks
+from interformer_rec.data.converters.text import read_blocks
 
 # --------------------------------------------------------------------------- samples
 
@@ -168,7 +168,7 @@ def _corrupt_criteo(tmp_path: Path) -> Path:
 @needs_samples
 def test_bad_rows_are_counted_reported_and_skipped(tmp_path: Path, caplog) -> None:
     p = _corrupt_criteo(tmp_path)
-    with caplog.at_level("WARNING", logger="interformer_rec.data.convert"):
+    with caplog.at_level("WARNING", logger="interformer_rec.data.converters.convert"):
         s = convert_criteo_stripped(p, tmp_path / "out", policy=BadRowPolicy(max_bad_rows=4, max_bad_fraction=0.1))
     assert s["bad_rows"] == 4 and s["outputs"]["bad"]["rows"] == 46
     report = (tmp_path / "out" / "bad_rows.txt").read_text().splitlines()

@@ -28,14 +28,14 @@ from converter_refs import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from interformer_rec.data.amazon import (
+from interformer_rec.data.converters.amazon import (
     DIN_NUM_CATS,
     DIN_NUM_ITEMS,
     convert_amazon_din,
 )
-from interformer_rec.data.convert import BadRowPolicy
-from interformer_rec.data.criteo import convert_criteo
-from interformer_rec.data.taobao import (
+from interformer_rec.data.converters.convert import BadRowPolicy
+from interformer_rec.data.converters.criteo import convert_criteo
+from interformer_rec.data.converters.taobao import (
     convert_taobao_dmr,
 )
 
@@ -177,7 +177,7 @@ tokens = st.lists(
 @given(tokens)
 def test_parse_int_and_hex_match_a_regex_reference(ts) -> None:
     """The vectorised (SWAR) number parsers against Python's int() behind a strict regex."""
-    from interformer_rec.data.text import parse_hex, parse_int
+    from interformer_rec.data.converters.text import parse_hex, parse_int
 
     buf, s, e = _spans(ts)
     v, ok, empty = parse_int(buf, s, e)

@@ -18,9 +18,9 @@ import pytest
 
 from interformer_rec.cli import main
 from interformer_rec.config import load_config
-from interformer_rec.data.amazon import _negatives
-from interformer_rec.data.convert import BadRowPolicy, ConversionError
-from interformer_rec.data.grocery import GROCERY_TABLES, convert_amazon_grocery
+from interformer_rec.data.converters.amazon import _negatives
+from interformer_rec.data.converters.convert import BadRowPolicy, ConversionError
+from interformer_rec.data.converters.grocery import GROCERY_TABLES, convert_amazon_grocery
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "amazon_grocery"

@@ -9,7 +9,7 @@ import pytest
 
 from interformer_rec.config import load_config
 from interformer_rec.data.corating import corating_embeddings
-from interformer_rec.data.movielens import NUM_ITEMS, NUM_USERS, convert_movielens
+from interformer_rec.data.converters.movielens import NUM_ITEMS, NUM_USERS, convert_movielens
 from interformer_rec.data.reader import ParquetBatchReader
 
 ROOT = Path(__file__).parents[1]

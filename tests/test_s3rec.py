@@ -13,9 +13,9 @@ import pytest
 
 from interformer_rec.cli import main
 from interformer_rec.config import load_config
-from interformer_rec.data.convert import BadRowPolicy, ConversionError
+from interformer_rec.data.converters.convert import BadRowPolicy, ConversionError
 from interformer_rec.data.reader import ParquetBatchReader
-from interformer_rec.data.s3rec import ARROW_SCHEMA, convert_s3rec
+from interformer_rec.data.converters.s3rec import ARROW_SCHEMA, convert_s3rec
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "amazon_beauty"

@@ -222,7 +222,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     """
     import re, sys
     from pathlib import Path
-    from interformer_rec.data.criteo import convert_criteo
+    from interformer_rec.data.converters.criteo import convert_criteo
     from config_schemas import config_schema
     from interformer_rec.data.reader import ParquetBatchReader
 

@@ -51,7 +51,7 @@ from interformer_rec.config import (
     SyntheticConfig,
     TableConfig,
 )
-from interformer_rec.data.convert import write_table_atomic
+from interformer_rec.data.converters.convert import write_table_atomic
 from interformer_rec.data.reader import oracle_auc
 
 LABEL = "click"

@@ -12,7 +12,7 @@ Raw files (``raw_dir``)
 ``<name>`` is found from the one ``*_item2attributes.json`` in ``raw_dir`` (or given).
 A *bad row* of the log (a line with fewer than two ids, an id that is not a decimal
 integer or is below 1, a user id on a second line) falls under the
-:class:`~interformer_rec.data.convert.BadRowPolicy` (``file:line: reason`` in
+:class:`~interformer_rec.data.converters.convert.BadRowPolicy` (``file:line: reason`` in
 ``<out_dir>/bad_rows.txt``, skipped, never repaired; past the threshold nothing is
 written). An attribute file that is not a JSON object of integer lists is a
 :class:`ConversionError`.
@@ -34,7 +34,7 @@ Each user's items in file order are events ``k = 0 .. n-1``. Every event gives t
 rows, written one after the other: the positive (``label`` 1, target = the event's
 item) and a negative (``label`` 0, target drawn uniformly from the items of the log the
 user never reviewed; one ``numpy.random.default_rng(seed)`` generator, rejection
-sampling as :func:`interformer_rec.data.amazon._negatives`), with the same user and
+sampling as :func:`interformer_rec.data.converters.amazon._negatives`), with the same user and
 history: the user's events ``0..k-1``, the most recent ``max_len`` of them, oldest
 first, with their brands and categories as parallel lists; ``log_hist_len`` is
 ``log(1 + k)`` (the untruncated length; the log has no other dense feature).
@@ -55,9 +55,9 @@ import numpy as np
 import pyarrow as pa
 
 from interformer_rec.arrays import ConversionError, Jagged, gather, list_array
-from interformer_rec.data.amazon import _negatives
-from interformer_rec.data.convert import AtomicParquetWriter, BadRowPolicy, BadRows, PathLike
-from interformer_rec.data.text import parse_int_lists, read_blocks
+from interformer_rec.data.converters.amazon import _negatives
+from interformer_rec.data.converters.convert import AtomicParquetWriter, BadRowPolicy, BadRows, PathLike
+from interformer_rec.data.converters.text import parse_int_lists, read_blocks
 
 ARROW_SCHEMA = pa.schema(
     [

@@ -60,7 +60,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from interformer_rec.arrays import ConversionError, Jagged, list_array
-from interformer_rec.data.convert import (
+from interformer_rec.data.converters.convert import (
     BadRowPolicy,
     Parsed,
     PathLike,
@@ -68,7 +68,7 @@ from interformer_rec.data.convert import (
     TextFormat,
     convert_text,
 )
-from interformer_rec.data.text import (
+from interformer_rec.data.converters.text import (
     Block,
     equals,
     parse_float,
@@ -212,7 +212,7 @@ def convert_taobao_dmr(
     **kw: Any,
 ) -> Dict[str, Any]:
     """Convert DMR-format Alimama file(s) (see the module docstring); keywords as in
-    :func:`~interformer_rec.data.convert.convert_text`."""
+    :func:`~interformer_rec.data.converters.convert.convert_text`."""
     return convert_text(DMRFormat(), inputs, out_dir, policy=policy, **kw)
 
 
@@ -347,5 +347,5 @@ def convert_taobao_fuxictr(
     **kw: Any,
 ) -> Dict[str, Any]:
     """Convert FuxiCTR Taobao CSV file(s) (see the module docstring); keywords as in
-    :func:`~interformer_rec.data.convert.convert_text`."""
+    :func:`~interformer_rec.data.converters.convert.convert_text`."""
     return convert_text(FuxiCTRFormat(), inputs, out_dir, policy=policy, **kw)

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from interformer_rec.arrays import Jagged, ages_in_days, gather, list_array
-from interformer_rec.data.convert import write_table_atomic
+from interformer_rec.data.converters.convert import write_table_atomic
 from interformer_rec.data.corating import corating_embeddings
 
 NUM_USERS = 944  # ids 1..943

@@ -24,7 +24,7 @@ Columns written, as DLRM / TorchRec preprocess Criteo:
 
 Bad rows (more than 40 or fewer than ``min_fields`` fields, a malformed number or hash,
 a missing or non-binary label) are skipped, counted and reported under the
-:class:`~interformer_rec.data.convert.BadRowPolicy` (see ``convert.py``).
+:class:`~interformer_rec.data.converters.convert.BadRowPolicy` (see ``convert.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import numpy as np
 import pyarrow as pa
 
-from interformer_rec.data.convert import (
+from interformer_rec.data.converters.convert import (
     BadRowPolicy,
     Parsed,
     PathLike,
@@ -42,7 +42,7 @@ from interformer_rec.data.convert import (
     TextFormat,
     convert_text,
 )
-from interformer_rec.data.text import Block, parse_hex, parse_int, parse_label, split, token
+from interformer_rec.data.converters.text import Block, parse_hex, parse_int, parse_label, split, token
 
 NUM_INT = 13
 NUM_CAT = 26
@@ -139,7 +139,7 @@ def convert_criteo(
 ) -> Dict[str, Any]:
     """Convert Criteo TSV file(s) to Parquet in ``out_dir`` (see the module docstring;
     ``valid_frac``/``test_frac`` and the other keywords as in
-    :func:`~interformer_rec.data.convert.convert_text`). DLRM's Kaggle split is the
+    :func:`~interformer_rec.data.converters.convert.convert_text`). DLRM's Kaggle split is the
     first 6/7 of the lines for training and the last 1/7 halved into valid and test:
     ``valid_frac=1/14, test_frac=1/14``."""
     return convert_text(

@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 
 from interformer_rec.arrays import ConversionError, Jagged, ages_in_days, gather, list_array
-from interformer_rec.data.convert import (
+from interformer_rec.data.converters.convert import (
     AtomicParquetWriter,
     BadRowPolicy,
     BadRows,
@@ -58,7 +58,7 @@ from interformer_rec.data.convert import (
     TextFormat,
     convert_text,
 )
-from interformer_rec.data.text import (
+from interformer_rec.data.converters.text import (
     Block,
     parse_int,
     parse_int_lists,
@@ -159,7 +159,7 @@ def convert_amazon_din(
     **kw: Any,
 ) -> Dict[str, Any]:
     """Convert DIN-form Amazon file(s) (see the module docstring); keywords as in
-    :func:`~interformer_rec.data.convert.convert_text`."""
+    :func:`~interformer_rec.data.converters.convert.convert_text`."""
     return convert_text(DINFormat(num_items, num_cats), inputs, out_dir, policy=policy, **kw)
 
 

@@ -12,7 +12,7 @@ header without a required column, or naming one twice, is a :class:`ConversionEr
 naming the file. A *bad row* (a line with another field count than the header, a
 required field that is empty or not a decimal integer, a user / item id below 1, a
 category below 0, an item listed twice in ``item_meta.csv``) falls under the
-:class:`~interformer_rec.data.convert.BadRowPolicy`: it is reported as
+:class:`~interformer_rec.data.converters.convert.BadRowPolicy`: it is reported as
 ``file:line: column 'name': reason`` (``line`` counts the header as line 1) in
 ``<out_dir>/bad_rows.txt``, skipped (never repaired), and past the policy's threshold
 the conversion fails and writes nothing.
@@ -46,7 +46,7 @@ later valid / test periods, where those items are bought, every model ranks them
 docs/experiments/amazon_grocery.md). Draws: one ``numpy.random.default_rng(seed)``
 generator, one draw per example in (user, time, file line) order, a draw hitting an
 item the user reviewed redrawn (rejection sampling; see
-:func:`interformer_rec.data.amazon._negatives`; a user who reviewed every item of the
+:func:`interformer_rec.data.converters.amazon._negatives`; a user who reviewed every item of the
 log so far, at its very start, draws from all items).
 
 Split (global time)
@@ -67,7 +67,7 @@ tables with the history), ``hist_item_ids``, ``hist_cat_ids`` (``list<int64>``),
 ``log_hist_len`` (float32), ``hist_age_days`` (``list<float>``, parallel to the
 history: days from each history review to this one, a sequence float), and ``timestamp`` (int64 unix time of the review, not in
 the schema: for auditing the split), in row groups of ``row_group_size`` rows, each
-file by :class:`~interformer_rec.data.convert.AtomicParquetWriter` (it appears only
+file by :class:`~interformer_rec.data.converters.convert.AtomicParquetWriter` (it appears only
 when complete). The log is small: it is held in memory as int arrays, every step a
 sort or a linear pass (no per-user Python loop).
 """
@@ -85,15 +85,15 @@ import numpy as np
 import pyarrow as pa
 
 from interformer_rec.arrays import ConversionError, Jagged, ages_in_days, gather, list_array
-from interformer_rec.data.amazon import _negatives
-from interformer_rec.data.convert import (
+from interformer_rec.data.converters.amazon import _negatives
+from interformer_rec.data.converters.convert import (
     AtomicParquetWriter,
     BadRowPolicy,
     BadRows,
     PathLike,
     Reasons,
 )
-from interformer_rec.data.text import Block, parse_int, read_blocks, split, token
+from interformer_rec.data.converters.text import Block, parse_int, read_blocks, split, token
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from interformer_rec.arrays import ConversionError
-from interformer_rec.data.text import Block, count_lines, read_blocks
+from interformer_rec.data.converters.text import Block, count_lines, read_blocks
 
 log = logging.getLogger(__name__)
 
