@@ -10,7 +10,8 @@ process iterates rank 0's reader over one training epoch, as the trainer builds 
 * ``rows decoded``: rows the rank passed through ``decode_table`` (checks, id policy,
   jagged arrays), counted by wrapping it;
 * ``epoch s``: the rank's wall time for the epoch (reading Parquet, decoding, building
-  the tensors); ``decoded rows/s``: rows decoded / epoch s;
+  the tensors), the median of ``--repeats`` epochs; ``decoded rows/s``: rows decoded /
+  epoch s;
 * ``rows / s of the job``: the job's rows (``W`` x the rank's) per second of the rank's
   epoch: the input pipeline's speed at ``W`` ranks when every rank has its own cores.
 
@@ -57,19 +58,24 @@ EPOCH = textwrap.dedent(
     reader = R.ParquetBatchReader(d.train, d.schema, cfg.train.batch_size, shuffle=d.shuffle_row_groups,
                                   seed=cfg.train.seed, drop_last=True, rank=0, world_size=world,
                                   length_buckets=d.length_buckets)
-    start = time.perf_counter()
-    rows = sum(b.batch_size for b in reader)
-    seconds = time.perf_counter() - start
+    times = []
+    for _ in range(int(sys.argv[3])):  # whole epochs; the median is reported
+        counted[0] = 0
+        start = time.perf_counter()
+        rows = sum(b.batch_size for b in reader)
+        times.append(time.perf_counter() - start)
+    seconds = sorted(times)[len(times) // 2]
     print(json.dumps(dict(rows=rows, decoded=counted[0], seconds=seconds, total=reader.num_rows)))
     """
 )
 
 
-def rank_epoch(code_root: Path, config: Path, world: int) -> Dict[str, Any]:
-    """Rank 0's epoch of ``world`` ranks in a fresh process, with the code of ``code_root``."""
+def rank_epoch(code_root: Path, config: Path, world: int, repeats: int) -> Dict[str, Any]:
+    """Rank 0's epoch of ``world`` ranks in a fresh process, with the code of ``code_root``
+    (the median of ``repeats`` epochs)."""
     # -P: the working directory does not shadow PYTHONPATH (the 'before' worktree's code)
     env = {**os.environ, "PYTHONPATH": str(code_root), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-P", "-c", EPOCH, str(config), str(world)], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-P", "-c", EPOCH, str(config), str(world), str(repeats)], cwd=ROOT, env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"rank epoch (W={world}, {code_root}) failed:\n{proc.stderr[-3000:]}")
@@ -90,7 +96,7 @@ def markdown(result: Dict[str, Any]) -> str:
         base = runs[0]["job_rows_per_s"]
         for r in runs:
             lines.append(
-                f"| {variant} | {r['world']} | {r['decoded']:,} | {r['decoded'] / r['total']:.2f} | {r['seconds']:.1f} "
+                f"| {variant} | {r['world']} | {r['decoded']:,} | {r['decoded'] / r['total']:.2f} | {r['seconds']:.2f} "
                 f"| {r['decoded'] / r['seconds']:,.0f} | {r['job_rows_per_s']:,.0f} | {r['job_rows_per_s'] / base:.2f}x |"
             )
     return "\n".join(lines) + "\n"
@@ -101,6 +107,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--config", type=Path, default=Path("configs/amazon_beauty.yaml"))
     p.add_argument("--before", help="a git ref whose reader runs as the 'before' variant")
     p.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--repeats", type=int, default=5, help="epochs per measurement (the median is reported)")
     p.add_argument("--out", type=Path, default=Path("results/rank_decoding"))
     args = p.parse_args(argv)
     from interformer_rec.config import load_config
@@ -123,7 +130,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         for name, root in variants:
             runs = []
             for world in args.worlds:
-                r = rank_epoch(root, args.config.resolve(), world)
+                r = rank_epoch(root, args.config.resolve(), world, args.repeats)
                 r.update(world=world, job_rows_per_s=world * r["rows"] / r["seconds"])
                 runs.append(r)
                 print(f"{name} W={world}: decoded {r['decoded']:,} of {r['total']:,} rows in {r['seconds']:.1f} s "

@@ -134,7 +134,7 @@ class InterFormerConfig(Checked):
     target_attention_direct: bool = True
     # the over-arch also reads the last layer's non-sequence tokens X^{L+1} (n·d numbers)
     # beside the summaries; not in the paper (its classifier reads the summaries only)
-    readout_tokens: bool = False
+    readout_tokens: bool = True
     interaction: Interaction = "dhen"
     # DHEN (§3.2): each layer is LayerNorm(Ensemble(DOT(X), DCN(X)) + ShortCut(X));
     # Ensemble "concat" (concatenation, then a linear map back to the token width) or "sum"

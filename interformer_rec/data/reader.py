@@ -246,18 +246,18 @@ class _Window:
 
 @dataclass(frozen=True)
 class _Decoded:
-    """This rank's rows of a window: ``rows`` are the window's rows ``need`` (ascending,
-    indices into the window's row groups concatenated) and ``order[p]`` is the window
-    row at stream position ``start + p``."""
+    """This rank's rows of a window, in the order it takes them: ``rows[i]`` is the row
+    at stream position ``start + positions[i]`` (``positions`` ascending: the rank's
+    slices of the window's global batches, each a run of consecutive positions)."""
 
     start: int
-    order: np.ndarray
-    need: np.ndarray
+    positions: np.ndarray
     rows: Rows
 
     def take(self, a: int, z: int) -> Rows:
-        """The rows at stream positions ``[a, z)`` (within the window, all in ``need``)."""
-        return self.rows.take(np.searchsorted(self.need, self.order[a - self.start : z - self.start]))
+        """The rows at stream positions ``[a, z)`` (one slice, within the window)."""
+        i = int(np.searchsorted(self.positions, a - self.start))
+        return self.rows.slice(i, i + z - a)
 
 
 class ParquetBatchReader(IterableDataset):
@@ -399,16 +399,21 @@ class ParquetBatchReader(IterableDataset):
         step = self.batch_size * self.world_size
         end = w.start + w.num_rows
         spans = [self._span(k) for k in range(max(w.start // step, lo), min((end - 1) // step + 1, hi))]
-        positions = [np.arange(max(a, w.start), min(z, end)) - w.start for a, z in spans]
-        need = np.unique(order[np.concatenate(positions)]) if positions else np.zeros(0, np.int64)
+        positions = np.concatenate([np.arange(max(a, w.start), min(z, end)) - w.start for a, z in spans])
+        wanted = np.zeros(w.num_rows, bool)
+        wanted[order[positions]] = True
+        need = np.flatnonzero(wanted)  # window rows to decode, ascending
         parts, offset = [], 0
         for i, table in zip(w.groups, tables):
             g = self.row_groups[i]
             sel = need[(need >= offset) & (need < offset + table.num_rows)] - offset
-            if len(sel):
+            if len(sel) == table.num_rows:  # the whole row group (one rank): no copy
+                parts.append(decode_table(table, self.schema, InFile(str(self.files[g.file]), g.row0)))
+            elif len(sel):
                 parts.append(decode_table(table.take(sel), self.schema, InFile(str(self.files[g.file]), g.row0, sel)))
             offset += table.num_rows
-        return _Decoded(w.start, order, need, Rows.concat(parts))
+        rank = np.cumsum(wanted) - 1  # window row -> its index in `need`
+        return _Decoded(w.start, positions, Rows.concat(parts).take(rank[order[positions]]))
 
     def _bucket(self, order: np.ndarray, lengths: np.ndarray, w: _Window) -> np.ndarray:
         """``order`` (a window's rows in stream order) regrouped so that each global
