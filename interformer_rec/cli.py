@@ -126,7 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 3
     if trainer.env.is_main:
         print(format_summary(result))
-        print(f"metrics: {trainer.out_dir / 'metrics.json'}  checkpoints: {trainer.ckpt_dir}")
+        out = trainer.remote_out or trainer.out_dir
+        print(f"metrics: {out}/metrics.json  checkpoints: {trainer.ckpt_dir}")
     return 0
 
 

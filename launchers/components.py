@@ -22,7 +22,8 @@ component runs here and on any torchx scheduler::
 Positional arguments after ``--`` are config overrides (``dotted.key=value``). Training
 sets ``train.resume=true`` unless ``--resume False``: a job that a scheduler retries
 (``--max_retries``) or that is launched again continues from its latest complete
-checkpoint under ``train.out_dir`` (which must then be on shared storage), on any world
+checkpoint under ``train.out_dir`` (which must then be on shared storage or an object
+store, ``s3://...``), on any world
 size; the first launch starts fresh.
 """
 

@@ -3,6 +3,7 @@ and from a real S3-compatible server (moto's) started on loopback."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterator, List
@@ -17,6 +18,7 @@ from interformer_rec.data.sources import resolve_paths
 from test_streaming import SCHEMA, rows_of, write_rows
 
 BUCKET = "interformer-rec-test"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +169,79 @@ def test_the_trainer_trains_from_s3_as_from_the_local_disk(tmp_path_factory, s3:
                             'data.filters={train: [[split, "=", train]], valid: [[split, "=", valid]]}')).fit()
     assert on_s3["step_losses"] == on_disk["step_losses"]
     assert on_s3["history"][0]["valid_auc"] == on_disk["history"][0]["valid_auc"]
+
+
+# --------------------------------------------------------------------------- run outputs on S3
+
+
+def test_train_checkpoint_resume_and_evaluate_with_out_dir_on_s3(tmp_path_factory, s3: str, monkeypatch) -> None:
+    """train.out_dir: s3://...: checkpoints, pointers and run files land there; a job
+    killed while committing a checkpoint leaves it incomplete and resumes from the one
+    before; a resumed job continues the history; evaluate scores the best checkpoint;
+    a crafted .metadata on S3 is refused before it runs."""
+    import pickle
+
+    from interformer_rec.config import SyntheticConfig
+    from interformer_rec.data.synthetic import generate
+    from interformer_rec.train import checkpoint
+    from interformer_rec.train.evaluate import main as evaluate
+    from interformer_rec.train.trainer import Trainer
+    from test_checkpoint import _RunsCode
+    from test_train import _config
+
+    local = tmp_path_factory.mktemp("synthetic_out")
+    generate(SyntheticConfig(num_users=100, num_items=50, num_categories=5,
+                             rows={"train": 1500, "valid": 500, "test": 500}, seed=2), local)
+    out = f"{s3}-runs/run1"
+    run = ("train.max_steps_per_epoch=4", "data.test=null", "model.interformer.dropout=0.0", f"train.out_dir={out}")
+
+    class Killed(Exception):
+        pass
+
+    put = checkpoint._put
+
+    def dies_committing_epoch_2(uri: str, text: str) -> None:
+        if uri.endswith("epoch_0002/meta.json"):
+            raise Killed
+        put(uri, text)
+
+    monkeypatch.setattr(checkpoint, "_put", dies_committing_epoch_2)
+    with pytest.raises(Killed):
+        Trainer(_config(local, Path("unused"), *run, "train.epochs=3")).fit()
+    monkeypatch.setattr(checkpoint, "_put", put)
+    ckpts = f"{out}/checkpoints"
+    assert checkpoint.is_complete(f"{ckpts}/epoch_0001") and not checkpoint.is_complete(f"{ckpts}/epoch_0002")
+    assert checkpoint.latest_complete(ckpts) == f"{ckpts}/epoch_0001"
+
+    resumed = Trainer(_config(local, Path("unused"), *run, "train.epochs=3", "train.resume=true"))
+    result = resumed.fit()
+    assert [h["epoch"] for h in result["history"]] == [0, 1, 2] and resumed.global_step == 12
+    assert checkpoint.latest_complete(ckpts) == f"{ckpts}/epoch_0002"
+    fs, inner = pafs.FileSystem.from_uri(out)
+    names = {i.path[len(inner) + 1:] for i in fs.get_file_info(pafs.FileSelector(inner, recursive=True))}
+    assert {"config.yaml", "plan.txt", "metrics.json", "checkpoints/latest", "checkpoints/best",
+            "checkpoints/epoch_0002/meta.json", "checkpoints/epoch_0002/.metadata"} <= names
+    assert any(n.startswith("tensorboard/") for n in names)
+
+    assert evaluate(["--config", str(ROOT / "configs" / "synthetic.yaml"), "--split", "valid",
+                     *sum((["--set", o] for o in _config_overrides(local, run)), [])]) == 0
+    with fs.open_input_stream(f"{inner}/eval_valid.json") as f:
+        assert abs(json.loads(f.read())["auc"] - result["valid"]["auc"]) < 1e-6
+
+    marker = tmp_path_factory.mktemp("marker") / "ran"
+    target = checkpoint.resolve(ckpts, "best")
+    md_path = f"{target.split('://', 1)[1]}/.metadata"
+    with fs.open_input_stream(md_path) as f:
+        md = pickle.loads(f.read())
+    md.planner_data = _RunsCode(marker)
+    with fs.open_output_stream(md_path) as f:
+        f.write(pickle.dumps(md))
+    with pytest.raises(checkpoint.CheckpointError, match=r"system.*not checkpoint metadata"):
+        checkpoint.load_checkpoint(target, resumed.dmp)
+    assert not marker.exists()
+
+
+def _config_overrides(local: Path, run) -> List[str]:
+    return [f"data.train={local / 'train.parquet'}", f"data.valid={local / 'valid.parquet'}", "train.progress=false",
+            "model.embedding_dim=8", "model.interformer.num_layers=1", "model.interformer.interaction_mlp=[32]",
+            "model.interformer.over_arch=[32]", *run]

@@ -145,7 +145,7 @@ def load_model(checkpoint: Path | str, pointer: str = "best") -> Tuple[nn.Module
     from interformer_rec.train.checkpoint import load_checkpoint, read_meta, resolve
     from interformer_rec.train.ranking import RankingTrain
 
-    ckpt = resolve(Path(checkpoint), pointer)
+    ckpt = resolve(checkpoint, pointer)
     meta = read_meta(ckpt)
     if "config" not in meta:
         raise ExportError(f"{ckpt}/meta.json holds no 'config': cannot rebuild the model")

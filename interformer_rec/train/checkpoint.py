@@ -13,6 +13,16 @@ pointer files are replaced (``os.replace``). A job killed at any point leaves ei
 ``.tmp`` directory, which no pointer names and :func:`latest_complete` never returns,
 or a complete checkpoint. Loading refuses a directory without ``meta.json``.
 
+Object storage (``train.out_dir: s3://...``, any ``pyarrow.fs`` URI): there is no atomic
+rename, so a checkpoint is written in place under its final name, committed the same
+way: rank 0 first deletes an older ``<name>/meta.json`` (so a re-saved name is never
+taken as complete while it is being replaced) and the rest of ``<name>/``; each rank
+writes its DCP files to a local scratch directory and uploads them; after a barrier rank
+0 uploads ``meta.json`` last, then the pointer objects (a single-object PUT is atomic).
+A job killed at any point leaves a prefix without ``meta.json``, which nothing takes as
+complete. Loading downloads the checkpoint to a local scratch directory and reads it
+like a local one (the same refusal to unpickle code).
+
 Resharding: DCP stores sharded tensors with their global shapes and offsets, so a
 checkpoint written by N ranks under one sharding plan loads on M ranks under another,
 or into a plain unsharded model (export).
@@ -34,9 +44,11 @@ import logging
 import os
 import pickle
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
+import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -48,6 +60,9 @@ from torch.distributed.checkpoint.planner import ReadItem
 from torch.optim import Optimizer
 
 from interformer_rec.arrays import DataError
+from interformer_rec.data.sources import filesystem, is_uri
+
+Location = Union[Path, str]  # a local path, or a URI (str) of an object store
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +286,7 @@ def _write_durably(path: Path, text: str) -> None:
 
 
 def save_checkpoint(
-    root: Path,
+    root: Location,
     name: str,
     model: nn.Module,
     optimizer: Optional[Optimizer],
@@ -282,17 +297,16 @@ def save_checkpoint(
     """Write checkpoint ``root/name`` collectively (every rank calls this) and point
     ``pointers`` (e.g. ``latest``, ``best``) at it. ``files`` (name -> text, e.g. the
     sharding plan) are written beside the tensors. Returns the checkpoint path."""
+    if is_uri(str(root)):
+        return _save_remote(str(root), name, model, optimizer, meta, pointers, files)
     root = Path(root)
     final, tmp = root / name, root / f"{name}.tmp"
     if _is_main():
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     _barrier()
-    state: Dict[str, Any] = {"model": model.state_dict()}
-    if optimizer is not None:
-        state["optim"] = optimizer.state_dict()
     try:
-        dcp.save(state, checkpoint_id=str(tmp), no_dist=_single_process())
+        dcp.save(_state(model, optimizer), checkpoint_id=str(tmp), no_dist=_single_process())
     except Exception as e:  # noqa: BLE001 - re-raised with the path and the free space
         if _is_main():
             shutil.rmtree(tmp, ignore_errors=True)  # give the space back
@@ -318,6 +332,89 @@ def save_checkpoint(
     return final
 
 
+def _state(model: nn.Module, optimizer: Optional[Optimizer]) -> Dict[str, Any]:
+    state: Dict[str, Any] = {"model": model.state_dict()}
+    if optimizer is not None:
+        state["optim"] = optimizer.state_dict()
+    return state
+
+
+def _put(uri: str, text: str) -> None:
+    """One object (a single PUT on an object store: atomic)."""
+    fs, inner, _ = filesystem(uri)
+    with fs.open_output_stream(inner) as f:
+        f.write(text.encode())
+
+
+def _get(uri: str) -> str:
+    fs, inner, _ = filesystem(uri)
+    with fs.open_input_stream(inner) as f:
+        return f.read().decode()
+
+
+def _exists(uri: str) -> bool:
+    fs, inner, _ = filesystem(uri)
+    return fs.get_file_info(inner).type != pafs.FileType.NotFound
+
+
+def _save_remote(
+    root: str,
+    name: str,
+    model: nn.Module,
+    optimizer: Optional[Optimizer],
+    meta: Dict[str, Any],
+    pointers: tuple[str, ...],
+    files: Optional[Mapping[str, str]],
+) -> str:
+    """:func:`save_checkpoint` to an object store (see the module docstring)."""
+    root = root.rstrip("/")
+    final = f"{root}/{name}"
+    fs, inner, _ = filesystem(final)
+    if _is_main():
+        if _exists(f"{final}/{META}"):
+            fs.delete_file(f"{inner}/{META}")  # uncommitted before anything of it changes
+        fs.delete_dir_contents(inner, missing_dir_ok=True)
+    _barrier()
+    scratch = Path(tempfile.mkdtemp(prefix=f"interformer_rec_{name}_"))
+    try:
+        dcp.save(_state(model, optimizer), checkpoint_id=str(scratch), no_dist=_single_process())
+        if _is_main():
+            for fname, text in (files or {}).items():
+                (scratch / fname).write_text(text)
+        pafs.copy_files(str(scratch), inner, destination_filesystem=fs)  # this rank's files
+    except Exception as e:  # noqa: BLE001 - re-raised with the path
+        raise CheckpointWriteError(
+            f"writing checkpoint {final} failed: {type(e).__name__}: {str(e).strip()[:300]}. Nothing was marked "
+            "complete: the earlier checkpoints and the best/latest pointers are intact"
+        ) from e
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _barrier()
+    if _is_main():
+        _put(f"{final}/{META}", json.dumps(meta, indent=2, sort_keys=True))  # commit marker
+        for p in pointers:
+            _put(f"{root}/{p}", name + "\n")
+        _prune_remote(root)
+    _barrier()
+    return final
+
+
+def _prune_remote(root: str) -> None:
+    """Delete the checkpoints under ``root`` that no pointer names."""
+    fs, inner, _ = filesystem(root)
+    keep = {_get(f"{root}/{p}").strip() for p in POINTERS if _exists(f"{root}/{p}")}
+    for info in fs.get_file_info(pafs.FileSelector(inner)):
+        if info.type == pafs.FileType.Directory and info.base_name not in keep:
+            fs.delete_dir(info.path)
+
+
+def _children(root: str) -> Iterator[str]:
+    fs, inner, _ = filesystem(root)
+    for info in fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory:
+            yield f"{root.rstrip('/')}/{info.base_name}"
+
+
 def _write_pointer(path: Path, target: str) -> None:
     tmp = path.with_suffix(".tmp")
     _write_durably(tmp, target + "\n")
@@ -336,15 +433,19 @@ def _prune(root: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def is_complete(ckpt: Path) -> bool:
+def is_complete(ckpt: Location) -> bool:
     """A checkpoint directory whose write finished (it has its ``meta.json``)."""
+    if is_uri(str(ckpt)):
+        return not str(ckpt).endswith((".tmp", ".stale")) and _exists(f"{ckpt}/{META}")
     ckpt = Path(ckpt)
     return ckpt.is_dir() and not ckpt.name.endswith((".tmp", ".stale")) and (ckpt / META).exists()
 
 
-def resolve(root: Path, pointer: str = "latest") -> Path:
+def resolve(root: Location, pointer: str = "latest") -> Location:
     """The checkpoint directory a pointer names; a path that is already a checkpoint
     directory (has ``meta.json``) is returned as is."""
+    if is_uri(str(root)):
+        return _resolve_remote(str(root).rstrip("/"), pointer)
     root = Path(root)
     if (root / META).exists():
         return root
@@ -359,15 +460,32 @@ def resolve(root: Path, pointer: str = "latest") -> Path:
     return ckpt
 
 
-def latest_complete(root: Path) -> Optional[Path]:
+def _resolve_remote(root: str, pointer: str) -> str:
+    if _exists(f"{root}/{META}"):
+        return root
+    p = f"{root}/{pointer}"
+    if not _exists(p) and _exists(f"{root}/checkpoints/{pointer}"):
+        p = f"{root}/checkpoints/{pointer}"
+    if not _exists(p):
+        raise FileNotFoundError(f"no checkpoint pointer {pointer!r} under {root}")
+    ckpt = f"{p.rsplit('/', 1)[0]}/{_get(p).strip()}"
+    if not is_complete(ckpt):
+        raise FileNotFoundError(f"checkpoint {ckpt} (named by {p}) is missing or incomplete")
+    return ckpt
+
+
+def latest_complete(root: Location) -> Optional[Location]:
     """The checkpoint to resume from: the one ``latest`` names if it is complete, else
     the complete checkpoint with the highest ``global_step`` (a job killed between a
     rename and a pointer update), else ``None``."""
-    root = Path(root)
     try:
         return resolve(root, "latest")
     except FileNotFoundError:
         pass
+    if is_uri(str(root)):
+        done: list = [d for d in _children(str(root)) if is_complete(d)]
+        return max(done, key=lambda d: read_meta(d).get("global_step", -1)) if done else None
+    root = Path(root)
     if not root.is_dir():
         return None
     done = [d for d in root.iterdir() if is_complete(d)]
@@ -376,11 +494,12 @@ def latest_complete(root: Path) -> Optional[Path]:
     return max(done, key=lambda d: read_meta(d).get("global_step", -1))
 
 
-def read_meta(ckpt: Path) -> Dict[str, Any]:
+def read_meta(ckpt: Location) -> Dict[str, Any]:
     """The checkpoint's ``meta.json`` (a JSON object with its ``global_step``)."""
-    path = Path(ckpt) / META
+    remote = is_uri(str(ckpt))
+    path: Location = f"{ckpt}/{META}" if remote else Path(ckpt) / META
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(_get(str(path)) if remote else Path(path).read_text())
     except (UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("global_step"), int):
@@ -388,7 +507,7 @@ def read_meta(ckpt: Path) -> Dict[str, Any]:
     return meta
 
 
-def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: Optional[Optimizer] = None) -> Dict[str, Any]:
+def load_checkpoint(ckpt: Location, model: nn.Module, optimizer: Optional[Optimizer] = None) -> Dict[str, Any]:
     """Load a checkpoint into ``model`` (sharded or not, any world size and plan) and,
     if given, ``optimizer``. Returns its meta.
 
@@ -400,9 +519,17 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: Optional[Optimizer]
 
     from interformer_rec.train.dist import init_optimizer_state
 
-    ckpt = Path(ckpt)
     if not is_complete(ckpt):
         raise FileNotFoundError(f"{ckpt}: not a complete checkpoint (no {META})")
+    if is_uri(str(ckpt)):  # read like a local checkpoint, from a scratch copy
+        scratch = Path(tempfile.mkdtemp(prefix="interformer_rec_load_"))
+        try:
+            fs, inner, _ = filesystem(str(ckpt))
+            pafs.copy_files(inner, str(scratch), source_filesystem=fs)
+            return load_checkpoint(scratch, model, optimizer)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    ckpt = Path(ckpt)
     meta = read_meta(ckpt)
     reader = SafeFileSystemReader(str(ckpt))
     saved = reader.read_metadata().state_dict_metadata

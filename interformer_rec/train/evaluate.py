@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 from interformer_rec.config import ConfigError, load_config
@@ -41,7 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if getattr(cfg.data, args.split) is None:
             raise ConfigError(f"{args.config}: data.{args.split} is not set")
         trainer = Trainer(cfg, write_outputs=False)
-        ckpt = checkpoint.resolve(Path(args.checkpoint or trainer.ckpt_dir), args.pointer)
+        ckpt = checkpoint.resolve(args.checkpoint or trainer.ckpt_dir, args.pointer)
         result = trainer.evaluate_checkpoint(ckpt, args.split)
         result["world_size"] = trainer.env.world_size
     except (ConfigError, DataError, FileNotFoundError) as e:
@@ -52,6 +51,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(text)
         trainer.out_dir.mkdir(parents=True, exist_ok=True)
         (trainer.out_dir / f"eval_{args.split}.json").write_text(text)
+        trainer.sync_outputs()
     return 0
 
 

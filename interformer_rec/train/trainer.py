@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -44,6 +45,7 @@ from tqdm import tqdm
 from interformer_rec.config import Config, ConfigError
 from interformer_rec.data.batch import Batch
 from interformer_rec.data.reader import ParquetBatchReader, oracle_auc
+from interformer_rec.data.sources import is_uri
 from interformer_rec.models import build_model, compile_dense, num_parameters
 from interformer_rec.train import checkpoint, train_metrics
 from interformer_rec.train.dist import (
@@ -78,15 +80,19 @@ class Trainer:
 
     def __init__(self, cfg: Config, env: Optional[DistEnv] = None, write_outputs: bool = True) -> None:
         self.cfg = cfg
-        if Path(cfg.train.out_dir).exists() and not Path(cfg.train.out_dir).is_dir():
+        remote = is_uri(cfg.train.out_dir)
+        if not remote and Path(cfg.train.out_dir).exists() and not Path(cfg.train.out_dir).is_dir():
             raise ConfigError(f"train.out_dir={cfg.train.out_dir!r}: exists and is not a directory")
         self.env = env or init_distributed(cfg.dist, cfg.train.device)
         tc = cfg.train
         steps = check_splits(cfg, lambda split: len(self.reader(split, train=split == "train")), self.global_batch)
         torch.manual_seed(tc.seed)  # same dense initial weights on every rank and world size
         schema = cfg.data.schema
-        self.out_dir = Path(tc.out_dir)
-        self.ckpt_dir = self.out_dir / "checkpoints"
+        # an object store (train.out_dir: s3://...): checkpoints go there directly; the
+        # run's other files are written to a local folder and copied there (sync_outputs)
+        self.remote_out: Optional[str] = tc.out_dir.rstrip("/") if remote else None
+        self.out_dir = Path(tempfile.mkdtemp(prefix="interformer_rec_run_")) if remote else Path(tc.out_dir)
+        self.ckpt_dir: checkpoint.Location = f"{self.remote_out}/checkpoints" if remote else self.out_dir / "checkpoints"
         model = build_model(schema, cfg.model, embedding_device=torch.device("meta"))
         self.num_params = num_parameters(model)
         self.dense_params = self.num_params - sum(
@@ -149,6 +155,21 @@ class Trainer:
             (self.out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             (self.out_dir / "plan.txt").write_text(self.plan_text + "\n")
             self.writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+            self.sync_outputs()
+
+    def sync_outputs(self) -> None:
+        """With ``train.out_dir`` on an object store, copy the run's local files there
+        (rank 0; the checkpoints are written there directly)."""
+        if self.remote_out is None or not self.env.is_main:
+            return
+        import pyarrow.fs as pafs
+
+        from interformer_rec.data.sources import filesystem
+
+        if self.writer:
+            self.writer.flush()
+        fs, inner, _ = filesystem(self.remote_out)
+        pafs.copy_files(str(self.out_dir), inner, destination_filesystem=fs)
 
     @property
     def global_batch(self) -> int:
@@ -365,7 +386,7 @@ class Trainer:
                 f"the training loss is {losses[bad]} at step {bad} of epoch {epoch}: a row drove the model to "
                 "non-finite values (e.g. a huge dense or sequence float); no checkpoint of this epoch was written"
                 + (f" (its first {len(done)} steps were restored)" if done else "")
-                + f"; the last good checkpoint, if any, is {self.ckpt_dir / 'latest'}"
+                + f"; the last good checkpoint, if any, is {self.ckpt_dir}/latest"
             )
 
     def _log_step(self, loss: Tensor, postfix: Dict[str, str]) -> None:
@@ -445,6 +466,7 @@ class Trainer:
             )
             self.step_in_epoch = 0
             self.epoch = epoch + 1
+            self.sync_outputs()
         train_seconds = time.perf_counter() - start
         if self.best is None:
             raise RuntimeError(f"nothing trained: train.epochs={tc.epochs} and no checkpoint beyond it")
@@ -485,6 +507,8 @@ class Trainer:
                 for k, v in result.get("test", {}).items():
                     if isinstance(v, float):
                         self.writer.add_scalar(f"test/{k}", v, self.global_step)
+            self.sync_outputs()
+            if self.writer:
                 self.writer.close()
         return result
 
