@@ -3,7 +3,8 @@
     python benchmarks/rank_decoding.py --config configs/amazon_beauty.yaml --before 2a53959
 
 For ``W`` = 1, 2, 4 (``--worlds``) and each variant (``before``: the reader of commit
-``REF`` in a temporary git worktree; ``after``: this checkout), a fresh single-threaded
+``REF`` in a temporary git worktree; ``after``: this checkout; with ``--s3``, this
+checkout reading the split from moto's S3 server on loopback), a fresh single-threaded
 process iterates rank 0's reader over one training epoch, as the trainer builds it
 (shuffled windows, length buckets, the per-rank batch ``train.batch_size``), and reports:
 
@@ -45,7 +46,7 @@ EPOCH = textwrap.dedent(
     from interformer_rec.data import reader as R
 
     config, world = sys.argv[1], int(sys.argv[2])
-    cfg = load_config(config, [])
+    cfg = load_config(config, [f"data.train={sys.argv[4]}"] if len(sys.argv) > 4 else [])
     counted = [0]
     decode = R.decode_table
 
@@ -70,16 +71,35 @@ EPOCH = textwrap.dedent(
 )
 
 
-def rank_epoch(code_root: Path, config: Path, world: int, repeats: int) -> Dict[str, Any]:
+def rank_epoch(code_root: Path, config: Path, world: int, repeats: int, train: Optional[str] = None) -> Dict[str, Any]:
     """Rank 0's epoch of ``world`` ranks in a fresh process, with the code of ``code_root``
-    (the median of ``repeats`` epochs)."""
+    (the median of ``repeats`` epochs); ``train`` replaces ``data.train``."""
     # -P: the working directory does not shadow PYTHONPATH (the 'before' worktree's code)
     env = {**os.environ, "PYTHONPATH": str(code_root), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-P", "-c", EPOCH, str(config), str(world), str(repeats)], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    argv = [str(config), str(world), str(repeats), *([train] if train else [])]
+    proc = subprocess.run([sys.executable, "-P", "-c", EPOCH, *argv], cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"rank epoch (W={world}, {code_root}) failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def s3_copy(path: str) -> tuple:
+    """Start moto's S3 server on loopback (the endpoint and test credentials go into this
+    process's environment, which the epoch processes inherit) and copy ``path`` there.
+    Returns ``(server, uri)``."""
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="test",
+                      AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+    fs = pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", region="us-east-1",
+                           allow_bucket_creation=True)
+    fs.create_dir("bench")
+    pafs.copy_files(str(Path(path).resolve()), f"bench/{Path(path).name}", destination_filesystem=fs)
+    return server, f"s3://bench/{Path(path).name}"
 
 
 def markdown(result: Dict[str, Any]) -> str:
@@ -108,35 +128,43 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--before", help="a git ref whose reader runs as the 'before' variant")
     p.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--repeats", type=int, default=5, help="epochs per measurement (the median is reported)")
+    p.add_argument("--s3", action="store_true",
+                   help="also read the training split from moto's S3 server on loopback (the 'after' reader)")
     p.add_argument("--out", type=Path, default=Path("results/rank_decoding"))
     args = p.parse_args(argv)
     from interformer_rec.config import load_config
 
     cfg = load_config(args.config, [])
-    variants = [("after", ROOT)]
+    variants: List[tuple] = [("after", ROOT, None)]
     worktree: Optional[Path] = None
     if args.before:
         worktree = Path(tempfile.mkdtemp(prefix="rank_decoding_")) / "before"
         subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before], cwd=ROOT, check=True,
                        capture_output=True)
-        variants.insert(0, (f"before ({args.before})", worktree))
+        variants.insert(0, (f"before ({args.before})", worktree, None))
     result: Dict[str, Any] = {
         "config": str(args.config),
         "batch_size": cfg.train.batch_size,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "variants": {},
     }
+    server = None
+    if args.s3:
+        server, uri = s3_copy(cfg.data.train)
+        variants.append(("after, from S3 on loopback", ROOT, uri))
     try:
-        for name, root in variants:
+        for name, root, train in variants:
             runs = []
             for world in args.worlds:
-                r = rank_epoch(root, args.config.resolve(), world, args.repeats)
+                r = rank_epoch(root, args.config.resolve(), world, args.repeats, train)
                 r.update(world=world, job_rows_per_s=world * r["rows"] / r["seconds"])
                 runs.append(r)
                 print(f"{name} W={world}: decoded {r['decoded']:,} of {r['total']:,} rows in {r['seconds']:.1f} s "
                       f"({r['job_rows_per_s']:,.0f} rows/s of the job)", flush=True)
             result["variants"][name] = runs
     finally:
+        if server is not None:
+            server.stop()
         if worktree is not None:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, capture_output=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
