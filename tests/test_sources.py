@@ -228,6 +228,11 @@ def test_train_checkpoint_resume_and_evaluate_with_out_dir_on_s3(tmp_path_factor
     with fs.open_input_stream(f"{inner}/eval_valid.json") as f:
         assert abs(json.loads(f.read())["auc"] - result["valid"]["auc"]) < 1e-6
 
+    from interformer_rec.export.export import load_model
+
+    model, _, meta, ckpt = load_model(out)  # what export reads: the run's best, from S3
+    assert ckpt == checkpoint.resolve(ckpts, "best") and meta["global_step"] > 0 and not model.training
+
     marker = tmp_path_factory.mktemp("marker") / "ran"
     target = checkpoint.resolve(ckpts, "best")
     md_path = f"{target.split('://', 1)[1]}/.metadata"

@@ -51,6 +51,7 @@ from torch.export import Dim, ExportedProgram
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from interformer_rec.config import Config, config_from_dict
+from interformer_rec.data.sources import is_uri
 from interformer_rec.export.inputs import example_inputs, read_encoded
 from interformer_rec.serving.manifest import (
     EXPORT_FILES,
@@ -446,7 +447,7 @@ def _export_into(
     model: nn.Module,
     cfg: Config,
     meta: Dict[str, Any],
-    ckpt: Path,
+    ckpt: Path | str,
     quantize: Optional[str],
     data: Optional[Sequence[Path | str]],
     parity_rows: int,
@@ -470,7 +471,7 @@ def _export_into(
         "model": {
             "name": cfg.model.name,
             "config_digest": cfg.digest(),
-            "checkpoint": str(ckpt.resolve()),
+            "checkpoint": str(ckpt) if is_uri(str(ckpt)) else str(Path(ckpt).resolve()),
             "epoch": meta.get("epoch"),
             "valid": meta.get("valid"),
             "tasks": spec.labels,
