@@ -305,10 +305,13 @@ def markdown(rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> str:
         "| model | B | T | train samples/s | × fastest DLRM | infer samples/s | × fastest DLRM | GFLOP/step | GFLOP/s (% of matmul) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    def vs(r: Dict[str, Any], key: str) -> str:  # "–" when no DLRM ran beside the model
+        return f"{r[key]:.2f}" if key in r else "–"
+
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['batch_size']} | {r['seq_len']} | {r['train_samples_per_s']:,.0f} "
-            f"| {r['train_vs_fastest_dlrm']:.2f} | {r['infer_samples_per_s']:,.0f} | {r['infer_vs_fastest_dlrm']:.2f} "
+            f"| {vs(r, 'train_vs_fastest_dlrm')} | {r['infer_samples_per_s']:,.0f} | {vs(r, 'infer_vs_fastest_dlrm')} "
             f"| {r['train_gflop_per_step']:.3f} | {r['train_flop_per_s'] / 1e9:.1f} ({r['train_flop_per_s'] / meta['matmul_flop_per_s']:.0%}) |"
         )
     lines += growth(rows)

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 import yaml
@@ -45,7 +46,7 @@ from tqdm import tqdm
 from interformer_rec.config import Config, ConfigError
 from interformer_rec.data.batch import Batch
 from interformer_rec.data.reader import ParquetBatchReader, oracle_auc
-from interformer_rec.data.sources import is_uri
+from interformer_rec.data.sources import filesystem, is_uri
 from interformer_rec.models import build_model, compile_dense, num_parameters
 from interformer_rec.train import checkpoint, train_metrics
 from interformer_rec.train.dist import (
@@ -162,10 +163,6 @@ class Trainer:
         (rank 0; the checkpoints are written there directly)."""
         if self.remote_out is None or not self.env.is_main:
             return
-        import pyarrow.fs as pafs
-
-        from interformer_rec.data.sources import filesystem
-
         if self.writer:
             self.writer.flush()
         fs, inner, _ = filesystem(self.remote_out)
@@ -182,7 +179,7 @@ class Trainer:
         d = self.cfg.data
         if not d.num_workers:
             return iter(reader)
-        return iter(reader.loader(d.num_workers, prefetch_factor=d.prefetch_factor, persistent_workers=False))
+        return iter(reader.loader(d.num_workers, prefetch_factor=d.prefetch_factor))
 
     def reader(self, split: str, train: bool, start_batch: int = 0) -> ParquetBatchReader:
         d = self.cfg.data
