@@ -8,7 +8,11 @@ Variants, run one after the other (never two at once on the same cores):
 
 * ``before`` (with ``--before REF``): the CLI of commit ``REF``, checked out in a
   temporary git worktree and run with this environment;
-* ``buckets off`` / ``buckets on``: this checkout with ``data.length_buckets`` false / true.
+* ``buckets off`` / ``buckets on``: this checkout with ``data.length_buckets`` false / true;
+* or, with ``--variant NAME:KEY=VALUE;KEY=VALUE`` (repeatable), those named override
+  sets instead (e.g. ``hash:data.schema.id_policy=hash`` against
+  ``managed:data.schema.id_policy=managed_collision``); the in-memory step breakdown is
+  then timed for each.
 
 Each run trains ``--epochs`` epochs of at most ``--steps`` steps (a checkpoint is written
 after each, so epoch 1 is "the epoch after a checkpoint") and reports each epoch's
@@ -120,6 +124,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=0, help="training steps per epoch (train.max_steps_per_epoch; 0: whole epochs)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--set", action="append", default=[], help="extra config overrides for every variant")
+    p.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE;KEY=VALUE, replaces the buckets variants")
     p.add_argument("--out", type=Path, default=Path("results/train_speed"))
     args = p.parse_args()
 
@@ -132,8 +137,9 @@ def main() -> None:
         subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before], cwd=ROOT, check=True,
                        capture_output=True)
         variants.append((f"before ({args.before})", worktree, base))
-    variants += [("buckets off", ROOT, [*base, "data.length_buckets=false"]),
-                 ("buckets on", ROOT, [*base, "data.length_buckets=true"])]
+    named = [(v.split(":", 1)[0], ROOT, [*base, *v.split(":", 1)[1].split(";")]) for v in args.variant]
+    variants += named or [("buckets off", ROOT, [*base, "data.length_buckets=false"]),
+                          ("buckets on", ROOT, [*base, "data.length_buckets=true"])]
     rows = []
     try:
         for name, root, sets in variants:
@@ -146,11 +152,13 @@ def main() -> None:
         if worktree is not None:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, capture_output=True)
     print("model only, sharded model, pipeline: timing ...", flush=True)
-    steps = step_breakdown(args.config, [*base, "data.length_buckets=true"], args.steps or None, repeats=3)
+    breakdowns = {name: step_breakdown(args.config, sets, args.steps or None, repeats=3) for name, _, sets in named}
+    steps = step_breakdown(args.config, [*base, "data.length_buckets=true"], args.steps or None, repeats=3) if not named else None
     result = {
         "config": str(args.config), "steps_per_epoch": args.steps, "epochs": args.epochs, "sets": args.set,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "device": "cpu",
-        "torch_threads": __import__("torch").get_num_threads(), "variants": rows, "in_memory_samples_per_s": steps,
+        "torch_threads": __import__("torch").get_num_threads(), "variants": rows, "in_memory_samples_per_s": steps or breakdowns[named[0][0]],
+        "in_memory_by_variant": breakdowns,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(result, indent=2))
@@ -179,10 +187,16 @@ def to_markdown(r: Dict[str, Any]) -> str:
             + f" | {rates[1] / rates[0] if len(rates) > 1 else float('nan'):.2f} | {later / ref:.2f}x"
             + f" | {later / alone:.0%} | {v['valid_auc']:.4f} |"
         )
-    lines += ["", "The training step on the same batches (`buckets on`), held in memory (no reader), median of 3:", "",
-              "| step | samples/s | share of model only |", "|---|---:|---:|"]
-    for name, x in r["in_memory_samples_per_s"].items():
-        lines.append(f"| {name} | {x:,.0f} | {x / alone:.0%} |")
+    by_variant = r.get("in_memory_by_variant") or {"buckets on": r["in_memory_samples_per_s"]}
+    names = list(by_variant)
+    lines += ["", f"The training step on the same batches ({', '.join(f'`{n}`' for n in names)}), held in memory "
+              "(no reader), median of 3, samples/s:", "",
+              "| step | " + " | ".join(names) + " | " + " | ".join(f"{n} / {names[0]}" for n in names[1:]) + " |",
+              "|---|" + "---:|" * (2 * len(names) - 1)]
+    for step in by_variant[names[0]]:
+        xs = [by_variant[n][step] for n in names]
+        lines.append(f"| {step} | " + " | ".join(f"{x:,.0f}" for x in xs) + " | "
+                     + " | ".join(f"{x / xs[0]:.2f}x" for x in xs[1:]) + " |")
     return "\n".join(lines) + "\n"
 
 

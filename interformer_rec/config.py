@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Literal, Optional, Sequence, Tuple, TypeVar
 
 from interformer_rec.schema import (
+    EvictionPolicy,
     IdPolicy,
+    ManagedCollisionConfig,
     Schema,
     SequenceFeature,
     SequenceFloatFeature,
@@ -28,7 +30,10 @@ from interformer_rec.typed_yaml import Checked, ConfigError, apply_overrides, bu
 
 # re-exported: the CLI and the models raise ConfigError from here; the schema's types
 # are a config's (data.schema)
-__all__ = ["ConfigError", "IdPolicy", "Schema", "SequenceFeature", "SequenceFloatFeature", "SparseFeature", "TableConfig"]
+__all__ = [
+    "ConfigError", "EvictionPolicy", "IdPolicy", "ManagedCollisionConfig", "Schema", "SequenceFeature",
+    "SequenceFloatFeature", "SparseFeature", "TableConfig",
+]
 
 _T = TypeVar("_T")
 
@@ -351,6 +356,28 @@ class TableSharding:
     # column-wise shards: smallest shard width (the planner's default is 128 columns,
     # so a narrower table is not split at all unless this is set)
     min_partition: Optional[int] = None
+    # the planner's pooling factors: mean ids per row of a feature of this table
+    # (feature name -> ids, e.g. {hist_item_ids: 37.5}); a feature not named keeps the
+    # schema's: max_len for a sequence, 1 for a scalar or multi-hot feature
+    pooling_factors: Dict[str, float] = field(default_factory=dict)
+    # CUDA only, kernel fused_uvm_caching: the share of the table's rows cached in HBM,
+    # 0 < x <= 1 (the rest stays in host memory, reached over UVM); null: TorchRec's 0.2
+    cache_load_factor: Optional[float] = None
+    # the table's training weights: fp32, or fp16 (half the memory; the lookups'
+    # output and the fused optimizer's state stay fp32)
+    precision: Literal["fp32", "fp16"] = "fp32"
+
+    def check(self, name: str) -> None:
+        """Raise :class:`ConfigError` naming ``dist.tables.<name>.<field>`` for a value
+        out of range (what needs the model or the device is checked by
+        ``train.dist.check_sharding_config``)."""
+        key = f"dist.tables.{name}"
+        require(self.min_partition is None or self.min_partition >= 1, f"{key}.min_partition", self.min_partition, "must be >= 1")
+        for feature, ids in self.pooling_factors.items():
+            require(ids > 0, f"{key}.pooling_factors.{feature}", ids, "mean ids per row: must be > 0")
+        clf = self.cache_load_factor
+        require(clf is None or 0 < clf <= 1, f"{key}.cache_load_factor", clf, "the share of rows cached in HBM: must be in (0, 1]")
+        require(self.precision in ("fp32", "fp16"), f"{key}.precision", self.precision, "use fp32 or fp16")
 
 
 @dataclass
@@ -363,6 +390,10 @@ class DistConfig:
     # every collective (and joining the group) fails after this long: a hung or stopped
     # peer ends the job with an error instead of blocking it (torch's default: 30 min)
     timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        for name, table in self.tables.items():
+            table.check(name)
 
 
 Monitor = Literal["auc", "gauc", "logloss"]
@@ -423,8 +454,9 @@ class TrainConfig:
     # where the job runs: auto (CUDA if torch sees a GPU, else CPU), cpu, or cuda (an
     # error if there is none); each rank takes GPU LOCAL_RANK; nccl on CUDA, gloo on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # bf16: autocast the model's dense arches to bfloat16; embedding tables, their
-    # lookups, the loss and every optimizer state stay float32
+    # bf16: autocast the model's dense arches to bfloat16; embedding tables (a table's
+    # own is dist.tables.<name>.precision), their lookups, the loss and every optimizer
+    # state stay float32
     precision: Literal["fp32", "bf16"] = "fp32"
     # torch.compile every submodule that holds no embedding table (the dense arches)
     compile: bool = False

@@ -11,10 +11,53 @@ from typing import Dict, List, Literal, Optional
 from interformer_rec.typed_yaml import ConfigError, require
 
 
+IdPolicy = Literal["hash", "reject", "managed_collision"]
+EvictionPolicy = Literal["lfu", "lru", "distance_lfu"]
+
+
+@dataclass
+class ManagedCollisionConfig:
+    """TorchRec's managed collision (``MCHManagedCollisionModule``) for one table: raw
+    ids get rows of their own while rows are free; at every ``eviction_interval``
+    training steps the ids seen since the last one are admitted, and when the table is
+    full the ids with the lowest ``eviction_policy`` score give their rows up (row and
+    optimizer state re-initialised). ``lfu``: fewest occurrences since admission;
+    ``lru``: longest unseen; ``distance_lfu``: occurrences discounted by the steps since
+    last seen (``decay_exponent``). An id without a row (not yet admitted, or evicted)
+    reads the shared last row of its shard.
+
+    Raw ids are first mixed by splitmix64 into ``[0, input_hash_size)`` (two ids
+    collide there with probability about ``n² / (2·input_hash_size)``, ~1e-7 for 1e6
+    ids at the default), which spreads them evenly over the ``buckets``: contiguous
+    ranges of that space, each with an equal share of the rows. Row-wise sharding puts
+    ``buckets / world_size`` buckets on each rank, so ``buckets`` must be a multiple of
+    the world size.
+    """
+
+    eviction_policy: EvictionPolicy = "distance_lfu"
+    eviction_interval: int = 1
+    decay_exponent: float = 1.0
+    input_hash_size: int = (1 << 63) - 1
+    buckets: int = 1
+
+    def check(self, where: str) -> None:
+        require(self.eviction_interval >= 1, f"{where}.eviction_interval", self.eviction_interval, "must be >= 1")
+        require(self.buckets >= 1, f"{where}.buckets", self.buckets, "must be >= 1")
+        require(
+            1 <= self.input_hash_size <= (1 << 63) - 1,
+            f"{where}.input_hash_size", self.input_hash_size, "must be in [1, 2**63 - 1]",
+        )
+        require(self.decay_exponent > 0, f"{where}.decay_exponent", self.decay_exponent, "must be > 0")
+
+
 @dataclass
 class TableConfig:
-    """One embedding table. ``num_embeddings`` is the hash size: ids must lie in
-    ``[0, num_embeddings)`` or are treated by ``Schema.id_policy``."""
+    """One embedding table of ``num_embeddings`` rows. How ids become rows is its
+    ``id_policy`` (default ``Schema.id_policy``): ``reject`` and ``hash`` as there;
+    ``managed_collision`` takes raw int64 ids of any value and gives each its own row
+    while rows last (:class:`ManagedCollisionConfig`, settings in ``managed_collision``).
+    A managed-collision table is looked up in an EmbeddingCollection: its non-sequence
+    features must be scalar ids (they become tokens like a target item)."""
 
     name: str
     num_embeddings: int
@@ -22,9 +65,14 @@ class TableConfig:
     # ``[num_embeddings, model.embedding_dim]`` (e.g. co-rating item embeddings,
     # interformer_rec.data.corating); the table is trained from there like any other
     init: Optional[str] = None
+    id_policy: Optional[IdPolicy] = None
+    managed_collision: ManagedCollisionConfig = field(default_factory=ManagedCollisionConfig)
 
     def __post_init__(self) -> None:
         require(self.num_embeddings >= 1, f"schema.tables[{self.name}].num_embeddings", self.num_embeddings, "must be >= 1")
+        if isinstance(self.managed_collision, dict):  # from schema.json
+            self.managed_collision = ManagedCollisionConfig(**self.managed_collision)
+        self.managed_collision.check(f"schema.tables[{self.name}].managed_collision")
 
 
 @dataclass
@@ -68,18 +116,17 @@ class SequenceFloatFeature:
     transform: Literal["none", "log1p"] = "none"
 
 
-IdPolicy = Literal["hash", "reject"]
-
-
 @dataclass
 class Schema:
     """Each column's role.
 
-    ``id_policy``: ``reject`` (default): every id must lie in ``[0, num_embeddings)``
-    of its table, else an error names file, column and row. ``hash``: every id of every
-    sparse/sequence column is passed through a fixed 64-bit mix and taken modulo
-    ``num_embeddings`` (the hashing trick, for raw hashed categories such as Criteo's);
-    collisions are then by design, never an accident of wrapping. ``group_key`` is the
+    ``id_policy`` (of every table without its own, :class:`TableConfig`): ``reject``
+    (default): every id must lie in ``[0, num_embeddings)`` of its table, else an error
+    names file, column and row. ``hash``: every id is passed through a fixed 64-bit mix
+    and taken modulo ``num_embeddings`` (the hashing trick, for raw hashed categories
+    such as Criteo's); collisions are then by design, never an accident of wrapping.
+    ``managed_collision``: raw ids, remapped by TorchRec's managed collision
+    (:class:`ManagedCollisionConfig`). ``group_key`` is the
     column whose values group rows for gAUC (usually the user id). ``oracle`` is an
     optional column with the true probability of the first label (synthetic data), used
     only for reporting the oracle AUC; ``task_oracles`` maps further labels to theirs.
@@ -127,6 +174,12 @@ class Schema:
         for f in self.sequence_floats:
             if f.num_bins < 2:
                 raise ConfigError(f"schema.sequence_floats: {f.name!r} num_bins={f.num_bins}: must be >= 2")
+        for name in self.managed_tables:
+            if self.table(name).init is not None:
+                raise ConfigError(
+                    f"schema.tables[{name}].init: a managed_collision table gives rows to ids at run "
+                    "time, so initial values per row cannot be given"
+                )
         lens = {s.max_len for s in self.sequence}
         if len(lens) > 1:
             raise ConfigError(
@@ -136,19 +189,37 @@ class Schema:
     def table(self, name: str) -> TableConfig:
         return next(t for t in self.tables if t.name == name)
 
+    def policy_of(self, table: str) -> IdPolicy:
+        """The id policy of ``table``: its own, else the schema's."""
+        return self.table(table).id_policy or self.id_policy
+
+    @property
+    def managed_tables(self) -> List[str]:
+        """Tables with ``id_policy: managed_collision``, in schema order."""
+        return [t.name for t in self.tables if self.policy_of(t.name) == "managed_collision"]
+
     @property
     def sequence_tables(self) -> List[str]:
         return sorted({s.table for s in self.sequence})
 
     @property
+    def unpooled_tables(self) -> List[str]:
+        """Tables of the EmbeddingCollections: the sequence tables and the used
+        managed-collision tables (row-wise sharding, all TorchRec offers managed
+        collision, is offered for pooled tables on CUDA only)."""
+        used = {f.table for f in self.sparse}
+        return sorted(set(self.sequence_tables) | (set(self.managed_tables) & used))
+
+    @property
     def pooled_features(self) -> List[SparseFeature]:
         """Features of ``Batch.sparse`` (EmbeddingBagCollection), in schema order."""
-        return [f for f in self.sparse if f.table not in self.sequence_tables]
+        return [f for f in self.sparse if f.table not in self.unpooled_tables]
 
     @property
     def target_features(self) -> List[SparseFeature]:
-        """Scalar features that share a table with a sequence (EmbeddingCollection)."""
-        return [f for f in self.sparse if f.table in self.sequence_tables]
+        """Scalar features looked up in an EmbeddingCollection: those that share a table
+        with a sequence (a target item), and those of a managed-collision table."""
+        return [f for f in self.sparse if f.table in self.unpooled_tables]
 
     @property
     def unpooled_keys(self) -> List[str]:

@@ -139,6 +139,16 @@ def _worker(rank: int, world: int, port: int, jobs: List[Dict[str, Any]]) -> Non
                 diffs[table] = [float((v - want[r : r + v.shape[0], c : c + v.shape[1]]).abs().max()) for (r, c), v in local]
             Path(f"{job['result']}.{rank}").write_text(json.dumps(diffs))
             continue
+        if job["kind"] == "fit_until":  # a job that dies after step `stop_after` (its checkpoint written)
+            def stop(t: Any, at: int = job["stop_after"]) -> None:
+                if t.global_step >= at:
+                    raise _Stopped
+
+            try:
+                Trainer(cfg).fit(stop)
+            except _Stopped:
+                continue
+            raise AssertionError("the job did not reach its stop step")
         if job["kind"] == "fit":
             trainer = Trainer(cfg)
             kill = job.get("kill_in_save")
@@ -161,6 +171,10 @@ def _worker(rank: int, world: int, port: int, jobs: List[Dict[str, Any]]) -> Non
             Path(job["result"]).write_text(json.dumps(result))
     if created:
         dist.destroy_process_group()
+
+
+class _Stopped(Exception):
+    pass
 
 
 def reader_ranks(rank: int, world: int, port: int, path: str, out: str, num_workers: int) -> None:

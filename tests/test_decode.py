@@ -14,6 +14,7 @@ from interformer_rec.arrays import DataError, Jagged, splitmix64
 from interformer_rec.data.decode import InFile, InValues, Rows, apply_id_policy, decode_table
 from interformer_rec.data.reader import ParquetBatchReader
 from interformer_rec.serving.features import FeatureSpec, InputError, encode_rows, encode_table
+from interformer_rec.schema import Schema, SparseFeature, TableConfig
 from test_bad_input import N, SCHEMA, columns
 
 GOLDEN = 0x9E3779B97F4A7C15
@@ -105,7 +106,11 @@ def test_where_formats() -> None:
     rows = InValues(lambda i: f"rows[{i}]")
     assert str(rows.error("bad", "c", 3)) == "rows[3].c: bad" and str(rows.error("bad", row=3)) == "rows[3]: bad"
     with pytest.raises(DataError, match=r"^rows\[1\]\.x: id 7 outside \[0, 5\) of table 't'"):
-        apply_id_policy(Jagged(np.array([1, 1]), np.array([0, 7])), "x", "t", 5, "reject", rows)
+        apply_id_policy(Jagged(np.array([1, 1]), np.array([0, 7])), "x", _one_table("reject"), "t", rows)
+
+
+def _one_table(policy: str) -> Schema:
+    return Schema(labels=["y"], sparse=[SparseFeature("x", "t")], tables=[TableConfig("t", 5)], id_policy=policy)
 
 
 def test_rows_take_slice_concat_and_model_inputs() -> None:

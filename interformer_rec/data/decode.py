@@ -33,6 +33,10 @@ naming the source and, where it applies, the column and the row.
   including steps that truncation would drop). ``"hash"``: every id of every sparse and
   sequence column is mixed by splitmix64 (as a 64-bit unsigned integer) and taken modulo
   ``num_embeddings``, so collisions are by design and no id is silently wrapped.
+  ``"managed_collision"`` (a table's own policy, or the schema's): any int64 id is
+  accepted and mixed by splitmix64 into ``[0, input_hash_size)``; the model's
+  managed-collision module gives it a row. The policy is each table's
+  (``Schema.policy_of``).
 """
 
 from __future__ import annotations
@@ -362,11 +366,19 @@ def float_lists(col: Column, column: str, where: Where) -> Jagged:
     return finite_lists(lengths, flat.to_numpy(zero_copy_only=False), column, where)
 
 
-def apply_id_policy(j: Jagged, column: str, table: str, size: int, policy: str, where: Where) -> Jagged:
-    """Check (``"reject"``) or hash (``"hash"``) the ids of ``column``, a feature of
-    ``table`` with ``size`` rows."""
+def apply_id_policy(j: Jagged, column: str, schema: Schema, table: str, where: Where) -> Jagged:
+    """The ids of ``column``, a feature of ``table``, under the table's id policy:
+    checked (``reject``), hashed modulo its rows (``hash``) or mixed into
+    ``[0, input_hash_size)`` for TorchRec's managed collision (``managed_collision``,
+    which gives them rows in the model)."""
+    policy = schema.policy_of(table)
+    t = schema.table(table)
     if policy == "hash":
-        return Jagged(j.lengths, (splitmix64(j.values) % np.uint64(size)).astype(np.int64))
+        return Jagged(j.lengths, (splitmix64(j.values) % np.uint64(t.num_embeddings)).astype(np.int64))
+    if policy == "managed_collision":
+        space = np.uint64(t.managed_collision.input_hash_size)
+        return Jagged(j.lengths, (splitmix64(j.values) % space).astype(np.int64))
+    size = t.num_embeddings
     bad = (j.values < 0) | (j.values >= size)
     if bad.any():
         pos = _first(bad)
@@ -440,8 +452,7 @@ def decode_table(table: pa.Table, schema: Schema, where: Where, training: bool =
     policed: Dict[str, Jagged] = {}
     for name, table_name in id_columns(schema):
         raw = ids(col(name), name, where, target=name in targets)
-        size = schema.table(table_name).num_embeddings
-        policed[name] = apply_id_policy(raw, name, table_name, size, schema.id_policy, where)
+        policed[name] = apply_id_policy(raw, name, schema, table_name, where)
     floats = {f.name: float_lists(col(f.name), f.name, where) for f in schema.sequence_floats}
     return assemble(schema, dense, policed, where, labels, groups, floats)
 

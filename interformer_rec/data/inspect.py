@@ -253,8 +253,9 @@ def _schema_problems(
         st = stats.get(f.name)
         if st is not None and st.nulls:
             problems.append(f"target feature {f.name!r}: {st.nulls} nulls (the reader rejects them)")
+    tables = {f.name: f.table for f in [*schema.sparse, *schema.sequence]}
     for c, n in checks["out_of_range_ids"].items():
-        if n and schema.id_policy == "reject":
+        if n and schema.policy_of(tables[c]) == "reject":
             problems.append(f"{c!r}: {n} ids outside its table (id_policy 'reject' stops the reader)")
     for c, n in checks["truncated_sequences"].items():
         if n:

@@ -32,7 +32,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from interformer_rec.config import ConfigError, ModelConfig, Schema
 from interformer_rec.modules.continuous import mean_floats, require_floats, sequence_floats
-from interformer_rec.modules.embeddings import build_ebc, build_ec, init_range, pooled_table_configs
+from interformer_rec.modules.embeddings import build_ebc, build_ec, build_mc_ec, init_range, pooled_table_configs, unpooled_lookup
 from interformer_rec.ops.sequences import right_align
 
 DLRM_VARIANTS = ("dlrm", "dlrm_dcn", "dlrm_projection")
@@ -57,6 +57,13 @@ def dlrm_ebc(schema: Schema, dim: int, device: Optional[torch.device] = None) ->
     target feature (one id) equal to its embedding and makes a history the average of its
     steps, whose scale does not grow with its length (an empty history pools to zeros).
     """
+    _check(
+        not schema.managed_tables,
+        f"model: the DLRM baselines pool every table in one EmbeddingBagCollection; its tables "
+        f"{schema.managed_tables} have id_policy managed_collision, which TorchRec shards row-wise "
+        "only, offered for pooled tables on CUDA only: use another id_policy for them, or a "
+        "sequence model (interformer, din, bst, onetrans, infnet)",
+    )
     tables = pooled_table_configs(schema, dim) + [
         EmbeddingBagConfig(
             name=name,
@@ -275,6 +282,7 @@ class BST(nn.Module):
         self.target_slots: List[Optional[str]] = target_slots(schema)
         self.ebc: Optional[EmbeddingBagCollection] = build_ebc(schema, d, embedding_device)
         self.ec = build_ec(schema, d, embedding_device)
+        self.mc_ec = build_mc_ec(schema, d, embedding_device)
         self.floats = sequence_floats(schema, len(schema.sequence) * d, d)
         self.step_proj = nn.Linear(len(schema.sequence) * d if self.floats is None else self.floats.out_dim, d)
         self.sequence_arch = BSTSequenceArch(
@@ -302,7 +310,7 @@ class BST(nn.Module):
         Returns:
             ``[B, tasks]`` logits.
         """
-        jts: Dict[str, JaggedTensor] = self.ec(sequence)
+        jts: Dict[str, JaggedTensor] = unpooled_lookup(self.ec, self.mc_ec, sequence)
         T = self.max_len
         lengths = jts[self.sequence_names[0]].lengths().to(torch.int64).clamp(max=T)
         steps = torch.cat([jts[n].to_padded_dense(desired_length=T) for n in self.sequence_names], dim=-1)

@@ -28,7 +28,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 from interformer_rec.config import ModelConfig, Schema
 from interformer_rec.models.baselines import _check, target_slots
 from interformer_rec.modules.continuous import require_floats, sequence_floats
-from interformer_rec.modules.embeddings import build_ebc, build_ec, unpooled_tokens
+from interformer_rec.modules.embeddings import build_ebc, build_ec, build_mc_ec, unpooled_lookup, unpooled_tokens
 from interformer_rec.ops.sequences import masked_mean
 
 
@@ -138,6 +138,7 @@ class DIN(nn.Module):
         self.extra_target_names: List[str] = [n for n in self.target_names if n not in self.target_slots]
         self.ebc: Optional[EmbeddingBagCollection] = build_ebc(schema, d, embedding_device)
         self.ec = build_ec(schema, d, embedding_device)
+        self.mc_ec = build_mc_ec(schema, d, embedding_device)
         self.floats = sequence_floats(schema, len(self.sequence_names) * d, d)
         step_dim = len(self.sequence_names) * d if self.floats is None else self.floats.out_dim
         self.attention = DINAttentionPooling(step_dim, dc.attention_mlp)
@@ -182,7 +183,7 @@ class DIN(nn.Module):
         Returns:
             ``[B, tasks]`` logits.
         """
-        jts: Dict[str, JaggedTensor] = self.ec(sequence)
+        jts: Dict[str, JaggedTensor] = unpooled_lookup(self.ec, self.mc_ec, sequence)
         steps, valid = self.history(jts, floats)  # [B, T, D], [B, T]
         # to_padded_dense with length 1 gives a zero vector for a missing target id
         targets = {n: jts[n].to_padded_dense(desired_length=1).squeeze(1) for n in self.target_names}

@@ -39,11 +39,13 @@ from interformer_rec.modules.embeddings import (
     ProjectedDenseToken,
     build_ebc,
     build_ec,
+    build_mc_ec,
     pad_steps,
     padded_length,
     pooled_tokens,
     step_values,
     target_tokens,
+    unpooled_lookup,
     unpooled_tokens,
 )
 from interformer_rec.modules.interaction import InteractionArch, build_interaction
@@ -369,6 +371,7 @@ class InterFormer(nn.Module):
 
         self.ebc = build_ebc(schema, d, embedding_device)
         self.ec = build_ec(schema, d, embedding_device)
+        self.mc_ec = build_mc_ec(schema, d, embedding_device)
         dense_cls = ProjectedDenseToken if ic.dense_tokens == "projected" else DenseTokens
         self.dense_tokens = dense_cls(len(schema.dense), d) if schema.dense else None
         self.floats = sequence_floats(schema, len(self.sequence_names) * d, d)
@@ -419,7 +422,7 @@ class InterFormer(nn.Module):
             ``steps [B, T, k·d]`` (zeros at padded steps; with sequence floats merged,
             :class:`~interformer_rec.modules.continuous.SequenceFloats`), ``lengths [B]``.
         """
-        targets, steps, lengths = unpooled_tokens(self.ec(sequence), self.target_names, self.sequence_names, self.max_len)
+        targets, steps, lengths = unpooled_tokens(unpooled_lookup(self.ec, self.mc_ec, sequence), self.target_names, self.sequence_names, self.max_len)
         x = self._x(dense, sparse, targets, steps, lengths)
         if self.floats is not None:
             steps = self.floats(steps, require_floats(floats), lengths)
@@ -434,7 +437,7 @@ class InterFormer(nn.Module):
             ``X¹ [B, n, d]``, ``values [V, step_dim]`` every row's real steps, row-major
             (sequence floats merged), ``lengths [B]`` and the batch's padded length ``T``.
         """
-        jts = self.ec(sequence)
+        jts = unpooled_lookup(self.ec, self.mc_ec, sequence)
         values, lengths = step_values(jts, self.sequence_names)
         T = padded_length(lengths, self.max_len)
         targets = target_tokens(jts, self.target_names) if self.target_names else None

@@ -26,7 +26,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from interformer_rec.config import ConfigError, Schema
 from interformer_rec.models.baselines import target_slots
 from interformer_rec.modules.continuous import require_floats, sequence_floats
-from interformer_rec.modules.embeddings import DenseTokens, build_ebc, build_ec, pooled_tokens, unpooled_tokens
+from interformer_rec.modules.embeddings import DenseTokens, build_ebc, build_ec, build_mc_ec, pooled_tokens, unpooled_lookup, unpooled_tokens
 
 
 class TokenModel(nn.Module):
@@ -64,6 +64,7 @@ class TokenModel(nn.Module):
             raise ConfigError(f"model.name={name!r} needs at least one dense, pooled or target feature")
         self.ebc: Optional[EmbeddingBagCollection] = build_ebc(schema, dim, embedding_device)
         self.ec = build_ec(schema, dim, embedding_device)
+        self.mc_ec = build_mc_ec(schema, dim, embedding_device)
         self.dense_tokens = DenseTokens(len(schema.dense), dim) if schema.dense else None
         step_dim = len(self.sequence_names) * dim
         self.floats = sequence_floats(schema, step_dim, dim)
@@ -92,7 +93,7 @@ class TokenModel(nn.Module):
             parts.append(self.dense_tokens(dense))
         if self.ebc is not None:
             parts.append(pooled_tokens(self.ebc(sparse), self.pooled_names))
-        jts = self.ec(sequence)
+        jts = unpooled_lookup(self.ec, self.mc_ec, sequence)
         _, steps, lengths = unpooled_tokens(jts, [], self.sequence_names, self.max_len, batch_len=False)
         # to_padded_dense with length 1 gives a zero vector for a missing target id
         targets = {n: jts[n].to_padded_dense(desired_length=1) for n in self.target_names}  # each [B, 1, d]

@@ -4,8 +4,10 @@ sequence embeddings (``JaggedTensor.to_padded_dense``, left-aligned).
 
 The TorchRec embedding modules themselves (``EmbeddingBagCollection`` for pooled
 features, ``EmbeddingCollection`` for the target features and the sequences, which share
-tables) are built here but owned by the model as ``model.ebc`` / ``model.ec`` so that the
-sharding planner sees them at stable paths. Their outputs are always read **by name**:
+tables, and TorchRec's ``ManagedCollisionEmbeddingCollection`` for the tables with
+``id_policy: managed_collision``) are built here but owned by the model as
+``model.ebc`` / ``model.ec`` / ``model.mc_ec`` so that the sharding planner sees them at
+stable paths. Their outputs are always read **by name**:
 a sharded EBC returns its keys in a different order than the unsharded one.
 """
 
@@ -19,7 +21,16 @@ from torch import Tensor, nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
-from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedTensor
+from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingCollection
+from torchrec.modules.mc_modules import (
+    DistanceLFU_EvictionPolicy,
+    LFU_EvictionPolicy,
+    LRU_EvictionPolicy,
+    ManagedCollisionCollection,
+    ManagedCollisionModule,
+    MCHManagedCollisionModule,
+)
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from interformer_rec.config import Schema
 
@@ -113,26 +124,99 @@ def build_ebc(
     return EmbeddingBagCollection(tables=tables, device=device) if tables else None
 
 
-def build_ec(schema: Schema, dim: int, device: Optional[torch.device] = None) -> EmbeddingCollection:
-    """An ``EmbeddingCollection`` with one table per ``schema.sequence_tables``; each
-    table's features are the target features and the sequences that use it (a target item
-    id and the history item ids are two feature names of one table). Init
-    :func:`init_range`."""
+def table_rows(schema: Schema, name: str) -> int:
+    """Rows of table ``name``: ``num_embeddings``, plus for a managed-collision table one
+    row per bucket for the ids that have no row of their own (so that ``num_embeddings``
+    distinct ids always fit)."""
+    t = schema.table(name)
+    if schema.policy_of(name) == "managed_collision":
+        return t.num_embeddings + t.managed_collision.buckets
+    return t.num_embeddings
+
+
+def unpooled_table_configs(schema: Schema, dim: int, names: List[str]) -> List[EmbeddingConfig]:
+    """One ``EmbeddingConfig`` per table of ``names``; each table's features are the
+    target features and the sequences that use it (a target item id and the history item
+    ids are two feature names of one table). Init :func:`init_range`."""
     tables = []
-    for name in schema.sequence_tables:
+    for name in names:
         feats = [f.name for f in schema.target_features if f.table == name]
         feats += [s.name for s in schema.sequence if s.table == name]
         tables.append(
             EmbeddingConfig(
                 name=name,
                 embedding_dim=dim,
-                num_embeddings=schema.table(name).num_embeddings,
+                num_embeddings=table_rows(schema, name),
                 feature_names=feats,
                 weight_init_min=-init_range(dim),
                 weight_init_max=init_range(dim),
             )
         )
-    return EmbeddingCollection(tables=tables, device=device)
+    return tables
+
+
+def build_ec(schema: Schema, dim: int, device: Optional[torch.device] = None) -> Optional[EmbeddingCollection]:
+    """The ``EmbeddingCollection`` of the unpooled tables (``schema.unpooled_tables``)
+    whose ids are not managed (``None`` if there is none)."""
+    managed = set(schema.managed_tables)
+    names = [n for n in schema.unpooled_tables if n not in managed]
+    return EmbeddingCollection(tables=unpooled_table_configs(schema, dim, names), device=device) if names else None
+
+
+_EVICTION = {"lfu": LFU_EvictionPolicy, "lru": LRU_EvictionPolicy, "distance_lfu": DistanceLFU_EvictionPolicy}
+
+
+def build_mc_ec(
+    schema: Schema, dim: int, device: Optional[torch.device] = None
+) -> Optional[ManagedCollisionEmbeddingCollection]:
+    """TorchRec's ``ManagedCollisionEmbeddingCollection`` over the managed-collision
+    tables (``None`` if there is none): one ``MCHManagedCollisionModule`` per table, so
+    a target item and its history share one remapping as they share one table. Its
+    ``zch_size`` is :func:`table_rows`; ids reach it already mixed into
+    ``[0, input_hash_size)`` by the reader (``interformer_rec.data.decode``)."""
+    names = [n for n in schema.unpooled_tables if n in set(schema.managed_tables)]
+    if not names:
+        return None
+    configs = unpooled_table_configs(schema, dim, names)
+    modules: Dict[str, ManagedCollisionModule] = {}
+    for c in configs:
+        mc = schema.table(c.name).managed_collision
+        policy = _EVICTION[mc.eviction_policy]
+        modules[c.name] = MCHManagedCollisionModule(
+            zch_size=c.num_embeddings,
+            device=device or torch.device("cpu"),
+            eviction_policy=policy() if mc.eviction_policy == "lfu" else policy(decay_exponent=mc.decay_exponent),
+            eviction_interval=mc.eviction_interval,
+            input_hash_size=mc.input_hash_size,
+            name=c.name,
+            buckets=mc.buckets,
+        )
+    return ManagedCollisionEmbeddingCollection(
+        EmbeddingCollection(tables=configs, device=device),
+        ManagedCollisionCollection(modules, embedding_configs=configs),
+        # allow_in_place_embed_weight_update: rows of evicted ids are re-initialised
+        # through .data, outside the step's autograd graph
+        allow_in_place_embed_weight_update=True,
+    )
+
+
+@torch.fx.wrap
+def _merged(a: Dict[str, JaggedTensor], b: Dict[str, JaggedTensor]) -> Dict[str, JaggedTensor]:
+    """Two lookups' outputs as one dict (a leaf of an fx trace: TorchRec's train
+    pipeline traces the model, and a traced dict cannot be iterated)."""
+    return {**a, **b}
+
+
+def unpooled_lookup(
+    ec: Optional[EmbeddingCollection], mc_ec: Optional[ManagedCollisionEmbeddingCollection], features: KeyedJaggedTensor
+) -> Dict[str, JaggedTensor]:
+    """The embeddings of every unpooled feature by name: ``features`` (keys
+    ``Schema.unpooled_keys``) looked up in the plain and in the managed-collision
+    EmbeddingCollection; each reads its own keys."""
+    if mc_ec is None:
+        return ec(features)  # type: ignore[misc]
+    managed = mc_ec(features)[0]
+    return managed if ec is None else _merged(ec(features), managed)
 
 
 def pooled_tokens(pooled: KeyedTensor, names: List[str]) -> Tensor:

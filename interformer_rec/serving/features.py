@@ -172,7 +172,13 @@ def request_format(spec: FeatureSpec) -> Dict[str, Any]:
         "rule": "every feature is given exactly once: in `user` or in every candidate",
         "features": {n: kinds[k] for n, k in spec.kind.items()},
         "id_policy": spec.id_policy,
-        "id_ranges": {f.name: [0, f.num_embeddings] for f in spec.id_features.values()},
+        "id_policies": {f.name: spec.schema.policy_of(f.table) for f in spec.id_features.values()},
+        # managed_collision and hash take any int64 id
+        "id_ranges": {
+            f.name: [0, f.num_embeddings]
+            for f in spec.id_features.values()
+            if spec.schema.policy_of(f.table) == "reject"
+        },
     }
 
 
@@ -265,8 +271,7 @@ def id_column(spec: FeatureSpec, values: Sequence[Any], name: str, where: InValu
     rows = [_id_list(v, kind, f"{where.label(i)}.{name}") for i, v in enumerate(values)]
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     flat = np.fromiter((x for r in rows for x in r), dtype=np.int64, count=int(lengths.sum()))
-    f = spec.id_features[name]
-    return decode.apply_id_policy(Jagged(lengths, flat), name, f.table, f.num_embeddings, spec.id_policy, where)
+    return decode.apply_id_policy(Jagged(lengths, flat), name, spec.schema, spec.id_features[name].table, where)
 
 
 def float_column(values: Sequence[Any], name: str, where: InValues) -> Jagged:

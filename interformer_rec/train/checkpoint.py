@@ -58,6 +58,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import _MEM_FORMAT_ENCODING, Metadata
 from torch.distributed.checkpoint.planner import ReadItem
 from torch.optim import Optimizer
+from torchrec.modules.mc_modules import MCHManagedCollisionModule
 
 from interformer_rec.arrays import DataError
 from interformer_rec.data.sources import filesystem, is_uri
@@ -507,6 +508,34 @@ def read_meta(ckpt: Location) -> Dict[str, Any]:
     return meta
 
 
+def check_managed_layout(ckpt: Path, model: nn.Module, loaded: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint whose managed-collision tables cannot be loaded by this
+    plan, before TorchRec's own assertion would.
+
+    A managed-collision table's row shards each hold the ids of their own range of the
+    id space (``Schema`` ``buckets``), with rows inside the shard; the checkpoint
+    records the row segments its shards had (``_output_segments_tensor``). A shard of
+    this plan can be rebuilt only if its row range starts and ends on saved segment
+    boundaries: the same shards as at save time, or one shard holding them all (one
+    rank, export). Splitting a saved shard would put ids on ranks that do not own
+    their rows."""
+    for m in model.modules():
+        if not isinstance(m, MCHManagedCollisionModule):
+            continue
+        suffix = f"_managed_collision_modules.{m._name}._output_segments_tensor"
+        saved = next((v for k, v in loaded.items() if k.endswith(suffix)), None)
+        if saved is None:
+            continue
+        bounds = [int(x) for x in saved.tolist() if x >= 0]
+        start, end = m._output_global_offset, m._output_global_offset + m._zch_size
+        if start not in bounds or end not in bounds:
+            raise CheckpointError(
+                f"{ckpt}: managed-collision table {m._name!r} was saved in row shards with boundaries "
+                f"{bounds}; this plan's shard [{start}, {end}) splits one of them. Load it with the "
+                f"world size it was trained with ({len(bounds) - 1} row-wise shards), or on one rank"
+            )
+
+
 def load_checkpoint(ckpt: Location, model: nn.Module, optimizer: Optional[Optimizer] = None) -> Dict[str, Any]:
     """Load a checkpoint into ``model`` (sharded or not, any world size and plan) and,
     if given, ``optimizer``. Returns its meta.
@@ -544,6 +573,7 @@ def load_checkpoint(ckpt: Location, model: nn.Module, optimizer: Optional[Optimi
     if missing and _is_main():
         logger.warning("%s: %d optimizer entries not in the checkpoint, kept fresh: %s", ckpt, len(missing), missing[:8])
     safe_dcp_load(state, ckpt, reader, allow_partial_load=True)  # tensors in place, other values set in `state`
+    check_managed_layout(ckpt, model, state["model"])
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optim"])

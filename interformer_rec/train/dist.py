@@ -48,20 +48,22 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingCollection
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DataParallelWrapper, DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.sharding_plan import get_default_sharders
-from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan, ShardingType
+from torchrec.distributed.types import CacheParams, ModuleSharder, ShardingEnv, ShardingPlan, ShardingType
+from torchrec.modules.embedding_configs import BaseEmbeddingConfig, DataType
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-from interformer_rec.config import ConfigError, DistConfig, OptimizerConfig
-from interformer_rec.train.tables import init_embedding_tables, is_table_weight
+from interformer_rec.config import ConfigError, DistConfig, OptimizerConfig, Schema
+from interformer_rec.train.tables import init_embedding_tables, is_table_weight, prepare_managed_tables
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +225,7 @@ def init_optimizer_state(optimizer: CombinedOptimizer) -> None:
 
 # --------------------------------------------------------------------------- planning
 
-EBC, EC = "EmbeddingBagCollection", "EmbeddingCollection"
+EBC, EC, MC = "EmbeddingBagCollection", "EmbeddingCollection", "ManagedCollisionEmbeddingCollection"
 
 # (module kind, sharding type, device type) -> why it cannot run
 UNSUPPORTED: Dict[Tuple[str, str, str], str] = {
@@ -233,6 +235,14 @@ UNSUPPORTED: Dict[Tuple[str, str, str], str] = {
         "use table_wise, row_wise or column_wise"
     ),
 }
+
+
+FP16_DATA_PARALLEL = (
+    "a data-parallel table is updated by a PyTorch optimizer whose state has the weights' "
+    "dtype (fbgemm's fused kernels keep it fp32): in fp16 Adagrad's eps (1e-8) underflows and "
+    "a row without gradient divides 0 by 0 (NaN from the second step); use another sharding "
+    "type or precision fp32"
+)
 
 
 class CPURowWiseEBCSharder(EmbeddingBagCollectionSharder):
@@ -259,15 +269,109 @@ def make_sharders(cfg: DistConfig, device_type: str) -> List[ModuleSharder[nn.Mo
 
 
 def embedding_tables(model: nn.Module) -> Dict[str, str]:
-    """Table name -> ``"EmbeddingBagCollection"`` or ``"EmbeddingCollection"``, for every
-    embedding module of ``model`` (unsharded)."""
+    """Table name -> ``"EmbeddingBagCollection"``, ``"EmbeddingCollection"`` or
+    ``"ManagedCollisionEmbeddingCollection"``, for every embedding module of ``model``
+    (unsharded)."""
     out: Dict[str, str] = {}
+    managed = {
+        id(m._embedding_module): m for m in model.modules() if isinstance(m, ManagedCollisionEmbeddingCollection)
+    }
     for m in embedding_modules(model):
-        kind = EBC if isinstance(m, EmbeddingBagCollection) else EC
+        kind = EBC if isinstance(m, EmbeddingBagCollection) else MC if id(m) in managed else EC
         configs = m.embedding_bag_configs() if kind == EBC else m.embedding_configs()
         for t in configs:
             out[t.name] = kind
     return out
+
+
+def managed_buckets(model: nn.Module) -> Dict[str, int]:
+    """Table name -> ``buckets`` of its managed-collision module, for every
+    managed-collision table of ``model`` (unsharded)."""
+    return {
+        name: mch.buckets()
+        for m in model.modules()
+        if isinstance(m, ManagedCollisionEmbeddingCollection)
+        for name, mch in m._managed_collision_collection._managed_collision_modules.items()
+    }
+
+
+def table_configs(model: nn.Module) -> Dict[str, BaseEmbeddingConfig]:
+    """Table name -> its TorchRec config (``feature_names`` in the module's order, the
+    order of the planner's per-feature pooling factors), for an unsharded ``model``."""
+    out: Dict[str, BaseEmbeddingConfig] = {}
+    for m in embedding_modules(model):
+        configs = m.embedding_bag_configs() if isinstance(m, EmbeddingBagCollection) else m.embedding_configs()
+        out.update({t.name: t for t in configs})
+    return out
+
+
+def schema_pooling_factors(schema: Schema) -> Dict[str, float]:
+    """Feature name -> ids per row as the schema knows them: ``max_len`` for a sequence
+    (its longest history; a row holds at most that many), 1 for a sparse feature (a
+    scalar; a multi-hot one's mean is not in the schema). The planner's default pooling
+    factors, which ``dist.tables.<t>.pooling_factors`` overrides per feature."""
+    out = {f.name: 1.0 for f in schema.sparse}
+    out.update({s.name: float(s.max_len) for s in schema.sequence})
+    return out
+
+
+def table_knobs(model: nn.Module, cfg: DistConfig, schema: Optional[Schema] = None) -> Dict[str, Dict[str, object]]:
+    """``{table: {"features", "pooling_factors", "cache_load_factor", "precision"}}`` for
+    every table of an unsharded ``model``: what the planner is told about it
+    (``pooling_factors``: one per feature, the override or else the schema's, see
+    :func:`schema_pooling_factors`; TorchRec's 1 without a schema)."""
+    defaults = schema_pooling_factors(schema) if schema is not None else {}
+    out: Dict[str, Dict[str, object]] = {}
+    for name, tc in table_configs(model).items():
+        t = cfg.tables.get(name)
+        given = t.pooling_factors if t else {}
+        out[name] = {
+            "features": list(tc.feature_names),
+            "pooling_factors": [float(given.get(f, defaults.get(f, 1.0))) for f in tc.feature_names],
+            "cache_load_factor": t.cache_load_factor if t else None,
+            "precision": t.precision if t else "fp32",
+        }
+    return out
+
+
+def table_knobs_text(knobs: Dict[str, Dict[str, object]], plan: Optional[ShardingPlan] = None) -> str:
+    """The table knobs as lines for plan.txt: per table its features' pooling factors,
+    the weights' precision and the UVM cache load factor (with ``plan``, the kernel it
+    applies to: the cache exists only with ``fused_uvm_caching``)."""
+    kernels = {t: s["compute_kernel"] for t, s in plan_summary(plan).items()} if plan is not None else {}
+    lines = ["table knobs (dist.tables.<table>; pooling: ids per row and feature, given to the planner):"]
+    for name, k in knobs.items():
+        pooling = ", ".join(f"{f}={p:g}" for f, p in zip(k["features"], k["pooling_factors"]))  # type: ignore[call-overload]
+        clf = k["cache_load_factor"]
+        kernel = kernels.get(name)
+        cache = "-" if clf is None and kernel != EmbeddingComputeKernel.FUSED_UVM_CACHING.value else (
+            f"{clf if clf is not None else 0.2:g}" + ("" if clf is not None else " (TorchRec default)")
+        )
+        if clf is not None and kernel is not None and kernel != EmbeddingComputeKernel.FUSED_UVM_CACHING.value:
+            cache += f" (unused: kernel {kernel})"
+        lines.append(f"  {name}: pooling {pooling}; precision {k['precision']}; cache load factor {cache}")
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def apply_table_precision(model: nn.Module, cfg: DistConfig) -> None:
+    """Give each table with ``dist.tables.<t>.precision: fp16`` fp16 weights, in place
+    and before DMP shards ``model``: the config's ``data_type`` is what the sharded
+    TBE's ``weights_precision`` comes from, and the weight's dtype is what the planner's
+    storage estimate reads (as if the table had been built with
+    ``data_type=DataType.FP16``). The parameter objects are kept (``.data`` swapped),
+    so a fused optimizer already applied stays attached. Idempotent."""
+    for m in embedding_modules(model):
+        is_ebc = isinstance(m, EmbeddingBagCollection)
+        weights = m.embedding_bags if is_ebc else m.embeddings
+        for tc in m.embedding_bag_configs() if is_ebc else m.embedding_configs():
+            t = cfg.tables.get(tc.name)
+            if t is None or t.precision == "fp32":
+                continue
+            tc.data_type = DataType.FP16
+            w = weights[tc.name].weight
+            if w.dtype != torch.float16:
+                w.data = w.data.to(torch.float16)
 
 
 def _sharder_types(sharders: List[ModuleSharder[nn.Module]], kind: str, device_type: str) -> List[str]:
@@ -283,6 +387,7 @@ def check_sharding_config(
     device_type: str,
     sharders: Optional[List[ModuleSharder[nn.Module]]] = None,
     world_size: int = 1,
+    schema: Optional[Schema] = None,
 ) -> Dict[str, ParameterConstraints]:
     """Turn ``cfg.tables`` into planner constraints, refusing what cannot work on
     ``device_type`` with a :class:`ConfigError` that says why. Pure: it runs the same on
@@ -293,6 +398,12 @@ def check_sharding_config(
     without an override is data_parallel: on one rank a table-wise table holds the same
     rows with the fused kernel and optimizer, and a data-parallel one would need DDP's
     all-reduce after every backward (see :class:`SingleRank`).
+
+    Every table gets its features' pooling factors (:func:`table_knobs`: the
+    ``pooling_factors`` override, else the ``schema``'s ids per row; without a schema
+    only overridden tables get them) and a ``cache_load_factor`` becomes its
+    ``CacheParams``. A table's ``precision`` is not a constraint: it is the weights'
+    dtype (:func:`apply_table_precision`), which the planner reads.
     """
     sharders = sharders or make_sharders(cfg, device_type)
     tables = embedding_tables(model)
@@ -305,6 +416,11 @@ def check_sharding_config(
         offered = _sharder_types(sharders, kind, device_type)
         for st in t.sharding_types:
             why = UNSUPPORTED.get((kind, st, device_type))
+            if st == ShardingType.DATA_PARALLEL.value and t.precision == "fp16":
+                raise ConfigError(
+                    f"dist.tables.{name}.sharding_types: {st!r} with dist.tables.{name}.precision=fp16: "
+                    + FP16_DATA_PARALLEL
+                )
             if why:
                 raise ConfigError(f"dist.tables.{name}.sharding_types: {st!r} on {device_type}: {why}")
             if st not in offered:
@@ -321,13 +437,40 @@ def check_sharding_config(
         for k in t.compute_kernels:
             if k not in kernels:
                 raise ConfigError(f"dist.tables.{name}.compute_kernels: {k!r} is not one of {sorted(kernels)}")
-        if t.min_partition is not None and t.min_partition < 1:
-            raise ConfigError(f"dist.tables.{name}.min_partition: must be >= 1, got {t.min_partition}")
+        t.check(name)  # ranges (again, for a config edited in code)
+        features = list(table_configs(model)[name].feature_names)
+        unknown = sorted(set(t.pooling_factors) - set(features))
+        if unknown:
+            raise ConfigError(
+                f"dist.tables.{name}.pooling_factors: {unknown} are not features of table {name!r} "
+                f"(its features: {features})"
+            )
+        uvm = EmbeddingComputeKernel.FUSED_UVM_CACHING.value
+        if t.cache_load_factor is not None and device_type != "cuda":
+            raise ConfigError(
+                f"dist.tables.{name}.cache_load_factor: UVM caching (compute kernel {uvm}) is a CUDA "
+                f"kernel; on {device_type} the whole table is in host memory, there is no cache to size"
+            )
+        if t.cache_load_factor is not None and t.compute_kernels and uvm not in t.compute_kernels:
+            raise ConfigError(
+                f"dist.tables.{name}.cache_load_factor: sizes the HBM cache of the {uvm} kernel, which "
+                f"dist.tables.{name}.compute_kernels={t.compute_kernels} leaves out"
+            )
         constraints[name] = ParameterConstraints(
             sharding_types=list(t.sharding_types) or None,
             compute_kernels=list(t.compute_kernels) or None,
             min_partition=t.min_partition,
+            cache_params=CacheParams(load_factor=t.cache_load_factor) if t.cache_load_factor is not None else None,
         )
+    for name, buckets in managed_buckets(model).items():
+        if buckets % world_size:
+            raise ConfigError(
+                f"schema.tables[{name}].managed_collision.buckets={buckets}: must be a multiple of the "
+                f"world size ({world_size}); each rank holds buckets / world_size of the table's buckets"
+            )
+        if device_type == "cpu":  # the planner would also offer CUDA's UVM kernels
+            c = constraints.setdefault(name, ParameterConstraints())
+            c.compute_kernels = c.compute_kernels or [EmbeddingComputeKernel.FUSED.value]
     for name, kind in tables.items():
         if name in constraints and constraints[name].sharding_types:
             continue
@@ -335,12 +478,21 @@ def check_sharding_config(
             st for st in _sharder_types(sharders, kind, device_type)
             if (kind, st, device_type) not in UNSUPPORTED
         ]
-        if world_size == 1:
+        fp16 = name in cfg.tables and cfg.tables[name].precision == "fp16"  # see FP16_DATA_PARALLEL
+        if world_size == 1 or fp16:
             allowed = [st for st in allowed if st != ShardingType.DATA_PARALLEL.value]
-        if world_size == 1 or (kind == EC and device_type == "cpu"):
+        if world_size == 1 or fp16 or (kind == EC and device_type == "cpu"):
             c = constraints.get(name, ParameterConstraints())
             c.sharding_types = allowed
             constraints[name] = c
+    for name, k in table_knobs(model, cfg, schema).items():
+        if k["precision"] == "fp16":
+            # the lookups' output stays fp32 (fbgemm's default); said explicitly, or the
+            # planner would cost the output comms at the weights' 2 bytes
+            constraints.setdefault(name, ParameterConstraints()).output_dtype = DataType.FP32
+        if schema is None and not (name in cfg.tables and cfg.tables[name].pooling_factors):
+            continue  # TorchRec's default, 1 per feature
+        constraints.setdefault(name, ParameterConstraints()).pooling_factors = list(k["pooling_factors"])  # type: ignore[call-overload]
     return constraints
 
 
@@ -364,13 +516,16 @@ class PlanningError(RuntimeError):
 
 
 def plan_sharding(
-    model: nn.Module, cfg: DistConfig, env: DistEnv, batch_size: int
+    model: nn.Module, cfg: DistConfig, env: DistEnv, batch_size: int, schema: Optional[Schema] = None
 ) -> ShardingPlan:
     """Run TorchRec's planner on rank 0 and broadcast the plan (or its failure, so that
     every rank raises instead of waiting); per-table overrides from ``cfg.tables``
-    become planner constraints, checked first by :func:`check_sharding_config`."""
+    become planner constraints, checked first by :func:`check_sharding_config`, with the
+    ``schema``'s pooling factors. fp16 tables get their dtype first
+    (:func:`apply_table_precision`), so the planner sizes them as such."""
     sharders = make_sharders(cfg, env.device.type)
-    constraints = check_sharding_config(model, cfg, env.device.type, sharders, env.world_size)
+    constraints = check_sharding_config(model, cfg, env.device.type, sharders, env.world_size, schema)
+    apply_table_precision(model, cfg)
     planner = EmbeddingShardingPlanner(
         topology=make_topology(env), batch_size=batch_size, constraints=constraints
     )
@@ -429,15 +584,19 @@ def shard(
     plan: Optional[ShardingPlan] = None,
     init_seed: Optional[int] = None,
     pretrained: Optional[Dict[str, torch.Tensor]] = None,
+    schema: Optional[Schema] = None,
 ) -> Tuple[DistributedModelParallel, CombinedOptimizer, ShardingPlan]:
     """Shard ``model``'s embedding tables with DMP (dense arches replicated by DDP when
     there are several ranks, see :class:`SingleRank`) and
     build the combined optimizer: fused embedding optimizer, the same optimizer for
     data-parallel tables (:func:`replicated_table_optimizer`), dense optimizer. With ``init_seed`` the tables
     are re-initialised by :func:`init_embedding_tables` (plan-independent values, or
-    ``pretrained[table]``)."""
+    ``pretrained[table]``). ``schema``: the planner's default pooling factors
+    (:func:`plan_sharding`); each table's ``dist.tables.<t>.precision`` is applied
+    here, given a ``plan`` or not."""
     apply_embedding_optimizer(model, embedding_opt, env.device)
-    plan = plan or plan_sharding(model, dist_cfg, env, batch_size)
+    plan = plan or plan_sharding(model, dist_cfg, env, batch_size, schema)
+    apply_table_precision(model, dist_cfg)
     dmp = DistributedModelParallel(
         model,
         device=env.device,
@@ -447,6 +606,7 @@ def shard(
     )
     if init_seed is not None:
         init_embedding_tables(dmp, init_seed, pretrained)
+        prepare_managed_tables(dmp, init_seed)
     optims = [dmp.fused_optimizer]
     replicated = replicated_table_optimizer(dmp, embedding_opt)
     if replicated is not None:

@@ -55,6 +55,8 @@ from interformer_rec.train.dist import (
     init_distributed,
     plan_summary,
     shard,
+    table_knobs,
+    table_knobs_text,
 )
 from interformer_rec.train.metrics import compute_metrics, gather_predictions
 from interformer_rec.train.preflight import check_same_config, check_splits
@@ -107,6 +109,7 @@ class Trainer:
             raise ConfigError(f"train.task_weights: {unknown} are not labels of the schema ({labels})")
         weights = [float(tc.task_weights.get(t, 1.0)) for t in labels] if tc.task_weights else None
         self.model = RankingTrain(model, tc.embedding_regularizer, tc.precision, self.env.device.type, weights)
+        knobs = table_knobs(model, cfg.dist, schema)  # read before DMP replaces the tables
         self.dmp, self.optimizer, self.plan = shard(
             self.model,
             cfg.dist,
@@ -116,6 +119,7 @@ class Trainer:
             tc.dense_optimizer,
             init_seed=tc.seed,
             pretrained=pretrained_tables(cfg.data.schema.tables, cfg.model.embedding_dim),
+            schema=schema,
         )
         if tc.embedding_regularizer:
             self.model.regularizer = EmbeddingRegularizer(
@@ -130,7 +134,10 @@ class Trainer:
         self.pipeline = TrainPipelineSparseDist(
             self.dmp, self.optimizer, self.env.device, pipeline_postproc=True
         )
-        self.plan_text = f"sharding plan ({self.env.world_size} rank(s), {self.env.backend}):\n{self.plan}"
+        self.plan_text = (
+            f"sharding plan ({self.env.world_size} rank(s), {self.env.backend}):\n{self.plan}\n"
+            + table_knobs_text(knobs, self.plan)
+        )
         self.global_step = 0
         self.epoch = 0  # the epoch being trained
         self.step_in_epoch = 0  # global batches of self.epoch already trained
