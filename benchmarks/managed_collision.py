@@ -1,4 +1,4 @@
-"""Modulo hashing vs managed collision on a drifting log of raw 64-bit ids (issue 35, item 3).
+"""Modulo hashing vs managed collision on a drifting log of raw 64-bit ids.
 
     python benchmarks/managed_collision.py                  # every variant, 3 seeds
     python benchmarks/managed_collision.py --seeds 0 1      # fewer seeds
@@ -27,15 +27,17 @@ Variants at EQUAL total rows ``R`` of the ``item`` table (``--rows``, 4096): ``h
 (``id_policy: hash``, ``R`` rows: ``splitmix64(id) % R``) and ``managed_collision`` with
 eviction ``lru``, ``lfu``, ``distance_lfu`` (``num_embeddings R - 1`` and ``buckets 1``: R
 rows, the last the shared row of the ids without one; ``eviction_interval`` 1), and ``mc
-big (lru)`` (rows ≥ the distinct items of the log: the zero-collision reference). The
-``user`` table is the same in every variant (``id_policy: hash``, ``--user-rows`` rows), so
-only the item table differs (an MC user table would also move the user id from the pooled
-EmbeddingBag to a token of the EmbeddingCollection, changing the model).
+big (lru)`` (rows ≥ the distinct items of the log: the zero-collision reference); then
+``hash @N`` and ``mc lru @N`` at each ``--also-rows`` N (8192: between the items of one day
+and those of the log). The ``user`` table is the same in every variant (``id_policy:
+hash``, ``--user-rows`` rows), so only the item table differs (an MC user table would also
+move the user id from the pooled EmbeddingBag to a token of the EmbeddingCollection,
+changing the model).
 
-Each MC variant runs twice: as the package builds it, and ``+buf``, with TorchRec's
-history buffer sized for the largest step (see :class:`HistoryBufferProbe`: TorchRec sizes
-it from the first training batch and silently leaves the ids beyond it out of admission
-and eviction counts; with length buckets the first batch has the shortest histories).
+Every MC run also counts the ids that TorchRec's ``profile`` leaves out of admission and
+eviction counts (:class:`HistoryBufferProbe`; TorchRec sizes that buffer from the first
+training batch, the package grows it, ``interformer_rec.train.tables.prepare_managed_tables``):
+the column *ids not profiled* must read 0.
 
 Per variant and seed: test AUC and logloss, training samples/s (the trainer's, one epoch),
 and the collisions among the test day's distinct items (targets and histories): the share
@@ -240,31 +242,26 @@ class Variant:
     policy: str  # hash | managed_collision
     eviction: Optional[str]  # lru | lfu | distance_lfu (managed_collision)
     rows: int  # total rows of the item table (num_embeddings + buckets for MC)
-    full_buffer: bool = False  # MC: TorchRec's history buffer sized for the largest step
 
     @property
     def slug(self) -> str:
         return "".join(c if c.isalnum() else "_" for c in self.name).strip("_")
 
 
-def variants(
-    rows: int, big_rows: int, names: Sequence[str], buffers: Sequence[bool], also_rows: Sequence[int] = ()
-) -> List[Variant]:
+def variants(rows: int, big_rows: int, names: Sequence[str], also_rows: Sequence[int] = ()) -> List[Variant]:
     """``hash`` and the MC variants of ``names`` (``lru``, ``lfu``, ``distance_lfu``,
-    ``big``) at ``rows``, each MC one with TorchRec's history buffer as it is and/or sized
-    for the largest step (``buffers``); then ``hash`` and ``lru`` at each of ``also_rows``."""
+    ``big``) at ``rows``; then ``hash`` and ``lru`` at each of ``also_rows``."""
     out = []
     for n in names:
         if n == "hash":
             out.append(Variant("hash", "hash", None, rows))
-            continue
-        evict, r, label = ("lru", big_rows, "mc big (lru)") if n == "big" else (n, rows, f"mc {n}")
-        for full in buffers:
-            out.append(Variant(label + (" +buf" if full else ""), "managed_collision", evict, r, full))
+        elif n == "big":
+            out.append(Variant("mc big (lru)", "managed_collision", "lru", big_rows))
+        else:
+            out.append(Variant(f"mc {n}", "managed_collision", n, rows))
     for r in also_rows:
         out.append(Variant(f"hash @{r}", "hash", None, r))
-        for full in buffers:
-            out.append(Variant(f"mc lru @{r}" + (" +buf" if full else ""), "managed_collision", "lru", r, full))
+        out.append(Variant(f"mc lru @{r}", "managed_collision", "lru", r))
     return out
 
 
@@ -450,47 +447,34 @@ def mc_collisions(run_dir: Path, data: Path, big: bool) -> Dict[str, Any]:
 
 
 class HistoryBufferProbe:
-    """Counts, during training, the ids that ``MCHManagedCollisionModule.profile`` drops,
-    and with ``full=True`` sizes its history buffer for the largest step.
+    """Counts, during training, the ids that ``MCHManagedCollisionModule.profile`` drops.
 
-    TorchRec's module sizes the buffer of ids it profiles (admission, LRU/LFU counts)
-    from the FIRST training batch (``values × eviction_interval × 1.25``,
-    ``_init_history_buffers``) and silently drops the ids of a later step beyond it
-    (``profile``: ``values[:free_elements]``): they are looked up (a row if they have
-    one, else the miss row) but neither admitted nor counted. With length buckets the
-    first batch is the one of the shortest histories, so most history ids of later
-    steps are dropped. ``full=True`` (a fix the package could make, applied here by
-    patching the class in this process) sizes the buffer for ``max_ids`` ids per step
-    (``batch_size × (target features + max_len)``)."""
+    TorchRec's module sizes the buffer of the ids it profiles between admissions (what
+    is admitted, LRU/LFU counts) from the FIRST training batch (``values ×
+    eviction_interval × 1.25``, ``_init_history_buffers``) and silently drops the ids of
+    a later step beyond it (``profile``: ``values[:free_elements]``): they are looked up
+    (their row if they have one, else the miss row) but neither admitted nor counted.
+    With length buckets the first batch is the one of the shortest histories, so without
+    the package's growing buffer most history ids of later steps would be dropped. The
+    probe wraps the class's ``profile`` (under the package's per-module wrapper, so it
+    sees the buffer after any growth) and counts what would not fit."""
 
-    def __init__(self, max_ids: int, full: bool) -> None:
-        self.max_ids, self.full = max_ids, full
+    def __init__(self) -> None:
         self.seen = self.dropped = 0
-        self.buffer_sizes: List[int] = []
 
     def __enter__(self) -> "HistoryBufferProbe":
-        import torch
         from torchrec.modules.mc_modules import MCHManagedCollisionModule
-        from torchrec.sparse.jagged_tensor import JaggedTensor
 
         self._cls = MCHManagedCollisionModule
-        self._init, self._profile = MCHManagedCollisionModule._init_history_buffers, MCHManagedCollisionModule.profile
-        probe, init0, profile0 = self, self._init, self._profile
-
-        def init(mod: Any, features: Dict[str, Any]) -> None:
-            n = sum(f.values().numel() for f in features.values())
-            if probe.full and n < probe.max_ids:
-                n = probe.max_ids
-                features = {"_": JaggedTensor(values=torch.zeros(n, dtype=torch.int64), lengths=torch.tensor([n]))}
-            init0(mod, features)
-            probe.buffer_sizes.append(int(mod._input_history_buffer_size))
+        self._profile = profile0 = MCHManagedCollisionModule.profile
+        probe = self
 
         def profile(mod: Any, features: Dict[str, Any]) -> Dict[str, Any]:
             if mod.training:
-                size = mod._input_history_buffer_size
                 n = [f.values().numel() for f in features.values()]
+                size = mod._input_history_buffer_size
                 if size == -1:  # the buffer this call will create
-                    size = int(max(sum(n), probe.max_ids if probe.full else 0) * mod._eviction_interval * 1.25)
+                    size = int(sum(n) * mod._eviction_interval * 1.25)
                 free = size - mod._current_history_buffer_offset
                 for k in n:
                     take = min(max(free, 0), k)
@@ -499,17 +483,14 @@ class HistoryBufferProbe:
                     free -= take
             return profile0(mod, features)
 
-        MCHManagedCollisionModule._init_history_buffers = init  # type: ignore[method-assign]
         MCHManagedCollisionModule.profile = profile  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._cls._init_history_buffers = self._init  # type: ignore[method-assign]
         self._cls.profile = self._profile  # type: ignore[method-assign]
 
     def summary(self) -> Dict[str, Any]:
-        return {"full_buffer": self.full, "buffer_sizes": self.buffer_sizes, "max_ids_per_step": self.max_ids,
-                "ids_profiled": self.seen, "ids_dropped": self.dropped,
+        return {"ids_profiled": self.seen, "ids_dropped": self.dropped,
                 "dropped_share": self.dropped / self.seen if self.seen else 0.0}
 
 
@@ -524,7 +505,7 @@ def run_variant(data: Path, out_dir: Path, v: Variant, args: argparse.Namespace,
     shutil.rmtree(out_dir, ignore_errors=True)
     cfg = make_config(data, out_dir, v, args, seed, spec)
     start = time.perf_counter()
-    probe = HistoryBufferProbe(cfg.train.batch_size * (1 + spec.max_len), full=v.full_buffer)
+    probe = HistoryBufferProbe()
     with probe:
         m = Trainer(cfg).fit()
     wall = time.perf_counter() - start
@@ -614,8 +595,7 @@ def markdown(result: Dict[str, Any]) -> str:
         "share of test impressions (target items) whose row is shared; *on miss row* = items (impressions) without a "
         "row of their own in the trained MC remapping (they all read the one shared miss row); *ids not profiled* = "
         "share of the item ids of the training steps that TorchRec's `profile` dropped (history buffer full: not "
-        "admitted, not counted). `+buf`: the same MC variant with that buffer sized for the largest step "
-        "(batch × (1 + max_len) ids; patched in the benchmark process, see `HistoryBufferProbe`).",
+        "admitted, not counted; must be 0).",
         "",
         "| variant | item rows | test AUC (mean ± sd) | gap vs hash | test logloss | rows shared | items sharing "
         "| impressions shared | impressions on miss row | ids not profiled | train samples/s | hash samples/s ÷ this |",
@@ -637,15 +617,31 @@ def markdown(result: Dict[str, Any]) -> str:
     if own:
         lines += ["", "Training items that hold a row of their own at the end of training: "
                   + ", ".join(f"{s['variant']} {_pct(s['train_ids_with_own_row_at_end'])}" for s in own) + "."]
-    checks = [r for r in result["runs"] if "zero_collision_check" in r]
-    for r in checks:
-        c = r["zero_collision_check"]
-        lines += ["", f"Zero-collision check ({r['variant']}, {r['rows']:,} rows, seed {r['seed']}): "
-                  f"trained remapping: {c['train_ids']:,} training items → {c['train_distinct_rows']:,} distinct rows, "
-                  f"{c['train_ids_on_miss_row']:,} on the miss row; after admitting the valid and test days: "
-                  f"{c['log_ids']:,} items of the log → {c['log_distinct_rows']:,} distinct rows, "
-                  f"{c['log_ids_on_miss_row']:,} on the miss row, {c['mixed_id_collisions']} collisions of the mixed ids "
-                  f"→ **{'zero collisions' if c['zero_collisions'] else 'COLLISIONS'}**."]
+    by: Dict[str, List[Dict[str, Any]]] = {}
+    for r in result["runs"]:
+        if "zero_collision_check" in r:
+            by.setdefault(r["variant"], []).append(r)
+    for name, rs in by.items():
+        cs = [r["zero_collision_check"] for r in rs]
+        ok = sum(c["zero_collisions"] for c in cs)
+        join = lambda key: "/".join(f"{c[key]:,}" for c in cs)  # noqa: E731
+        lines += ["", f"Zero-collision check, {name} ({rs[0]['rows']:,} rows; seeds {', '.join(str(r['seed']) for r in rs)}): "
+                  f"the trained remapping gives the {cs[0]['train_ids']:,} items of the trained rows {join('train_distinct_rows')} "
+                  f"distinct rows, {join('train_ids_on_miss_row')} of them on the miss row; after admitting the rest of the log "
+                  f"(a copy in training mode), its {cs[0]['log_ids']:,} items → {join('log_distinct_rows')} distinct rows, "
+                  f"{join('log_ids_on_miss_row')} on the miss row ({cs[0]['mixed_id_collisions']} collisions of the mixed ids) "
+                  f"→ **{'zero collisions' if ok == len(cs) else 'COLLISIONS'}** in {ok if ok == len(cs) else len(cs) - ok}/{len(cs)} seeds."]
+    gaps = []
+    for s in result["summary"]:
+        if s["variant"].startswith("hash") or s["gap_vs_hash_mean"] is None:
+            continue
+        per = {r["seed"]: r["test_auc"] for r in result["runs"] if r["variant"] == s["variant"]}
+        ref_rows = s["rows"] if any(x["variant"].startswith("hash") and x["rows"] == s["rows"] for x in result["summary"]) else result["rows"]
+        ref = {r["seed"]: r["test_auc"] for r in result["runs"] if r["policy"] == "hash" and r["rows"] == ref_rows}
+        gaps.append(f"{s['variant']} " + " ".join(f"{per[k] - ref[k]:+.4f}" for k in sorted(per) if k in ref))
+    if gaps:
+        lines += ["", "Test AUC gap vs hash of the same rows (the big table: vs hash at "
+                  f"{result['rows']:,}), seed by seed: " + "; ".join(gaps) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -702,8 +698,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--user-rows", type=int, default=8192, help="rows of the user table (hash, every variant)")
     p.add_argument("--eviction-interval", type=int, default=1)
     p.add_argument("--decay-exponent", type=float, default=1.0, help="managed_collision.decay_exponent (lru, distance_lfu)")
-    p.add_argument("--history-buffer", choices=["torchrec", "full", "both"], default="both",
-                   help="MC runs with TorchRec's history buffer as it is, sized for the largest step (+buf), or both")
     p.add_argument("--days", type=int, default=LogSpec.days)
     p.add_argument("--rows-per-day", type=int, default=LogSpec.rows_per_day)
     p.add_argument("--births-per-day", type=int, default=LogSpec.births_per_day)
@@ -741,8 +735,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(json.dumps(stats), flush=True)
     big = args.big_rows or 1 << math.ceil(math.log2(stats["distinct_items_log"] + 1))
     runs: List[Dict[str, Any]] = []
-    buffers = {"torchrec": [False], "full": [True], "both": [False, True]}[args.history_buffer]
-    chosen = variants(args.rows, big, args.variants, buffers, [] if args.quick else args.also_rows)
+    chosen = variants(args.rows, big, args.variants, [] if args.quick else args.also_rows)
     for seed in args.seeds:
         for v in chosen:
             print(f"[{time.perf_counter() - start:6.0f}s] {v.name} ({v.rows} rows), seed {seed} ...", flush=True)
