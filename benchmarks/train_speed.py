@@ -189,14 +189,15 @@ def to_markdown(r: Dict[str, Any]) -> str:
         )
     by_variant = r.get("in_memory_by_variant") or {"buckets on": r["in_memory_samples_per_s"]}
     names = list(by_variant)
+    ratios = [f"{n} / {names[0]}" for n in names[1:]] or ["share of model only"]
     lines += ["", f"The training step on the same batches ({', '.join(f'`{n}`' for n in names)}), held in memory "
               "(no reader), median of 3, samples/s:", "",
-              "| step | " + " | ".join(names) + " | " + " | ".join(f"{n} / {names[0]}" for n in names[1:]) + " |",
-              "|---|" + "---:|" * (2 * len(names) - 1)]
+              "| step | " + " | ".join([*names, *ratios]) + " |", "|---|" + "---:|" * (len(names) + len(ratios))]
     for step in by_variant[names[0]]:
         xs = [by_variant[n][step] for n in names]
+        rel = [x / xs[0] for x in xs[1:]] or [xs[0] / by_variant[names[0]]["model only"]]
         lines.append(f"| {step} | " + " | ".join(f"{x:,.0f}" for x in xs) + " | "
-                     + " | ".join(f"{x / xs[0]:.2f}x" for x in xs[1:]) + " |")
+                     + " | ".join(f"{x:.2f}x" if len(xs) > 1 else f"{x:.0%}" for x in rel) + " |")
     return "\n".join(lines) + "\n"
 
 
