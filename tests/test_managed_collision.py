@@ -24,7 +24,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from interformer_rec.arrays import DataError, Jagged, splitmix64
 from interformer_rec.config import ConfigError, ModelConfig, SyntheticConfig
-from interformer_rec.data.decode import InValues, apply_id_policy
+from interformer_rec.data.decode import InFile, InValues, apply_id_policy, check_columns
 from interformer_rec.data.synthetic import generate
 from interformer_rec.models import build_model
 from interformer_rec.modules.embeddings import build_mc_ec
@@ -288,6 +288,11 @@ def test_the_reader_mixes_raw_ids_of_managed_tables_and_checks_the_others() -> N
         apply_id_policy(Jagged(np.ones(1, np.int64), np.array([5])), "cat", schema, "category", where)
     # a managed table is an EmbeddingCollection table: its pooled feature is a target-like token
     assert [f.name for f in schema.target_features] == ["item_id"]
+    genres = Schema(labels=["y"], sparse=[SparseFeature("genres", "genre")],
+                    tables=[TableConfig("genre", 8, id_policy="managed_collision")])
+    arrow = pa.schema([("y", pa.int64()), ("genres", pa.list_(pa.int64()))])
+    with pytest.raises(DataError, match=r"f\.parquet, column 'genres': expected integer \(int64\): a feature of a managed_collision"):
+        check_columns(arrow, genres, InFile("f.parquet"))
 
 
 def test_managed_collision_config_mistakes() -> None:

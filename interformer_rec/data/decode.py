@@ -250,6 +250,11 @@ _NUMBER: _Check = ("integer or floating point", _is_number)
 _LABEL: _Check = ("integer, floating point or boolean", lambda t: _is_number(t) or pa.types.is_boolean(t))
 _INT: _Check = ("integer (int64)", _is_int)
 _INT_OR_LIST: _Check = ("integer (int64) or list<int64>", lambda t: _is_int(t) or _is_int_list(t))
+_ONE_MANAGED: _Check = (
+    "integer (int64): a feature of a managed_collision table is looked up one id per row, as a "
+    "target item (TorchRec's row-wise pooled sharding, which managed collision needs, is CUDA-only)",
+    _is_int,
+)
 _LIST: _Check = ("list<int64>", _is_int_list)
 _FLOAT_LIST: _Check = ("list<float> (or list<integer>)", _is_number_list)
 
@@ -260,7 +265,8 @@ def expected_types(schema: Schema, training: bool = True) -> Dict[str, _Check]:
     expected: Dict[str, _Check] = {c: _LABEL for c in schema.labels} if training else {}
     expected.update({c: _NUMBER for c in schema.dense})
     expected.update({f.name: _INT_OR_LIST for f in schema.pooled_features})
-    expected.update({f.name: _INT for f in schema.target_features})
+    managed = set(schema.managed_tables) - set(schema.sequence_tables)
+    expected.update({f.name: _ONE_MANAGED if f.table in managed else _INT for f in schema.target_features})
     expected.update({s.name: _LIST for s in schema.sequence})
     expected.update({f.name: _FLOAT_LIST for f in schema.sequence_floats})
     if training and schema.group_key is not None:
