@@ -214,13 +214,15 @@ class Schema:
     @property
     def pooled_features(self) -> List[SparseFeature]:
         """Features of ``Batch.sparse`` (EmbeddingBagCollection), in schema order."""
-        return [f for f in self.sparse if f.table not in self.unpooled_tables]
+        unpooled = set(self.unpooled_tables)
+        return [f for f in self.sparse if f.table not in unpooled]
 
     @property
     def target_features(self) -> List[SparseFeature]:
         """Scalar features looked up in an EmbeddingCollection: those that share a table
         with a sequence (a target item), and those of a managed-collision table."""
-        return [f for f in self.sparse if f.table in self.unpooled_tables]
+        unpooled = set(self.unpooled_tables)
+        return [f for f in self.sparse if f.table in unpooled]
 
     @property
     def unpooled_keys(self) -> List[str]:

@@ -174,7 +174,8 @@ def build_mc_ec(
     a target item and its history share one remapping as they share one table. Its
     ``zch_size`` is :func:`table_rows`; ids reach it already mixed into
     ``[0, input_hash_size)`` by the reader (``interformer_rec.data.decode``)."""
-    names = [n for n in schema.unpooled_tables if n in set(schema.managed_tables)]
+    managed = set(schema.managed_tables)
+    names = [n for n in schema.unpooled_tables if n in managed]
     if not names:
         return None
     configs = unpooled_table_configs(schema, dim, names)

@@ -48,7 +48,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingCollection
-from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingCollection
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DataParallelWrapper, DistributedModelParallel
@@ -57,6 +56,7 @@ from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.sharding_plan import get_default_sharders
 from torchrec.distributed.types import CacheParams, ModuleSharder, ShardingEnv, ShardingPlan, ShardingType
 from torchrec.modules.embedding_configs import BaseEmbeddingConfig, DataType
+from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingCollection
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -273,9 +273,7 @@ def embedding_tables(model: nn.Module) -> Dict[str, str]:
     ``"ManagedCollisionEmbeddingCollection"``, for every embedding module of ``model``
     (unsharded)."""
     out: Dict[str, str] = {}
-    managed = {
-        id(m._embedding_module): m for m in model.modules() if isinstance(m, ManagedCollisionEmbeddingCollection)
-    }
+    managed = {id(m._embedding_module) for m in model.modules() if isinstance(m, ManagedCollisionEmbeddingCollection)}
     for m in embedding_modules(model):
         kind = EBC if isinstance(m, EmbeddingBagCollection) else MC if id(m) in managed else EC
         configs = m.embedding_bag_configs() if kind == EBC else m.embedding_configs()
@@ -407,6 +405,7 @@ def check_sharding_config(
     """
     sharders = sharders or make_sharders(cfg, device_type)
     tables = embedding_tables(model)
+    configs = table_configs(model)
     kernels = {k.value for k in EmbeddingComputeKernel}
     constraints: Dict[str, ParameterConstraints] = {}
     for name, t in cfg.tables.items():
@@ -438,7 +437,7 @@ def check_sharding_config(
             if k not in kernels:
                 raise ConfigError(f"dist.tables.{name}.compute_kernels: {k!r} is not one of {sorted(kernels)}")
         t.check(name)  # ranges (again, for a config edited in code)
-        features = list(table_configs(model)[name].feature_names)
+        features = list(configs[name].feature_names)
         unknown = sorted(set(t.pooling_factors) - set(features))
         if unknown:
             raise ConfigError(
